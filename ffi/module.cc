@@ -1,0 +1,151 @@
+// The Python extension: FFI registrations, the program registry, program
+// validation and parsing (for the round-trip test), and device queries.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include "kernels/runtime/megakernel.h"
+#include "megakernel_call.h"
+#include "program_registry.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+template <typename T>
+nb::capsule capsule(T* fn) {
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+std::pair<const uint8_t*, size_t> view(const nb::bytes& blob) {
+  return {reinterpret_cast<const uint8_t*>(blob.c_str()), blob.size()};
+}
+
+// Reads a program back through the C++ structs, so a test can compare every
+// field with what Python wrote.
+nb::dict parse_program(const nb::bytes& blob) {
+  auto [data, size] = view(blob);
+  std::string why = mpk::validate_program(data, size);
+  if (!why.empty()) throw nb::value_error(why.c_str());
+  const auto& h = *reinterpret_cast<const mpk::ProgramHeader*>(data);
+  const mpk::BlobLayout at(h);
+  nb::dict header;
+  header["magic"] = h.magic;
+  header["version"] = h.version;
+  header["num_tasks"] = h.num_tasks;
+  header["num_events"] = h.num_events;
+  header["num_triggers"] = h.num_triggers;
+  header["num_operands"] = h.num_operands;
+  header["num_slots"] = h.num_slots;
+  header["num_args"] = h.num_args;
+  header["num_rets"] = h.num_rets;
+  header["num_workers"] = h.num_workers;
+  header["num_schedulers"] = h.num_schedulers;
+  header["worker_queue_capacity"] = h.worker_queue_capacity;
+  header["sched_queue_capacity"] = h.sched_queue_capacity;
+  header["num_iterations"] = h.num_iterations;
+  header["start_event"] = h.start_event;
+  header["end_event"] = h.end_event;
+  header["watchdog_ns"] = h.watchdog_ns;
+  header["control_bytes"] = h.control_bytes;
+  header["workspace_bytes"] = h.workspace_bytes;
+  header["constant_bytes"] = h.constant_bytes;
+
+  nb::list tasks, events, triggers, operands, slots;
+  for (uint32_t i = 0; i < h.num_tasks; ++i) {
+    const auto& t = reinterpret_cast<const mpk::TaskDesc*>(data + at.tasks)[i];
+    nb::list dims;
+    for (int32_t d : t.dims) dims.append(d);
+    tasks.append(nb::make_tuple(t.kind, t.num_operands, t.first_operand, t.first_trigger, t.num_triggers,
+                                t.flags, dims));
+  }
+  for (uint32_t i = 0; i < h.num_events; ++i) {
+    const auto& e = reinterpret_cast<const mpk::EventDesc*>(data + at.events)[i];
+    events.append(nb::make_tuple(e.threshold, e.first_task, e.last_task, e.kind, e.scheduler));
+  }
+  for (uint32_t i = 0; i < h.num_triggers; ++i)
+    triggers.append(reinterpret_cast<const uint32_t*>(data + at.triggers)[i]);
+  for (uint32_t i = 0; i < h.num_operands; ++i) {
+    const auto& o = reinterpret_cast<const mpk::Operand*>(data + at.operands)[i];
+    operands.append(nb::make_tuple(o.slot, o.flags, o.offset, o.iteration_stride, o.bytes));
+  }
+  for (uint32_t i = 0; i < h.num_slots; ++i) {
+    const auto& s = reinterpret_cast<const mpk::SlotDesc*>(data + at.slots)[i];
+    slots.append(nb::make_tuple(s.source, s.index, s.offset, s.bytes));
+  }
+  const mpk::ControlLayout c(h);
+  nb::dict control;
+  control["error"] = c.error;
+  control["event_counters"] = c.event_counters;
+  control["sched_tail"] = c.sched_tail;
+  control["sched_head"] = c.sched_head;
+  control["sched_queues"] = c.sched_queues;
+  control["worker_ready"] = c.worker_ready;
+  control["worker_consumed"] = c.worker_consumed;
+  control["worker_queues"] = c.worker_queues;
+  control["total"] = c.total;
+
+  nb::dict out;
+  out["header"] = header;
+  out["tasks"] = tasks;
+  out["events"] = events;
+  out["triggers"] = triggers;
+  out["operands"] = operands;
+  out["slots"] = slots;
+  out["constants"] = nb::bytes(reinterpret_cast<const char*>(data + at.constants), h.constant_bytes);
+  out["control"] = control;
+  return out;
+}
+
+}  // namespace
+
+NB_MODULE(_jax_mpk, m) {
+  m.def("registrations", []() {
+    nb::dict stages;
+    stages["instantiate"] = capsule(JaxMpkInstantiate);
+    stages["execute"] = capsule(JaxMpkExecute);
+    nb::dict targets;
+    targets["jax_mpk_megakernel"] = stages;
+    return targets;
+  });
+  m.def("call_site_type", []() {
+    nb::dict registration;
+    registration["type_id"] = nb::capsule(jax_mpk::call_site_type_id());
+    registration["type_info"] = nb::capsule(const_cast<XLA_FFI_TypeInfo*>(jax_mpk::call_site_type_info()));
+    return registration;
+  });
+  m.def("validate_program", [](const nb::bytes& blob) {
+    auto [data, size] = view(blob);
+    return mpk::validate_program(data, size);
+  }, "An empty string for a valid program blob, else the reason it is not.");
+  m.def("parse_program", &parse_program);
+  m.def("register_program", [](const nb::bytes& blob) {
+    auto [data, size] = view(blob);
+    try {
+      return jax_mpk::register_program(data, size);
+    } catch (const std::invalid_argument& e) {
+      throw nb::value_error(e.what());
+    }
+  });
+  m.def("release_program", &jax_mpk::release_program);
+  m.def("device_info", [](int device) {
+    mpk::DeviceInfo info;
+    std::string why = mpk::query_device(device, &info);
+    if (!why.empty()) throw std::runtime_error(why);
+    nb::dict out;
+    out["device"] = info.device;
+    out["sm_count"] = info.sm_count;
+    out["shared_memory_per_block"] = info.shared_memory_per_block;
+    out["name"] = info.name;
+    return out;
+  });
+  m.def("build_info", []() {
+    nb::dict out;
+#ifdef JAX_MPK_NVSHMEM
+    out["nvshmem"] = true;
+#else
+    out["nvshmem"] = false;
+#endif
+    out["cuda_version"] = CUDART_VERSION;
+    return out;
+  });
+}

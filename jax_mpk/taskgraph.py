@@ -1,0 +1,249 @@
+"""Task graphs: tasks with dependencies, planned into events and a `Program`.
+
+Event planning follows the MPK design: tasks that depend on the same set of
+producers share one event whose threshold is the size of that set; every
+producer triggers the events of the groups it feeds; sources hang off the
+start event and sinks trigger the end-of-graph event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from jax_mpk import program as fmt
+
+DEFAULT_WATCHDOG_NS = 5_000_000_000
+DEFAULT_WORKER_QUEUE_CAPACITY = 256
+WORKSPACE_ALIGN = 256
+
+
+class GraphError(ValueError):
+    """A task graph that cannot become a valid program."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Operand:
+    slot: int
+    offset: int = 0
+    nbytes: int = 0
+    iteration_stride: int = 0
+
+
+@dataclasses.dataclass
+class _Task:
+    kind: int
+    operands: list[Operand]
+    dims: list[int]
+    deps: list[int]
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    num_workers: int = 132 - 1
+    num_schedulers: int = 4
+    num_iterations: int = 1
+    watchdog_ns: int = DEFAULT_WATCHDOG_NS
+    worker_queue_capacity: int = DEFAULT_WORKER_QUEUE_CAPACITY
+
+    @classmethod
+    def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
+        """One worker block per SM, with one SM's block of scheduler warps."""
+        schedulers = overrides.pop("num_schedulers", fmt.SCHEDULERS_PER_BLOCK)
+        blocks = -(-schedulers // fmt.SCHEDULERS_PER_BLOCK)
+        workers = overrides.pop("num_workers", max(1, sm_count - blocks))
+        return cls(num_workers=workers, num_schedulers=schedulers, **overrides)
+
+
+class TaskGraph:
+    def __init__(self) -> None:
+        self._tasks: list[_Task] = []
+        self._slots: list[tuple[int, int, int, int]] = []  # source, index, offset, bytes
+        self._workspace_bytes = 0
+        self._constants = bytearray()
+
+    # Slots -----------------------------------------------------------------
+    def arg(self, index: int, nbytes: int) -> int:
+        return self._add_slot(fmt.SlotSource.ARG, index, 0, nbytes)
+
+    def ret(self, index: int, nbytes: int) -> int:
+        return self._add_slot(fmt.SlotSource.RET, index, 0, nbytes)
+
+    def workspace(self, nbytes: int) -> int:
+        """An intermediate buffer in the workspace, after the control region."""
+        offset = self._workspace_bytes
+        self._workspace_bytes = _align(offset + nbytes, WORKSPACE_ALIGN)
+        return self._add_slot(fmt.SlotSource.WORKSPACE, 0, offset, nbytes)
+
+    def constant(self, data: np.ndarray) -> int:
+        """A buffer uploaded once per call site with the program."""
+        raw = np.ascontiguousarray(data).tobytes()
+        offset = _align(len(self._constants), WORKSPACE_ALIGN)
+        self._constants.extend(b"\0" * (offset - len(self._constants)))
+        self._constants.extend(raw)
+        return self._add_slot(fmt.SlotSource.CONSTANT, 0, offset, len(raw))
+
+    def _add_slot(self, source, index, offset, nbytes) -> int:
+        if len(self._slots) == fmt.MAX_SLOTS:
+            raise GraphError(f"the graph needs more than {fmt.MAX_SLOTS} buffer slots")
+        self._slots.append((int(source), index, offset, nbytes))
+        return len(self._slots) - 1
+
+    # Tasks -----------------------------------------------------------------
+    def add_task(self, kind: int, operands: Sequence[Operand] = (), dims: Sequence[int] = (),
+                 deps: Sequence[int] = (), name: str = "") -> int:
+        if len(dims) > fmt.MAX_TASK_DIMS:
+            raise GraphError(f"task {name or kind} has {len(dims)} dims; at most "
+                             f"{fmt.MAX_TASK_DIMS} fit a task descriptor")
+        for d in deps:
+            if not 0 <= d < len(self._tasks):
+                raise GraphError(f"task {name or kind} depends on unknown task {d}")
+        self._tasks.append(_Task(int(kind), list(operands), [int(d) for d in dims],
+                                 sorted(set(deps)), name))
+        return len(self._tasks) - 1
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self._tasks)
+
+    # Planning --------------------------------------------------------------
+    def build(self, config: RuntimeConfig, num_args: int, num_rets: int) -> BuiltProgram:
+        if not self._tasks:
+            raise GraphError("the graph has no tasks")
+        if not 1 <= config.num_iterations <= fmt.MAX_ITERATIONS:
+            raise GraphError(f"num_iterations must be in [1, {fmt.MAX_ITERATIONS}]")
+        if not 1 <= config.num_schedulers <= config.num_workers:
+            raise GraphError("need at least one scheduler and no more schedulers than workers")
+
+        order = range(len(self._tasks))  # deps name earlier tasks: already topological
+        succs = [[] for _ in self._tasks]
+        for t, task in enumerate(self._tasks):
+            for d in task.deps:
+                succs[d].append(t)
+
+        # Group tasks by their producer set, groups in order of first appearance.
+        group_of: dict[tuple[int, ...], int] = {}
+        members: list[list[int]] = []
+        for t in order:
+            key = tuple(self._tasks[t].deps)
+            if key not in group_of:
+                group_of[key] = len(members)
+                members.append([])
+            members[group_of[key]].append(t)
+        if () not in group_of:
+            raise GraphError("the graph has no source task")
+        keys = list(group_of)
+
+        # Events: one per group (the source group is the start event), then end.
+        num_events = len(members) + 1
+        if num_events >= fmt.MAX_EVENTS:
+            raise GraphError(f"the graph needs {num_events} events; at most "
+                             f"{fmt.MAX_EVENTS - 1} fit the scheduler queues")
+        start_event = group_of[()]
+        end_event = len(members)
+        index_of = np.empty(len(self._tasks), np.int64)  # user task id -> program task index
+        program_order = [t for group in members for t in group]
+        index_of[program_order] = np.arange(len(program_order))
+
+        events = np.zeros(num_events, fmt.EVENT)
+        per_scheduler = max(1, config.num_workers // config.num_schedulers)
+        routed = np.zeros(config.num_schedulers, np.int64)
+        next_owner = 0
+        first = 0
+        for g, group in enumerate(members):
+            events[g]["threshold"] = len(keys[g])
+            events[g]["first_task"] = first
+            events[g]["last_task"] = first + len(group)
+            first += len(group)
+            if len(group) > per_scheduler and config.num_schedulers > 1:
+                events[g]["kind"] = fmt.EventKind.LAUNCH_MASSIVE
+                routed += 1
+            else:
+                owner = 0 if g == start_event else next_owner
+                events[g]["kind"] = fmt.EventKind.LAUNCH
+                events[g]["scheduler"] = owner
+                routed[owner] += 1
+                if g != start_event:
+                    next_owner = (next_owner + 1) % config.num_schedulers
+        sinks = [t for t in range(len(self._tasks)) if not succs[t]]
+        events[end_event]["threshold"] = len(sinks)
+        events[end_event]["first_task"] = events[end_event]["last_task"] = len(self._tasks)
+        events[end_event]["kind"] = fmt.EventKind.END_OF_GRAPH
+        routed[0] += 1
+        # Room for the start of the next iteration and for termination.
+        sched_capacity = _pow2(int(routed.max()) + 3)
+
+        tasks = np.zeros(len(self._tasks), fmt.TASK)
+        triggers: list[int] = []
+        operands: list[tuple] = []
+        for t in program_order:
+            task = self._tasks[t]
+            i = index_of[t]
+            fired = sorted({group_of[tuple(self._tasks[s].deps)] for s in succs[t]})
+            if not fired:
+                fired = [end_event]
+            tasks[i]["kind"] = task.kind
+            tasks[i]["num_operands"] = len(task.operands)
+            tasks[i]["first_operand"] = len(operands)
+            tasks[i]["first_trigger"] = len(triggers)
+            tasks[i]["num_triggers"] = len(fired)
+            tasks[i]["dims"][: len(task.dims)] = task.dims
+            triggers.extend(fired)
+            operands.extend((o.slot, 0, o.offset, o.iteration_stride, o.nbytes)
+                            for o in task.operands)
+
+        layout = fmt.ControlLayout.of(num_events, config.num_workers, config.num_schedulers,
+                                      config.worker_queue_capacity, sched_capacity)
+        slots = np.array(self._slots, dtype=np.uint64).reshape(-1, 4)
+        slot_array = np.zeros(len(self._slots), fmt.SLOT)
+        for name, column in zip(fmt.SLOT.names, slots.T):
+            slot_array[name] = column
+        is_workspace = slot_array["source"] == fmt.SlotSource.WORKSPACE
+        slot_array["offset"][is_workspace] += layout.total
+
+        header = np.zeros((), fmt.HEADER)
+        header["magic"], header["version"] = fmt.MAGIC, fmt.VERSION
+        header["num_tasks"] = len(self._tasks)
+        header["num_events"] = num_events
+        header["num_triggers"] = len(triggers)
+        header["num_operands"] = len(operands)
+        header["num_slots"] = len(self._slots)
+        header["num_args"], header["num_rets"] = num_args, num_rets
+        header["num_workers"] = config.num_workers
+        header["num_schedulers"] = config.num_schedulers
+        header["worker_queue_capacity"] = config.worker_queue_capacity
+        header["sched_queue_capacity"] = sched_capacity
+        header["num_iterations"] = config.num_iterations
+        header["start_event"], header["end_event"] = start_event, end_event
+        header["watchdog_ns"] = config.watchdog_ns
+        header["control_bytes"] = layout.total
+        header["workspace_bytes"] = layout.total + self._workspace_bytes
+        header["constant_bytes"] = len(self._constants)
+
+        program = fmt.Program(
+            header=header,
+            tasks=tasks,
+            events=events,
+            triggers=np.array(triggers, fmt.TRIGGER),
+            operands=np.array(operands, fmt.OPERAND),
+            slots=slot_array,
+            constants=np.frombuffer(bytes(self._constants), np.uint8).copy(),
+        )
+        return BuiltProgram(program, index_of)
+
+
+@dataclasses.dataclass
+class BuiltProgram:
+    program: fmt.Program
+    task_index: np.ndarray  # user task id -> program task index
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())

@@ -1,0 +1,223 @@
+#include "megakernel.h"
+
+#include <cstring>
+#include <sstream>
+
+#include "scheduler.cuh"
+#include "worker.cuh"
+
+namespace mpk {
+
+__global__ void __launch_bounds__(kWorkerThreads, 1) megakernel(const __grid_constant__ LaunchParams p) {
+  if (blockIdx.x < p.num_workers) {
+    run_worker(p, blockIdx.x);
+    return;
+  }
+  const uint32_t warp = threadIdx.x / 32;
+  const uint32_t id = (blockIdx.x - p.num_workers) * kSchedulersPerBlock + warp;
+  if (warp < kSchedulersPerBlock && id < p.num_schedulers && threadIdx.x % 32 == 0) {
+    Scheduler(p, id).run();
+  }
+}
+
+namespace {
+
+std::string cuda_error(const char* what, cudaError_t e) {
+  return std::string(what) + " failed: " + cudaGetErrorString(e);
+}
+
+#define MPK_CUDA(call)                                        \
+  do {                                                        \
+    cudaError_t e_ = (call);                                  \
+    if (e_ != cudaSuccess) return cuda_error(#call, e_);      \
+  } while (0)
+
+uint32_t scheduler_blocks(const ProgramHeader& h) {
+  return (h.num_schedulers + kSchedulersPerBlock - 1) / kSchedulersPerBlock;
+}
+
+}  // namespace
+
+std::string query_device(int device, DeviceInfo* out) {
+  cudaDeviceProp prop;
+  MPK_CUDA(cudaGetDeviceProperties(&prop, device));
+  *out = DeviceInfo{device, prop.multiProcessorCount, prop.sharedMemPerBlockOptin, prop.name};
+  return "";
+}
+
+Megakernel::Megakernel(std::vector<uint8_t> blob)
+    : blob_(std::move(blob)),
+      header_(*reinterpret_cast<const ProgramHeader*>(blob_.data())),
+      layout_(header_),
+      params_(new LaunchParams()) {}
+
+std::string Megakernel::create(std::vector<uint8_t> blob, std::unique_ptr<Megakernel>* out) {
+  std::string why = validate_program(blob.data(), blob.size());
+  if (!why.empty()) return why;
+  out->reset(new Megakernel(std::move(blob)));
+  return "";
+}
+
+Megakernel::~Megakernel() {
+  if (device_blob_) cudaFree(device_blob_);
+  if (host_error_) cudaFreeHost(host_error_);
+}
+
+std::string Megakernel::upload(cudaStream_t stream) {
+  MPK_CUDA(cudaGetDevice(&device_));
+  DeviceInfo info;
+  std::string why = query_device(device_, &info);
+  if (!why.empty()) return why;
+  int per_sm = 0;
+  MPK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, megakernel, kWorkerThreads, 0));
+  const uint64_t grid = uint64_t(header_.num_workers) + scheduler_blocks(header_);
+  if (grid > uint64_t(per_sm) * info.sm_count) {
+    std::ostringstream msg;
+    msg << "the program asks for " << header_.num_workers << " worker blocks and "
+        << scheduler_blocks(header_) << " scheduler blocks, but only " << per_sm * info.sm_count
+        << " blocks of the megakernel fit co-resident on " << info.name << " (" << info.sm_count
+        << " SMs); compile it with fewer workers";
+    return msg.str();
+  }
+  MPK_CUDA(cudaMalloc(&device_blob_, blob_.size()));
+  MPK_CUDA(cudaMemcpyAsync(device_blob_, blob_.data(), blob_.size(), cudaMemcpyHostToDevice, stream));
+  MPK_CUDA(cudaMallocHost(&host_error_, sizeof(ErrorRecord)));
+  return "";
+}
+
+std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args,
+                            const std::vector<Buffer>& rets, Buffer workspace) {
+  const ProgramHeader& h = header_;
+  if (args.size() != h.num_args || rets.size() != h.num_rets) {
+    std::ostringstream msg;
+    msg << "the program takes " << h.num_args << " operands and " << h.num_rets
+        << " results besides the workspace; the call passed " << args.size() << " and " << rets.size();
+    return msg.str();
+  }
+  if (workspace.bytes < h.workspace_bytes) {
+    return "the workspace buffer holds " + std::to_string(workspace.bytes) + " bytes; the program needs " +
+           std::to_string(h.workspace_bytes);
+  }
+  if (!device_blob_) {
+    std::string why = upload(stream);
+    if (!why.empty()) return why;
+  }
+
+  LaunchParams& params = *params_;
+  const auto* slots = reinterpret_cast<const SlotDesc*>(blob_.data() + layout_.slots);
+  for (uint32_t i = 0; i < h.num_slots; ++i) {
+    const SlotDesc& s = slots[i];
+    uint8_t* base = nullptr;
+    size_t available = 0;
+    switch (s.source) {
+      case kSlotArg: base = static_cast<uint8_t*>(args[s.index].data); available = args[s.index].bytes; break;
+      case kSlotRet: base = static_cast<uint8_t*>(rets[s.index].data); available = rets[s.index].bytes; break;
+      case kSlotWorkspace: base = static_cast<uint8_t*>(workspace.data); available = workspace.bytes; break;
+      case kSlotConstant: base = device_blob_ + layout_.constants; available = h.constant_bytes; break;
+    }
+    const uint64_t need = s.source == kSlotArg || s.source == kSlotRet ? s.bytes : s.offset + s.bytes;
+    if (need > available) {
+      std::ostringstream msg;
+      msg << "slot " << i << " needs " << need << " bytes but its buffer ("
+          << (s.source == kSlotArg ? "operand " : s.source == kSlotRet ? "result " : "")
+          << (s.source <= kSlotRet ? std::to_string(s.index) : std::string("workspace/constants"))
+          << ") holds " << available;
+      return msg.str();
+    }
+    params.slots[i] = base + (s.source == kSlotArg || s.source == kSlotRet ? 0 : s.offset);
+  }
+  params.tasks = reinterpret_cast<const TaskDesc*>(device_blob_ + layout_.tasks);
+  params.events = reinterpret_cast<const EventDesc*>(device_blob_ + layout_.events);
+  params.triggers = reinterpret_cast<const uint32_t*>(device_blob_ + layout_.triggers);
+  params.operands = reinterpret_cast<const Operand*>(device_blob_ + layout_.operands);
+  params.workspace = static_cast<uint8_t*>(workspace.data);
+  params.watchdog_ns = h.watchdog_ns;
+  params.num_workers = h.num_workers;
+  params.num_schedulers = h.num_schedulers;
+  params.worker_queue_capacity = h.worker_queue_capacity;
+  params.sched_queue_capacity = h.sched_queue_capacity;
+  params.num_iterations = h.num_iterations;
+  params.start_event = h.start_event;
+  params.end_event = h.end_event;
+  params.num_slots = h.num_slots;
+  params.control = ControlLayout(h);
+
+  MPK_CUDA(cudaMemsetAsync(workspace.data, 0, h.control_bytes, stream));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(h.num_workers + scheduler_blocks(h));
+  config.blockDim = dim3(kWorkerThreads);
+  config.stream = stream;
+  cudaLaunchAttribute cooperative;
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  config.attrs = &cooperative;
+  config.numAttrs = 1;
+  MPK_CUDA(cudaLaunchKernelEx(&config, megakernel, params));
+  MPK_CUDA(cudaMemcpyAsync(host_error_, static_cast<uint8_t*>(workspace.data) + params.control.error,
+                           sizeof(ErrorRecord), cudaMemcpyDeviceToHost, stream));
+  MPK_CUDA(cudaStreamSynchronize(stream));
+  if (host_error_->code != kOk) return diagnose(*host_error_, static_cast<uint8_t*>(workspace.data), stream);
+  return "";
+}
+
+std::string Megakernel::diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const {
+  std::ostringstream msg;
+  const double budget_ms = header_.watchdog_ns / 1e6;
+  const auto* tasks = reinterpret_cast<const TaskDesc*>(blob_.data() + layout_.tasks);
+  switch (err.code) {
+    case kWatchdogWorkerIdle:
+      msg << "watchdog: worker " << err.block << " waited " << budget_ms << " ms for a task";
+      break;
+    case kWatchdogSchedulerIdle:
+      msg << "watchdog: a scheduler (block " << err.block << ") waited " << budget_ms << " ms for an event";
+      break;
+    case kWatchdogWorkerQueueFull:
+      msg << "watchdog: a scheduler waited " << budget_ms << " ms for room in a worker queue to dispatch task "
+          << err.task << " of iteration " << err.iteration;
+      break;
+    case kWatchdogTaskWait:
+      msg << "watchdog: task " << err.task << " (kind " << tasks[err.task].kind << ") of iteration "
+          << err.iteration << " waited " << budget_ms << " ms for a value: saw " << err.observed
+          << ", needs " << err.expected;
+      break;
+    case kSchedQueueOverflow:
+      msg << "scheduler queue overflow while firing event " << err.event << ": " << err.observed
+          << " entries pending in a queue of " << err.expected;
+      break;
+    case kBadTaskKind:
+      msg << "task " << err.task << " has unknown kind " << err.observed;
+      break;
+    default:
+      msg << "device error code " << err.code;
+  }
+  // Name the events that never completed: where the graph stopped.
+  std::vector<uint64_t> counters(header_.num_events);
+  const ControlLayout control(header_);
+  if (cudaMemcpyAsync(counters.data(), workspace + control.event_counters, 8 * counters.size(),
+                      cudaMemcpyDeviceToHost, stream) == cudaSuccess &&
+      cudaStreamSynchronize(stream) == cudaSuccess) {
+    const auto* events = reinterpret_cast<const EventDesc*>(blob_.data() + layout_.events);
+    const EventDesc& end = events[header_.end_event];
+    const uint64_t iteration = end.threshold ? counters[header_.end_event] / end.threshold : 0;
+    int named = 0, stuck = 0;
+    std::ostringstream detail;
+    for (uint32_t e = 0; e < header_.num_events; ++e) {
+      if (e == header_.start_event) continue;
+      const uint64_t need = uint64_t(events[e].threshold) * (iteration + 1);
+      if (counters[e] >= need) continue;
+      ++stuck;
+      const uint64_t have = counters[e] - uint64_t(events[e].threshold) * iteration;
+      if (have > 0 && named < 4) {
+        detail << "; event " << e << " (launching tasks [" << events[e].first_task << ", "
+               << events[e].last_task << ")) has " << have << " of " << events[e].threshold << " triggers";
+        ++named;
+      }
+    }
+    msg << " in iteration " << iteration << " of " << header_.num_iterations << "; " << stuck
+        << " events did not fire" << detail.str();
+  }
+  msg << ". The launch was aborted and its outputs are not valid.";
+  return msg.str();
+}
+
+}  // namespace mpk

@@ -1,0 +1,60 @@
+// Host API of the persistent kernel: validate a program blob, upload it once,
+// and run it on a stream against one call's buffers. No framework headers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "launch_params.h"
+#include "program_format.h"
+
+namespace mpk {
+
+struct Buffer {
+  void* data;
+  size_t bytes;
+};
+
+// An empty string when the blob is a well-formed program, else the reason.
+std::string validate_program(const uint8_t* blob, size_t size);
+
+struct DeviceInfo {
+  int device;
+  int sm_count;
+  size_t shared_memory_per_block;
+  std::string name;
+};
+std::string query_device(int device, DeviceInfo* out);
+
+class Megakernel {
+ public:
+  // Validates the blob; the upload waits for the first run, on that run's device.
+  static std::string create(std::vector<uint8_t> blob, std::unique_ptr<Megakernel>* out);
+  ~Megakernel();
+
+  // Runs the program to termination (not thread-safe: one run at a time) on `stream` and waits for it. A watchdog
+  // expiry or any device-side failure comes back as a message naming the
+  // task and event involved.
+  std::string run(cudaStream_t stream, const std::vector<Buffer>& args,
+                  const std::vector<Buffer>& rets, Buffer workspace);
+
+  const ProgramHeader& header() const { return header_; }
+
+ private:
+  explicit Megakernel(std::vector<uint8_t> blob);
+  std::string upload(cudaStream_t stream);
+  std::string diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const;
+
+  std::vector<uint8_t> blob_;
+  ProgramHeader header_;
+  BlobLayout layout_;
+  std::unique_ptr<LaunchParams> params_;  // 8 KB of slot pointers, reused per run
+  uint8_t* device_blob_ = nullptr;
+  ErrorRecord* host_error_ = nullptr;  // pinned
+  int device_ = -1;
+};
+
+}  // namespace mpk

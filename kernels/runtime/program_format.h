@@ -1,0 +1,200 @@
+// The program format: the one binary contract between the Python compiler
+// (jax_mpk/program.py mirrors it field by field) and the persistent kernel.
+//
+// A program blob is, in order, each section 8-byte aligned:
+//   ProgramHeader
+//   TaskDesc[num_tasks]
+//   EventDesc[num_events]
+//   uint32_t triggers[num_triggers]      (event ids a task triggers)
+//   Operand[num_operands]
+//   SlotDesc[num_slots]
+//   uint8_t constants[constant_bytes]
+//
+// The workspace (the last FFI result) begins with the control region laid out
+// by ControlLayout; intermediates follow at header.control_bytes.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define MPK_HOST_DEVICE __host__ __device__
+#else
+#define MPK_HOST_DEVICE
+#endif
+
+namespace mpk {
+
+constexpr uint32_t kProgramMagic = 0x4B504D4Au;  // "JMPK", little-endian
+constexpr uint32_t kProgramVersion = 1;
+
+constexpr uint32_t kMaxSlots = 1024;          // slot pointers travel as kernel params
+constexpr uint32_t kMaxEvents = 1u << 24;     // sched queue entries hold 24-bit event ids
+constexpr uint32_t kMaxIterations = 1u << 16; // and 16-bit iteration numbers
+constexpr uint32_t kMaxTaskDims = 12;
+constexpr uint32_t kSchedulersPerBlock = 4;   // one scheduler per warp
+constexpr uint32_t kTerminateTask = 0xFFFFFFFFu;
+constexpr uint32_t kTerminateEvent = kMaxEvents - 1;
+
+enum TaskKind : uint16_t {
+  kTaskNoop = 0,
+  kTaskCopy = 1,         // dims[0..1]: byte count (lo, hi); operands: dst, src
+  kTaskCombineU32 = 2,   // dims: n, mul, add; operands: dst, src...; dst = (sum src) * mul + add
+  kTaskWaitValue = 3,    // dims: value (lo, hi); operands: flag (u64); spins until flag >= value
+  kNumTaskKinds
+};
+
+enum EventKind : uint16_t {
+  kEventLaunch = 0,        // its owning scheduler dispatches its tasks
+  kEventLaunchMassive = 1, // every scheduler dispatches a share of its tasks
+  kEventEndOfGraph = 2,    // next iteration, or terminate
+};
+
+enum SlotSource : uint32_t {
+  kSlotArg = 0,        // FFI operand `index`
+  kSlotRet = 1,        // FFI result `index` (the workspace is the last result)
+  kSlotWorkspace = 2,  // workspace + offset
+  kSlotConstant = 3,   // program constants + offset, uploaded once per call site
+};
+
+struct ProgramHeader {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t num_tasks;
+  uint32_t num_events;
+  uint32_t num_triggers;
+  uint32_t num_operands;
+  uint32_t num_slots;
+  uint32_t num_args;               // FFI operands the call passes
+  uint32_t num_rets;               // FFI results, the workspace excluded
+  uint32_t num_workers;
+  uint32_t num_schedulers;
+  uint32_t worker_queue_capacity;
+  uint32_t sched_queue_capacity;
+  uint32_t num_iterations;
+  uint32_t start_event;            // launched by scheduler 0 at each iteration start
+  uint32_t end_event;              // kEventEndOfGraph, triggered by every sink task
+  uint64_t watchdog_ns;            // budget of every spin-wait
+  uint64_t control_bytes;          // ControlLayout(header).total, rounded to 256
+  uint64_t workspace_bytes;        // control + intermediates
+  uint64_t constant_bytes;
+  uint64_t reserved[4];
+};
+static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
+
+struct TaskDesc {
+  uint16_t kind;
+  uint16_t num_operands;
+  uint32_t first_operand;
+  uint32_t first_trigger;
+  uint16_t num_triggers;
+  uint16_t flags;
+  int32_t dims[kMaxTaskDims];
+};
+static_assert(sizeof(TaskDesc) == 64, "TaskDesc is 64 bytes");
+
+struct EventDesc {
+  uint32_t threshold;   // triggers per iteration; counters grow monotonically
+  uint32_t first_task;  // the tasks it launches: [first_task, last_task)
+  uint32_t last_task;
+  uint16_t kind;
+  uint16_t scheduler;   // owner of a kEventLaunch
+};
+static_assert(sizeof(EventDesc) == 16, "EventDesc is 16 bytes");
+
+struct Operand {
+  uint32_t slot;
+  uint32_t flags;
+  uint64_t offset;            // bytes from the slot base
+  uint64_t iteration_stride;  // bytes added per iteration
+  uint64_t bytes;             // extent touched in one iteration
+};
+static_assert(sizeof(Operand) == 32, "Operand is 32 bytes");
+
+struct SlotDesc {
+  uint32_t source;  // SlotSource
+  uint32_t index;   // FFI operand/result index
+  uint64_t offset;  // into the workspace or the constants
+  uint64_t bytes;
+};
+static_assert(sizeof(SlotDesc) == 24, "SlotDesc is 24 bytes");
+
+// Written by the first block that fails; read by the host after the launch.
+struct ErrorRecord {
+  uint32_t abort;      // set by any failing block; every spin-wait polls it
+  uint32_t code;       // ErrorCode
+  uint32_t block;
+  uint32_t task;
+  uint32_t event;
+  uint32_t iteration;
+  uint64_t observed;   // what the wait saw (counter, queue position)
+  uint64_t expected;
+  uint64_t reserved[3];
+};
+static_assert(sizeof(ErrorRecord) == 64, "ErrorRecord is 64 bytes");
+
+enum ErrorCode : uint32_t {
+  kOk = 0,
+  kWatchdogWorkerIdle = 1,      // a worker waited too long for a task
+  kWatchdogSchedulerIdle = 2,   // a scheduler waited too long for an event
+  kWatchdogWorkerQueueFull = 3, // a scheduler waited too long for queue room
+  kWatchdogTaskWait = 4,        // a task waited too long on a value
+  kSchedQueueOverflow = 5,
+  kBadTaskKind = 6,
+};
+
+inline MPK_HOST_DEVICE uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+// Byte offsets of the control region, from the workspace start.
+struct ControlLayout {
+  uint64_t error;            // ErrorRecord
+  uint64_t event_counters;   // uint64[num_events]
+  uint64_t sched_tail;       // uint64[num_schedulers]: next free position (producers)
+  uint64_t sched_head;       // uint64[num_schedulers]: consumed position (the scheduler)
+  uint64_t sched_queues;     // uint64[num_schedulers][sched_queue_capacity]
+  uint64_t worker_ready;     // uint64[num_workers]: entries published (the scheduler)
+  uint64_t worker_consumed;  // uint64[num_workers]: entries taken (the worker)
+  uint64_t worker_queues;    // uint64[num_workers][worker_queue_capacity]
+  uint64_t total;            // rounded up to 256
+
+  ControlLayout() = default;
+  MPK_HOST_DEVICE explicit ControlLayout(const ProgramHeader& h) {
+    uint64_t at = 0;
+    error = at;           at += sizeof(ErrorRecord);
+    event_counters = at;  at += 8ull * h.num_events;
+    sched_tail = at;      at += 8ull * h.num_schedulers;
+    sched_head = at;      at += 8ull * h.num_schedulers;
+    sched_queues = at;    at += 8ull * h.num_schedulers * h.sched_queue_capacity;
+    worker_ready = at;    at += 8ull * h.num_workers;
+    worker_consumed = at; at += 8ull * h.num_workers;
+    worker_queues = at;   at += 8ull * h.num_workers * h.worker_queue_capacity;
+    total = align_up(at, 256);
+  }
+};
+
+// Section offsets within a program blob.
+struct BlobLayout {
+  uint64_t tasks, events, triggers, operands, slots, constants, total;
+
+  MPK_HOST_DEVICE explicit BlobLayout(const ProgramHeader& h) {
+    uint64_t at = sizeof(ProgramHeader);
+    tasks = at;     at += sizeof(TaskDesc) * uint64_t(h.num_tasks);
+    events = at;    at += sizeof(EventDesc) * uint64_t(h.num_events);
+    triggers = at;  at = align_up(at + 4ull * h.num_triggers, 8);
+    operands = at;  at += sizeof(Operand) * uint64_t(h.num_operands);
+    slots = at;     at += sizeof(SlotDesc) * uint64_t(h.num_slots);
+    constants = at; at += h.constant_bytes;
+    total = at;
+  }
+};
+
+// Scheduler-queue entry: lap tag (24) | iteration (16) | event (24).
+inline MPK_HOST_DEVICE uint64_t pack_sched_entry(uint64_t lap, uint32_t iteration, uint32_t event) {
+  return ((lap & 0xFFFFFFull) << 40) | (uint64_t(iteration & 0xFFFFu) << 24) | (event & 0xFFFFFFu);
+}
+// Worker-queue entry: iteration (32) | task (32).
+inline MPK_HOST_DEVICE uint64_t pack_worker_entry(uint32_t iteration, uint32_t task) {
+  return (uint64_t(iteration) << 32) | task;
+}
+
+}  // namespace mpk

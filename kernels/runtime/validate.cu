@@ -1,0 +1,228 @@
+// Everything the runtime relies on, checked on the host before any launch.
+#include <sstream>
+#include <vector>
+
+#include "../tasks/all_tasks.cuh"
+#include "megakernel.h"
+#include "scheduler.cuh"
+
+namespace mpk {
+namespace {
+
+template <typename... Tasks>
+const char* check_task(TaskList<Tasks...>, const TaskDesc& d, const Operand* ops, bool* known) {
+  const char* why = nullptr;
+  *known = false;
+  ((d.kind == Tasks::kKind ? (why = Tasks::check(d, ops), *known = true) : false), ...);
+  return why;
+}
+
+template <typename... Tasks>
+const char* task_name(TaskList<Tasks...>, uint16_t kind) {
+  const char* name = "unknown";
+  ((kind == Tasks::kKind ? (name = Tasks::kName, true) : false), ...);
+  return name;
+}
+
+class Checker {
+ public:
+  Checker(const uint8_t* blob, size_t size) : blob_(blob), size_(size) {}
+
+  std::string run() {
+    if (size_ < sizeof(ProgramHeader)) return fail() << "the blob of " << size_ << " bytes is shorter than a header", out();
+    h_ = *reinterpret_cast<const ProgramHeader*>(blob_);
+    if (h_.magic != kProgramMagic) return fail() << "bad magic: not a jax_mpk program", out();
+    if (h_.version != kProgramVersion)
+      return fail() << "program format version " << h_.version << ", the runtime reads " << kProgramVersion, out();
+    const BlobLayout layout(h_);
+    if (layout.total > size_) return fail() << "the blob is truncated: " << size_ << " bytes of " << layout.total, out();
+    tasks_ = reinterpret_cast<const TaskDesc*>(blob_ + layout.tasks);
+    events_ = reinterpret_cast<const EventDesc*>(blob_ + layout.events);
+    triggers_ = reinterpret_cast<const uint32_t*>(blob_ + layout.triggers);
+    operands_ = reinterpret_cast<const Operand*>(blob_ + layout.operands);
+    slots_ = reinterpret_cast<const SlotDesc*>(blob_ + layout.slots);
+    if (!config() || !slots() || !tasks() || !events() || !thresholds() || !acyclic() || !queues()) return out();
+    return "";
+  }
+
+ private:
+  std::ostringstream& fail() { failed_ = true; return msg_; }
+  std::string out() const { return msg_.str(); }
+
+  bool config() {
+    if (h_.num_tasks == 0) return fail() << "the program has no tasks", false;
+    if (h_.num_events < 2 || h_.num_events >= kTerminateEvent)
+      return fail() << "the program has " << h_.num_events << " events; it needs 2 to " << kTerminateEvent - 1, false;
+    if (h_.num_slots > kMaxSlots) return fail() << h_.num_slots << " buffer slots; at most " << kMaxSlots, false;
+    if (h_.num_workers == 0 || h_.num_schedulers == 0 || h_.num_schedulers > h_.num_workers)
+      return fail() << "needs 1 <= schedulers (" << h_.num_schedulers << ") <= workers (" << h_.num_workers << ")", false;
+    if ((h_.num_workers + h_.num_schedulers - 1) / h_.num_schedulers > kMaxWorkersPerScheduler)
+      return fail() << "a scheduler may own at most " << kMaxWorkersPerScheduler << " workers", false;
+    if (h_.num_iterations == 0 || h_.num_iterations > kMaxIterations)
+      return fail() << "num_iterations " << h_.num_iterations << " is outside [1, " << kMaxIterations << "]", false;
+    if (h_.worker_queue_capacity == 0 || h_.sched_queue_capacity == 0) return fail() << "a queue capacity is zero", false;
+    if (h_.watchdog_ns == 0) return fail() << "the watchdog budget is zero", false;
+    if (h_.start_event >= h_.num_events || h_.end_event >= h_.num_events || h_.start_event == h_.end_event)
+      return fail() << "start event " << h_.start_event << " / end event " << h_.end_event << " out of range", false;
+    const ControlLayout control(h_);
+    if (h_.control_bytes != control.total)
+      return fail() << "control region of " << h_.control_bytes << " bytes; this configuration needs "
+                    << control.total, false;
+    if (h_.workspace_bytes < h_.control_bytes)
+      return fail() << "workspace too small: " << h_.workspace_bytes << " bytes, the control region alone needs "
+                    << h_.control_bytes, false;
+    return true;
+  }
+
+  bool slots() {
+    for (uint32_t i = 0; i < h_.num_slots; ++i) {
+      const SlotDesc& s = slots_[i];
+      switch (s.source) {
+        case kSlotArg:
+          if (s.index >= h_.num_args) return fail() << "slot " << i << " names operand " << s.index << " of " << h_.num_args, false;
+          break;
+        case kSlotRet:
+          if (s.index >= h_.num_rets) return fail() << "slot " << i << " names result " << s.index << " of " << h_.num_rets, false;
+          break;
+        case kSlotWorkspace:
+          if (s.offset < h_.control_bytes || s.offset + s.bytes > h_.workspace_bytes)
+            return fail() << "workspace too small: slot " << i << " spans [" << s.offset << ", " << s.offset + s.bytes
+                          << ") outside the intermediates [" << h_.control_bytes << ", " << h_.workspace_bytes << ")", false;
+          break;
+        case kSlotConstant:
+          if (s.offset + s.bytes > h_.constant_bytes)
+            return fail() << "slot " << i << " reads past the " << h_.constant_bytes << " bytes of constants", false;
+          break;
+        default:
+          return fail() << "slot " << i << " has unknown source " << s.source, false;
+      }
+    }
+    for (uint32_t i = 0; i < h_.num_operands; ++i) {
+      const Operand& o = operands_[i];
+      if (o.slot >= h_.num_slots) return fail() << "operand " << i << " names dangling slot " << o.slot, false;
+      const uint64_t end = o.offset + o.bytes + uint64_t(h_.num_iterations - 1) * o.iteration_stride;
+      if (end > slots_[o.slot].bytes)
+        return fail() << "operand " << i << " reaches byte " << end << " of slot " << o.slot << ", which holds "
+                      << slots_[o.slot].bytes, false;
+    }
+    return true;
+  }
+
+  bool tasks() {
+    launched_.assign(h_.num_tasks, 0);
+    for (uint32_t t = 0; t < h_.num_tasks; ++t) {
+      const TaskDesc& d = tasks_[t];
+      if (uint64_t(d.first_operand) + d.num_operands > h_.num_operands)
+        return fail() << "task " << t << " names dangling operands", false;
+      if (uint64_t(d.first_trigger) + d.num_triggers > h_.num_triggers)
+        return fail() << "task " << t << " names dangling triggers", false;
+      if (d.num_triggers == 0)
+        return fail() << "task " << t << " triggers no event; every task must lead to the end-of-graph event", false;
+      for (uint32_t k = 0; k < d.num_triggers; ++k)
+        if (triggers_[d.first_trigger + k] >= h_.num_events)
+          return fail() << "task " << t << " triggers dangling event " << triggers_[d.first_trigger + k], false;
+      bool known;
+      const char* why = check_task(AllTasks{}, d, operands_ + d.first_operand, &known);
+      if (!known) return fail() << "task " << t << " has kind " << d.kind << ", which the CUDA task library lacks", false;
+      if (why) return fail() << "task " << t << " (" << task_name(AllTasks{}, d.kind) << "): " << why, false;
+    }
+    return true;
+  }
+
+  bool events() {
+    for (uint32_t e = 0; e < h_.num_events; ++e) {
+      const EventDesc& ev = events_[e];
+      const bool end = e == h_.end_event;
+      if ((ev.kind == kEventEndOfGraph) != end)
+        return fail() << "event " << e << (end ? " is the end event but not of kind end-of-graph" : " is a second end-of-graph event"), false;
+      if (ev.kind > kEventEndOfGraph) return fail() << "event " << e << " has unknown kind " << ev.kind, false;
+      if (ev.first_task > ev.last_task || ev.last_task > h_.num_tasks)
+        return fail() << "event " << e << " launches dangling tasks [" << ev.first_task << ", " << ev.last_task << ")", false;
+      if (end != (ev.first_task == ev.last_task))
+        return fail() << "event " << e << (end ? ": the end event launches tasks" : " launches no tasks"), false;
+      if (ev.kind == kEventLaunch && ev.scheduler >= h_.num_schedulers)
+        return fail() << "event " << e << " belongs to scheduler " << ev.scheduler << " of " << h_.num_schedulers, false;
+      for (uint32_t t = ev.first_task; t < ev.last_task; ++t) ++launched_[t];
+    }
+    for (uint32_t t = 0; t < h_.num_tasks; ++t)
+      if (launched_[t] != 1) return fail() << "task " << t << " is launched by " << launched_[t] << " events, not one", false;
+    return true;
+  }
+
+  bool thresholds() {
+    triggered_.assign(h_.num_events, 0);
+    for (uint32_t k = 0; k < h_.num_triggers; ++k) ++triggered_[triggers_[k]];
+    for (uint32_t e = 0; e < h_.num_events; ++e) {
+      if (e == h_.start_event) {
+        if (events_[e].threshold != 0 || triggered_[e] != 0)
+          return fail() << "the start event " << e << " must have threshold 0 and no triggers", false;
+        continue;
+      }
+      if (events_[e].threshold == 0) return fail() << "event " << e << " has threshold 0 but is not the start event", false;
+      if (triggered_[e] < events_[e].threshold)
+        return fail() << "event " << e << " needs " << events_[e].threshold << " triggers per iteration but only "
+                      << triggered_[e] << " tasks trigger it: it can never fire", false;
+      if (triggered_[e] > events_[e].threshold)
+        return fail() << "event " << e << " is triggered by " << triggered_[e] << " tasks but its threshold is "
+                      << events_[e].threshold, false;
+    }
+    return true;
+  }
+
+  // Kahn's algorithm over events: an event is done once every task that
+  // triggers it was launched by a done event.
+  bool acyclic() {
+    std::vector<uint32_t> remaining(triggered_), ready{h_.start_event};
+    uint32_t done = 0;
+    while (!ready.empty()) {
+      const uint32_t e = ready.back();
+      ready.pop_back();
+      ++done;
+      for (uint32_t t = events_[e].first_task; t < events_[e].last_task; ++t)
+        for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
+          const uint32_t next = triggers_[tasks_[t].first_trigger + k];
+          if (--remaining[next] == 0) ready.push_back(next);
+        }
+    }
+    if (done == h_.num_events) return true;
+    for (uint32_t e = 0; e < h_.num_events; ++e)
+      if (remaining[e] != 0)
+        return fail() << "cycle: event " << e << " (launching tasks [" << events_[e].first_task << ", "
+                      << events_[e].last_task << ")) waits on tasks that depend on it", false;
+    return true;
+  }
+
+  bool queues() {
+    std::vector<uint64_t> routed(h_.num_schedulers, 0);
+    for (uint32_t e = 0; e < h_.num_events; ++e) {
+      if (events_[e].kind == kEventLaunchMassive)
+        for (auto& r : routed) ++r;
+      else
+        ++routed[events_[e].kind == kEventEndOfGraph ? 0 : events_[e].scheduler];
+    }
+    for (uint32_t s = 0; s < h_.num_schedulers; ++s)
+      if (routed[s] + 3 > h_.sched_queue_capacity)
+        return fail() << "queue capacity exceeded: scheduler " << s << " receives " << routed[s]
+                      << " events per iteration (+3 for iteration control) but its queue holds "
+                      << h_.sched_queue_capacity, false;
+    return true;
+  }
+
+  const uint8_t* blob_;
+  size_t size_;
+  ProgramHeader h_;
+  const TaskDesc* tasks_;
+  const EventDesc* events_;
+  const uint32_t* triggers_;
+  const Operand* operands_;
+  const SlotDesc* slots_;
+  std::vector<uint32_t> launched_, triggered_;
+  std::ostringstream msg_;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+std::string validate_program(const uint8_t* blob, size_t size) { return Checker(blob, size).run(); }
+
+}  // namespace mpk

@@ -1,0 +1,16 @@
+// The task library: adding a kind is adding its file and a line here.
+#pragma once
+
+#include "combine_u32.cuh"
+#include "copy.cuh"
+#include "noop.cuh"
+#include "wait_value.cuh"
+
+namespace mpk {
+
+template <typename... Tasks>
+struct TaskList {};
+
+using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask>;
+
+}  // namespace mpk

@@ -1,0 +1,37 @@
+// Copies dims[0..1] bytes from operand 1 to operand 0, 16 bytes per load
+// where both ends are aligned.
+#pragma once
+
+#include "../runtime/task_context.cuh"
+
+namespace mpk {
+
+struct CopyTask {
+  static constexpr TaskKind kKind = kTaskCopy;
+  static constexpr const char* kName = "copy";
+
+  static const char* check(const TaskDesc& d, const Operand* ops) {
+    if (d.num_operands != 2) return "copy takes two operands: dst, src";
+    uint64_t n = uint64_t(uint32_t(d.dims[0])) | (uint64_t(uint32_t(d.dims[1])) << 32);
+    if (ops[0].bytes < n || ops[1].bytes < n) return "copy moves more bytes than its operands hold";
+    return nullptr;
+  }
+
+  __device__ static void run(const TaskContext& ctx) {
+    uint8_t* dst = ctx.operand<uint8_t>(0);
+    const uint8_t* src = ctx.operand<const uint8_t>(1);
+    const uint64_t n = dims_u64(ctx.desc, 0);
+    const bool aligned = ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0;
+    uint64_t done = 0;
+    if (aligned) {
+      const uint64_t vectors = n / 16;
+      auto* d16 = reinterpret_cast<uint4*>(dst);
+      auto* s16 = reinterpret_cast<const uint4*>(src);
+      for (uint64_t i = ctx.thread; i < vectors; i += kWorkerThreads) d16[i] = s16[i];
+      done = vectors * 16;
+    }
+    for (uint64_t i = done + ctx.thread; i < n; i += kWorkerThreads) dst[i] = src[i];
+  }
+};
+
+}  // namespace mpk
