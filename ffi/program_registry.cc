@@ -31,7 +31,8 @@ uint64_t fnv1a(const uint8_t* data, size_t size) {
 uint64_t register_program(const uint8_t* data, size_t size) {
   std::string why = mpk::validate_program(data, size);
   if (!why.empty()) throw std::invalid_argument("invalid program: " + why);
-  const uint64_t key = fnv1a(data, size);
+  // 63 bits: the key travels as an HLO attribute that some builds read as signed.
+  const uint64_t key = fnv1a(data, size) >> 1;
   std::lock_guard<std::mutex> lock(registry_mutex);
   Entry& entry = registry()[key];
   if (!entry.blob) entry.blob = std::make_shared<const std::vector<uint8_t>>(data, data + size);

@@ -166,10 +166,11 @@ std::string Megakernel::diagnose(const ErrorRecord& err, const uint8_t* workspac
   const auto* tasks = reinterpret_cast<const TaskDesc*>(blob_.data() + layout_.tasks);
   switch (err.code) {
     case kWatchdogWorkerIdle:
-      msg << "watchdog: worker " << err.block << " waited " << budget_ms << " ms for a task";
+      msg << "watchdog: worker " << err.block << " waited " << kIdleBudgetFactor * budget_ms << " ms for a task";
       break;
     case kWatchdogSchedulerIdle:
-      msg << "watchdog: a scheduler (block " << err.block << ") waited " << budget_ms << " ms for an event";
+      msg << "watchdog: a scheduler (block " << err.block << ") waited " << kIdleBudgetFactor * budget_ms
+          << " ms for an event";
       break;
     case kWatchdogWorkerQueueFull:
       msg << "watchdog: a scheduler waited " << budget_ms << " ms for room in a worker queue to dispatch task "

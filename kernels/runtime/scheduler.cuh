@@ -26,7 +26,7 @@ class Scheduler {
     for (uint64_t head = 0;; ++head) {
       const uint64_t lap = (head / cap + 1) & 0xFFFFFFull;
       uint64_t entry = ld_acquire(&queue[head % cap]);
-      Watchdog dog(c_.error, p_.watchdog_ns);
+      Watchdog dog(c_.error, kIdleBudgetFactor * p_.watchdog_ns);
       while ((entry >> 40) != lap) {
         Watchdog::Verdict v = dog.poll();
         if (v == Watchdog::kAborted) return;

@@ -39,7 +39,7 @@ __device__ inline void run_worker(const LaunchParams& p, uint32_t worker) {
   while (true) {
     if (thread == 0) {
       uint64_t ready = ld_acquire(&c.worker_ready[worker]);
-      Watchdog dog(c.error, p.watchdog_ns);
+      Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);
       int n = 0;
       while (ready == head) {
         Watchdog::Verdict v = dog.poll();

@@ -1,0 +1,92 @@
+"""The compiled extension, the FFI target, and launching a program from JAX."""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jax_mpk import program as fmt
+
+TARGET = "jax_mpk_megakernel"
+
+
+@functools.cache
+def extension():
+    try:
+        from jax_mpk import _jax_mpk
+    except ImportError as e:
+        raise ImportError(
+            "jax_mpk's compiled extension is missing; install the package with "
+            "`pip install .` (it builds the CUDA runtime with nvcc)"
+        ) from e
+    return _jax_mpk
+
+
+@functools.cache
+def _register_target() -> None:
+    ext = extension()
+    jax.ffi.register_ffi_type("jax_mpk_call_site", ext.call_site_type(), platform="CUDA")
+    for name, stages in ext.registrations().items():
+        jax.ffi.register_ffi_target(name, stages, platform="CUDA")
+
+
+def cuda_devices() -> list[jax.Device]:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
+
+
+def device_info(device: jax.Device | None = None) -> dict:
+    """SM count, opt-in shared memory per block and name of a CUDA device."""
+    device = device or cuda_devices()[0]
+    return extension().device_info(device.local_hardware_id)
+
+
+def validate(program: fmt.Program) -> None:
+    """Raises ValueError naming what is wrong with the program, if anything."""
+    why = extension().validate_program(program.to_bytes())
+    if why:
+        raise ValueError(f"invalid program: {why}")
+
+
+class RegisteredProgram:
+    """A program held by the extension for as long as this object lives."""
+
+    def __init__(self, program: fmt.Program):
+        self.program = program
+        self.key = extension().register_program(program.to_bytes())
+        weakref.finalize(self, extension().release_program, self.key)
+
+
+def call(
+    registered: RegisteredProgram,
+    args: Sequence[jax.Array],
+    out_shapes: Sequence[jax.ShapeDtypeStruct],
+    input_output_aliases: Mapping[int, int] | None = None,
+) -> list[jax.Array]:
+    """Runs the program as one persistent kernel, eagerly or inside a trace.
+
+    `args` bind to ARG slots and `out_shapes` to RET slots by position; the
+    workspace is appended as the last result and dropped from the return value.
+    """
+    _register_target()
+    program = registered.program
+    if len(args) != program.num_args or len(out_shapes) != program.num_rets:
+        raise ValueError(
+            f"the program takes {program.num_args} operands and {program.num_rets} results; "
+            f"got {len(args)} and {len(out_shapes)}"
+        )
+    workspace = jax.ShapeDtypeStruct((program.workspace_bytes,), np.uint8)
+    outs = jax.ffi.ffi_call(
+        TARGET,
+        [*out_shapes, workspace],
+        input_output_aliases=dict(input_output_aliases or {}),
+        # With no outputs, nothing else keeps XLA from dropping the call.
+        has_side_effect=not out_shapes,
+    )(*args, program=np.uint64(registered.key))
+    return list(outs[:-1])

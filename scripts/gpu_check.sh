@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build in place, run the GPU tests (with XLA
+# command buffers on and off), compute-sanitizer, and the benchmarks.
+# Results land in $OUT (or ./gpu_out). Usage: bash scripts/gpu_check.sh [pytest -k expr]
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-/opt/torch/.venv/bin/python}
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+status=0
+step() { echo "== $*"; }
+
+step build
+start=$(date +%s)
+$PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+grep -h "jax_mpk:" build/*/CMakeCache.txt "$OUT/build.log" 2>/dev/null | head -2
+echo "build took $(( $(date +%s) - start )) s"
+$PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
+
+step "gpu tests, command buffers on (XLA default)"
+$PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -30 || status=1
+step "gpu tests, command buffers off"
+XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py -k "jit or watchdog" 2>&1 | tail -5 || status=1
+
+if [ -z "${SKIP_SANITIZER:-}" ]; then
+  step "compute-sanitizer memcheck and racecheck on a medium random graph"
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --target-processes all --error-exitcode 9 \
+      $PY scripts/sanitize_graph.py >"$OUT/sanitizer_$tool.log" 2>&1
+    echo "$tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+    tail -3 "$OUT/sanitizer_$tool.log"
+  done
+fi
+
+step benchmarks
+$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$OUT/bench_runtime.log" | tail -12
+exit $status

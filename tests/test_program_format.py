@@ -1,0 +1,174 @@
+"""The program format: Python writes, C++ reads back; malformed programs are
+rejected before launch with a message that names the cause."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import random_dags
+from jax_mpk import program as fmt
+from jax_mpk import runtime
+from jax_mpk import taskgraph as tg
+
+
+@pytest.fixture(scope="module")
+def ext():
+    return runtime.extension()
+
+
+def mixed_program(num_iterations=3):
+    """Every slot source, several task kinds, a massive launch and constants."""
+    rng = np.random.default_rng(0)
+    g = tg.TaskGraph()
+    x = g.arg(0, 4096 * num_iterations)
+    flag = g.arg(1, 8)
+    y = g.ret(0, 4096 * num_iterations)
+    scratch = g.workspace(4096)
+    table = g.constant(rng.standard_normal(333).astype(np.float32))
+    head = g.add_task(fmt.TaskKind.COPY, [tg.Operand(scratch, 0, 4096), tg.Operand(x, 0, 4096, 4096)],
+                      [4096, 0])
+    fan = [g.add_task(fmt.TaskKind.COPY,
+                      [tg.Operand(y, 64 * i, 64, 4096), tg.Operand(scratch, 64 * i, 64)],
+                      [64, 0], deps=[head]) for i in range(40)]
+    g.add_task(fmt.TaskKind.COPY, [tg.Operand(scratch, 0, 64), tg.Operand(table, 0, 64)], [64, 0],
+               deps=fan)
+    g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [0, 0])
+    config = tg.RuntimeConfig(num_workers=8, num_schedulers=3, num_iterations=num_iterations,
+                              worker_queue_capacity=16)
+    return g.build(config, num_args=2, num_rets=1).program
+
+
+def test_round_trip_through_cpp(ext):
+    p = mixed_program()
+    parsed = ext.parse_program(p.to_bytes())
+    for name in parsed["header"]:
+        assert parsed["header"][name] == p.header[name], name
+    for i, t in enumerate(parsed["tasks"]):
+        expected = p.tasks[i]
+        assert t[:6] == tuple(int(expected[n]) for n in fmt.TASK.names[:6])
+        assert t[6] == expected["dims"].tolist()
+    assert parsed["events"] == [tuple(int(v) for v in e) for e in p.events]
+    assert parsed["triggers"] == p.triggers.tolist()
+    assert parsed["operands"] == [tuple(int(v) for v in o) for o in p.operands]
+    assert parsed["slots"] == [tuple(int(v) for v in s) for s in p.slots]
+    assert parsed["constants"] == p.constants.tobytes()
+    assert parsed["control"] == vars(p.control_layout())
+
+
+def test_round_trip_through_python():
+    p = mixed_program()
+    q = fmt.Program.from_bytes(p.to_bytes())
+    assert q.to_bytes() == p.to_bytes()
+    assert q.num_tasks == p.num_tasks == 43
+
+
+def test_planner_output_is_valid(ext):
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 17, 300):
+        dag = random_dags.random_dag(rng, n, max_fan_in=6, hub_fraction=0.2)
+        p = random_dags.build(dag, tg.RuntimeConfig(num_workers=5, num_schedulers=2)).program
+        assert ext.validate_program(p.to_bytes()) == ""
+
+
+def test_massive_launch_is_split_across_schedulers():
+    p = mixed_program()
+    massive = p.events[p.events["kind"] == fmt.EventKind.LAUNCH_MASSIVE]
+    assert len(massive) == 1 and massive[0]["last_task"] - massive[0]["first_task"] == 40
+
+
+def resized(p, **header):
+    """The same program with other runtime sizes, control region re-laid out."""
+    q = copy.deepcopy(p)
+    for name, value in header.items():
+        q.header[name] = value
+    old = p.control_bytes
+    new = q.control_layout().total
+    q.header["control_bytes"] = new
+    q.header["workspace_bytes"] = p.workspace_bytes - old + new
+    ws = q.slots["source"] == fmt.SlotSource.WORKSPACE
+    q.slots["offset"][ws] += new - old
+    return q
+
+
+def cycle_program():
+    g = tg.TaskGraph()
+    a = g.add_task(fmt.TaskKind.NOOP)
+    b = g.add_task(fmt.TaskKind.NOOP, deps=[a])
+    c = g.add_task(fmt.TaskKind.NOOP, deps=[b])
+    g.add_task(fmt.TaskKind.NOOP)  # a second sink keeps the end event reachable
+    built = g.build(tg.RuntimeConfig(num_workers=2, num_schedulers=1), 0, 0)
+    p = built.program
+    # c, a sink, now triggers the event that launches b, its own ancestor.
+    b_event = int(np.nonzero(p.events["first_task"] == built.task_index[b])[0][0])
+    p.triggers[p.tasks[built.task_index[c]]["first_trigger"]] = b_event
+    p.events[b_event]["threshold"] += 1
+    p.events[p.end_event]["threshold"] -= 1
+    return p
+
+
+def _set(section, index, field, value):
+    def mutate(p):
+        array = getattr(p, section)
+        if field is None:
+            array[index] = value
+        else:
+            array[index][field] = value
+        return p
+    return mutate
+
+
+MALFORMED = {
+    "bad magic": (_set("header", (), "magic", 7), "bad magic"),
+    "version": (_set("header", (), "version", 99), "format version 99"),
+    "truncated": ("truncate", "truncated"),
+    "dangling slot": (_set("operands", 0, "slot", 999), "dangling slot 999"),
+    "dangling event": (_set("triggers", slice(0, 1), None, 10**6), "dangling event"),
+    "dangling operands": (_set("tasks", 0, "num_operands", 999), "dangling operands"),
+    "dangling tasks": (_set("events", 1, "last_task", 10**6), "dangling tasks"),
+    "unreachable threshold": (_set("events", 1, "threshold", 99), "can never fire"),
+    "overfull threshold": (_set("events", 1, "threshold", 0), "threshold 0"),
+    "no trigger": (_set("tasks", 0, "num_triggers", 0), "triggers no event"),
+    "unknown kind": (_set("tasks", 0, "kind", 4000), "lacks"),
+    "kind check": (_set("tasks", 0, "kind", fmt.TaskKind.WAIT_VALUE), "wait_value takes one"),
+    "slot operand index": (_set("slots", 0, "index", 5), "names operand 5"),
+    "operand bounds": (_set("operands", 1, "bytes", 10**9), "reaches byte"),
+    "launched twice": (_set("events", 1, "first_task", 0), "launched by 2 events"),
+    "iterations": (lambda p: resized(p, num_iterations=0), "num_iterations 0"),
+    "schedulers": (lambda p: resized(p, num_schedulers=9), "schedulers"),
+    "queue capacity": (lambda p: resized(p, sched_queue_capacity=2), "queue capacity exceeded"),
+    "control region": (_set("header", (), "control_bytes", 256), "control region"),
+    "workspace": (_set("header", (), "workspace_bytes", 100), "workspace too small"),
+    "workspace slot": (lambda p: _set("header", (), "workspace_bytes", p.control_bytes + 16)(p),
+                       "workspace too small: slot"),
+    "cycle": ("cycle", "cycle: event"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_program_is_rejected(ext, case):
+    mutate, message = MALFORMED[case]
+    if mutate == "cycle":
+        blob = cycle_program().to_bytes()
+    elif mutate == "truncate":
+        blob = mixed_program().to_bytes()[:-100]
+    else:
+        blob = mutate(mixed_program()).to_bytes()
+    why = ext.validate_program(blob)
+    assert message in why, why
+    with pytest.raises(ValueError, match="invalid program"):
+        ext.register_program(blob)
+
+
+def test_graph_errors_are_clear():
+    with pytest.raises(tg.GraphError, match="no tasks"):
+        tg.TaskGraph().build(tg.RuntimeConfig(), 0, 0)
+    g = tg.TaskGraph()
+    with pytest.raises(tg.GraphError, match="unknown task 3"):
+        g.add_task(fmt.TaskKind.NOOP, deps=[3])
+    g.add_task(fmt.TaskKind.NOOP)
+    with pytest.raises(tg.GraphError, match="schedulers"):
+        g.build(tg.RuntimeConfig(num_workers=1, num_schedulers=2), 0, 0)
+    with pytest.raises(tg.GraphError, match="slots"):
+        for _ in range(fmt.MAX_SLOTS + 1):
+            g.workspace(16)

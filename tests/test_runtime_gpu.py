@@ -1,0 +1,163 @@
+"""The persistent runtime on the GPU: random DAGs checked element by element,
+the watchdog, and launching from inside jax.jit with donated state."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import random_dags
+from jax_mpk import program as fmt
+from jax_mpk import runtime
+from jax_mpk import taskgraph as tg
+
+pytestmark = pytest.mark.gpu
+
+
+def sm_count():
+    return runtime.device_info()["sm_count"]
+
+
+def run_dag(dag, config, rng):
+    built = random_dags.build(dag, config)
+    registered = runtime.RegisteredProgram(built.program)
+    inputs = rng.integers(0, 2**32, (config.num_iterations, dag.words), dtype=np.uint32)
+    out_shape = jax.ShapeDtypeStruct((config.num_iterations, dag.num_tasks, dag.words), np.uint32)
+    (out,) = runtime.call(registered, [jnp.asarray(inputs)], [out_shape])
+    # Program task order differs from DAG order; outputs are indexed by DAG task.
+    return np.asarray(out), random_dags.reference(dag, inputs)
+
+
+def small_cases(count):
+    """Graphs of 1 to 3000 tasks, 1 to 100 iterations, assorted runtime sizes."""
+    rng = np.random.default_rng(2024)
+    for seed in range(count):
+        n = int(np.exp(rng.uniform(0, np.log(3000))))
+        iterations = int(rng.choice([1, 2, 7, 100])) if n < 1000 else int(rng.choice([1, 3]))
+        schedulers = int(rng.choice([1, 2, 4, 5, 8]))
+        workers = int(rng.choice([schedulers, 7, 64, 0]))  # 0: every SM
+        yield seed, dict(num_tasks=n, max_fan_in=int(rng.choice([1, 3, 16])),
+                         window=int(rng.choice([4, 64, 1000])),
+                         hub_fraction=float(rng.choice([0, 0.1, 0.5]))), dict(
+            num_iterations=iterations, num_schedulers=schedulers, num_workers=workers,
+            worker_queue_capacity=int(rng.choice([2, 16, 256])))
+
+
+def config_for(sizes):
+    workers = sizes.pop("num_workers") or None
+    if workers is None:
+        return tg.RuntimeConfig.for_sm_count(sm_count(), **sizes)
+    return tg.RuntimeConfig(num_workers=workers, **sizes)
+
+
+def test_random_dags_small():
+    failures = []
+    cases = list(small_cases(300))
+    for seed, shape, sizes in cases:
+        rng = np.random.default_rng(seed)
+        dag = random_dags.random_dag(rng, **shape)
+        out, ref = run_dag(dag, config_for(dict(sizes)), rng)
+        if not np.array_equal(out, ref):
+            bad = np.argwhere(out != ref)
+            failures.append(f"seed {seed} {shape} {sizes}: {len(bad)} words differ, first {bad[0]}")
+    assert not failures, "\n".join(failures[:10])
+    print(f"{len(cases)} random graphs matched the numpy reference word for word")
+
+
+@pytest.mark.parametrize(
+    "name, make, sizes",
+    [
+        ("100k tasks, window 1000", lambda r: random_dags.random_dag(r, 100_000, 8, 1000, words=2),
+         dict(num_iterations=2)),
+        ("100k tasks, hubs with fan-out in the thousands",
+         lambda r: random_dags.random_dag(r, 100_000, 4, 64, words=2, hub_fraction=0.5),
+         dict(num_iterations=1)),
+        ("fan-in and fan-out 1000", lambda r: random_dags.layered_dag(r, 2, 1000, words=8),
+         dict(num_iterations=5)),
+        ("wide layers, 100 iterations", lambda r: random_dags.layered_dag(r, 6, 40),
+         dict(num_iterations=100)),
+    ],
+)
+def test_random_dags_large(name, make, sizes):
+    rng = np.random.default_rng(7)
+    dag = make(rng)
+    out, ref = run_dag(dag, tg.RuntimeConfig.for_sm_count(sm_count(), **sizes), rng)
+    np.testing.assert_array_equal(out, ref)
+
+
+def stuck_program(budget_ns):
+    """A task waits for a flag nobody sets; the events after it never fire."""
+    g = tg.TaskGraph()
+    flag = g.arg(0, 8)
+    wait = g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [1, 0])
+    g.add_task(fmt.TaskKind.NOOP, deps=[wait])
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), watchdog_ns=budget_ns)
+    return g.build(config, num_args=1, num_rets=0).program
+
+
+def test_watchdog_turns_a_hang_into_an_exception():
+    registered = runtime.RegisteredProgram(stuck_program(budget_ns=200_000_000))
+    flag = jnp.zeros((2,), jnp.uint32)  # one uint64 that nobody sets
+    start = time.perf_counter()
+    with pytest.raises(Exception, match=r"watchdog: task 0 \(kind 3\) of iteration 0 waited 200 ms"):
+        runtime.call(registered, [flag], [])
+        jax.effects_barrier()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5, f"the watchdog took {elapsed:.1f} s for a 0.2 s budget"
+    # The process and the device stay usable.
+    rng = np.random.default_rng(3)
+    dag = random_dags.random_dag(rng, 500, 4)
+    out, ref = run_dag(dag, tg.RuntimeConfig.for_sm_count(sm_count(), num_iterations=3), rng)
+    np.testing.assert_array_equal(out, ref)
+
+
+def affine_program(n, mul, add):
+    """state[j] = state[j] * mul + add, in place; then out = state."""
+    g = tg.TaskGraph()
+    state_in = g.arg(0, 4 * n)
+    state_out = g.ret(0, 4 * n)
+    copy_out = g.ret(1, 4 * n)
+    tiles = []
+    for lo in range(0, n, 1000):
+        size = 4 * min(1000, n - lo)
+        tiles.append(g.add_task(fmt.TaskKind.COMBINE_U32,
+                                [tg.Operand(state_out, 4 * lo, size), tg.Operand(state_in, 4 * lo, size)],
+                                [size // 4, mul, add]))
+        g.add_task(fmt.TaskKind.COPY, [tg.Operand(copy_out, 4 * lo, size),
+                                       tg.Operand(state_out, 4 * lo, size)], [size, 0], deps=[tiles[-1]])
+    return g.build(tg.RuntimeConfig.for_sm_count(sm_count()), num_args=1, num_rets=2).program
+
+
+def test_inside_jit_with_donated_state():
+    n = 10_007
+    registered = runtime.RegisteredProgram(affine_program(n, 3, 11))
+    shape = jax.ShapeDtypeStruct((n,), np.uint32)
+
+    @jax.jit
+    def step(state, x):
+        state, copy = runtime.call(registered, [state], [shape, shape], input_output_aliases={0: 0})
+        return state, copy + x
+
+    step = jax.jit(step, donate_argnums=0)
+    rng = np.random.default_rng(5)
+    state0 = rng.integers(0, 2**32, n, dtype=np.uint32)
+    x = jnp.asarray(rng.integers(0, 2**32, n, dtype=np.uint32))
+    state = jnp.asarray(state0)
+    expected = state0.copy()
+    for _ in range(4):
+        pointer = state.unsafe_buffer_pointer()
+        state, y = step(state, x)
+        expected = expected * np.uint32(3) + np.uint32(11)
+        assert state.unsafe_buffer_pointer() == pointer, "the donated state was copied"
+        np.testing.assert_array_equal(np.asarray(state), expected)
+        np.testing.assert_array_equal(np.asarray(y), expected + np.asarray(x))
+
+
+def test_too_many_workers_is_a_clear_error():
+    g = tg.TaskGraph()
+    g.add_task(fmt.TaskKind.NOOP)
+    program = g.build(tg.RuntimeConfig(num_workers=4 * sm_count(), num_schedulers=8), 0, 0).program
+    with pytest.raises(Exception, match="co-resident"):
+        runtime.call(runtime.RegisteredProgram(program), [], [])
