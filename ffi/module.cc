@@ -2,6 +2,7 @@
 // validation and parsing (for the round-trip test), and device queries.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include "kernels/runtime/megakernel.h"
 #include "megakernel_call.h"
@@ -118,6 +119,12 @@ NB_MODULE(_jax_mpk, m) {
     return mpk::validate_program(data, size);
   }, "An empty string for a valid program blob, else the reason it is not.");
   m.def("parse_program", &parse_program);
+  m.def("describe_failure", [](const nb::bytes& blob, uint32_t code, uint32_t block, uint32_t task,
+                               uint32_t event, uint32_t iteration, uint64_t observed, uint64_t expected,
+                               std::vector<uint64_t> counters) {
+    mpk::ErrorRecord err{1, code, block, task, event, iteration, observed, expected, {}};
+    return mpk::describe_failure(view(blob).first, err, counters.empty() ? nullptr : counters.data());
+  }, "The message a failed launch with this error record and these event counters raises.");
   m.def("register_program", [](const nb::bytes& blob) {
     auto [data, size] = view(blob);
     try {

@@ -172,3 +172,27 @@ def test_graph_errors_are_clear():
     with pytest.raises(tg.GraphError, match="slots"):
         for _ in range(fmt.MAX_SLOTS + 1):
             g.workspace(16)
+
+
+@pytest.mark.parametrize("code, message", [
+    (fmt.ErrorCode.WATCHDOG_WORKER_IDLE, "worker 3 waited"),
+    (fmt.ErrorCode.WATCHDOG_SCHEDULER_IDLE, "a scheduler (block 3) waited"),
+    (fmt.ErrorCode.WATCHDOG_WORKER_QUEUE_FULL, "room in a worker queue to dispatch task 1"),
+    (fmt.ErrorCode.WATCHDOG_TASK_WAIT, "task 1 (kind 1) of iteration 2 waited"),
+    (fmt.ErrorCode.SCHED_QUEUE_OVERFLOW, "overflow while firing event 2"),
+    (fmt.ErrorCode.BAD_TASK_KIND, "task 1 has unknown kind"),
+    (77, "device error code 77"),
+])
+def test_failure_messages_name_the_wait(ext, code, message):
+    p = mixed_program()
+    counters = np.zeros(p.num_events, np.uint64)
+    # Iteration 2 in flight: the end event fired twice, the fan-in event has 7 of 40 triggers.
+    counters[p.end_event] = 2 * p.events[p.end_event]["threshold"]
+    fan_in = int(np.argmax(p.events["threshold"]))
+    counters[fan_in] = 2 * p.events[fan_in]["threshold"] + 7
+    text = ext.describe_failure(p.to_bytes(), int(code), 3, 1, 2, 2, 5, 9, counters.tolist())
+    assert message in text, text
+    assert f"in iteration 2 of 3; 3 events did not fire; event {fan_in}" in text, text
+    assert "has 7 of 40 triggers" in text and "outputs are not valid" in text
+    # Garbage in the record (a task id out of range) still gives a message.
+    assert "task 4294967295" in ext.describe_failure(p.to_bytes(), 4, 0, 2**32 - 1, 0, 0, 0, 0, [])

@@ -156,69 +156,19 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   MPK_CUDA(cudaMemcpyAsync(host_error_, static_cast<uint8_t*>(workspace.data) + params.control.error,
                            sizeof(ErrorRecord), cudaMemcpyDeviceToHost, stream));
   MPK_CUDA(cudaStreamSynchronize(stream));
-  if (host_error_->code != kOk) return diagnose(*host_error_, static_cast<uint8_t*>(workspace.data), stream);
+  const ErrorRecord error = *host_error_;
+  if (error.code != kOk) return diagnose(error, static_cast<uint8_t*>(workspace.data), stream);
   return "";
 }
 
 std::string Megakernel::diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const {
-  std::ostringstream msg;
-  const double budget_ms = header_.watchdog_ns / 1e6;
-  const auto* tasks = reinterpret_cast<const TaskDesc*>(blob_.data() + layout_.tasks);
-  switch (err.code) {
-    case kWatchdogWorkerIdle:
-      msg << "watchdog: worker " << err.block << " waited " << kIdleBudgetFactor * budget_ms << " ms for a task";
-      break;
-    case kWatchdogSchedulerIdle:
-      msg << "watchdog: a scheduler (block " << err.block << ") waited " << kIdleBudgetFactor * budget_ms
-          << " ms for an event";
-      break;
-    case kWatchdogWorkerQueueFull:
-      msg << "watchdog: a scheduler waited " << budget_ms << " ms for room in a worker queue to dispatch task "
-          << err.task << " of iteration " << err.iteration;
-      break;
-    case kWatchdogTaskWait:
-      msg << "watchdog: task " << err.task << " (kind " << tasks[err.task].kind << ") of iteration "
-          << err.iteration << " waited " << budget_ms << " ms for a value: saw " << err.observed
-          << ", needs " << err.expected;
-      break;
-    case kSchedQueueOverflow:
-      msg << "scheduler queue overflow while firing event " << err.event << ": " << err.observed
-          << " entries pending in a queue of " << err.expected;
-      break;
-    case kBadTaskKind:
-      msg << "task " << err.task << " has unknown kind " << err.observed;
-      break;
-    default:
-      msg << "device error code " << err.code;
-  }
-  // Name the events that never completed: where the graph stopped.
   std::vector<uint64_t> counters(header_.num_events);
   const ControlLayout control(header_);
-  if (cudaMemcpyAsync(counters.data(), workspace + control.event_counters, 8 * counters.size(),
+  const bool have_counters =
+      cudaMemcpyAsync(counters.data(), workspace + control.event_counters, 8 * counters.size(),
                       cudaMemcpyDeviceToHost, stream) == cudaSuccess &&
-      cudaStreamSynchronize(stream) == cudaSuccess) {
-    const auto* events = reinterpret_cast<const EventDesc*>(blob_.data() + layout_.events);
-    const EventDesc& end = events[header_.end_event];
-    const uint64_t iteration = end.threshold ? counters[header_.end_event] / end.threshold : 0;
-    int named = 0, stuck = 0;
-    std::ostringstream detail;
-    for (uint32_t e = 0; e < header_.num_events; ++e) {
-      if (e == header_.start_event) continue;
-      const uint64_t need = uint64_t(events[e].threshold) * (iteration + 1);
-      if (counters[e] >= need) continue;
-      ++stuck;
-      const uint64_t have = counters[e] - uint64_t(events[e].threshold) * iteration;
-      if (have > 0 && named < 4) {
-        detail << "; event " << e << " (launching tasks [" << events[e].first_task << ", "
-               << events[e].last_task << ")) has " << have << " of " << events[e].threshold << " triggers";
-        ++named;
-      }
-    }
-    msg << " in iteration " << iteration << " of " << header_.num_iterations << "; " << stuck
-        << " events did not fire" << detail.str();
-  }
-  msg << ". The launch was aborted and its outputs are not valid.";
-  return msg.str();
+      cudaStreamSynchronize(stream) == cudaSuccess;
+  return describe_failure(blob_.data(), err, have_counters ? counters.data() : nullptr);
 }
 
 }  // namespace mpk

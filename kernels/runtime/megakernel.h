@@ -21,6 +21,10 @@ struct Buffer {
 // An empty string when the blob is a well-formed program, else the reason.
 std::string validate_program(const uint8_t* blob, size_t size);
 
+// What went wrong in a launch, from its error record and, when they could be
+// read back, its event counters (else null).
+std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const uint64_t* counters);
+
 struct DeviceInfo {
   int device;
   int sm_count;

@@ -35,6 +35,9 @@ constexpr uint32_t kMaxTaskDims = 12;
 constexpr uint32_t kSchedulersPerBlock = 4;   // one scheduler per warp
 constexpr uint32_t kTerminateTask = 0xFFFFFFFFu;
 constexpr uint32_t kTerminateEvent = kMaxEvents - 1;
+// Idle waits (a worker for a task, a scheduler for an event) get this many
+// times the watchdog budget, so the wait that caused a hang reports it first.
+constexpr uint64_t kIdleBudgetFactor = 2;
 
 enum TaskKind : uint16_t {
   kTaskNoop = 0,

@@ -75,10 +75,6 @@ __device__ __forceinline__ void report_error(ErrorRecord* err, uint32_t code, ui
   st_relaxed(&err->abort, 1u);
 }
 
-// Idle waits (a worker for a task, a scheduler for an event) get a longer
-// budget than waits inside tasks, so the wait that caused a hang reports it.
-constexpr uint64_t kIdleBudgetFactor = 2;
-
 // A spin-wait's budget. `poll` is cheap: the clock and the abort flag are read
 // once every 64 spins.
 class Watchdog {

@@ -16,11 +16,11 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   return found;
 }
 
-__device__ inline void trigger_events(const LaunchParams& p, const Control& c, const TaskDesc& desc,
-                                      uint32_t iteration) {
+__device__ inline void trigger_events(const LaunchParams& p, const Control& c, uint32_t first_trigger,
+                                      uint32_t num_triggers, uint32_t iteration) {
   fence_acq_rel_gpu();
-  for (uint32_t k = 0; k < desc.num_triggers; ++k) {
-    const uint32_t event = p.triggers[desc.first_trigger + k];
+  for (uint32_t k = 0; k < num_triggers; ++k) {
+    const uint32_t event = p.triggers[first_trigger + k];
     const uint64_t target = uint64_t(p.events[event].threshold) * (iteration + 1);
     if (atom_add_acq_rel(&c.counters[event], 1) + 1 == target) fire_event(p, c, event, iteration);
   }
@@ -72,8 +72,10 @@ __device__ inline void run_worker(const LaunchParams& p, uint32_t worker) {
       const TaskContext ctx{p, desc, task, iteration, thread};
       if (!run_task(AllTasks{}, ctx) && thread == 0)
         report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
+      // Read before the barrier: after it, other threads load the next descriptor.
+      const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers;
       __syncthreads();
-      if (thread == 0) trigger_events(p, c, desc, iteration);
+      if (thread == 0) trigger_events(p, c, first_trigger, num_triggers, iteration);
     }
     __syncthreads();
   }
