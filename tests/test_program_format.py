@@ -178,7 +178,7 @@ def test_graph_errors_are_clear():
     (fmt.ErrorCode.WATCHDOG_WORKER_IDLE, "worker 3 waited"),
     (fmt.ErrorCode.WATCHDOG_SCHEDULER_IDLE, "a scheduler (block 3) waited"),
     (fmt.ErrorCode.WATCHDOG_WORKER_QUEUE_FULL, "room in a worker queue to dispatch task 1"),
-    (fmt.ErrorCode.WATCHDOG_TASK_WAIT, "task 1 (kind 1) of iteration 2 waited"),
+    (fmt.ErrorCode.WATCHDOG_TASK_WAIT, "task 1 (kind 3) of iteration 2 waited"),
     (fmt.ErrorCode.SCHED_QUEUE_OVERFLOW, "overflow while firing event 2"),
     (fmt.ErrorCode.BAD_TASK_KIND, "task 1 has unknown kind"),
     (77, "device error code 77"),
