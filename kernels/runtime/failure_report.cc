@@ -1,8 +1,32 @@
-#include <sstream>
+#include <cstdio>
+#include <string>
 
 #include "megakernel.h"
 
 namespace mpk {
+namespace {
+
+// Appends with plain to_string: this runs on XLA's thread after a failed
+// launch, where iostreams crashed the process on the GPU image.
+class Message {
+ public:
+  Message& operator<<(const char* s) { text_ += s; return *this; }
+  Message& operator<<(const std::string& s) { text_ += s; return *this; }
+  template <typename T>
+  Message& operator<<(T v) { text_ += std::to_string(v); return *this; }
+  Message& operator<<(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    text_ += buf;
+    return *this;
+  }
+  const std::string& str() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+}  // namespace
 
 std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const uint64_t* counters) {
   const auto& h = *reinterpret_cast<const ProgramHeader*>(blob);
@@ -10,7 +34,7 @@ std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const 
   const auto* tasks = reinterpret_cast<const TaskDesc*>(blob + at.tasks);
   const auto* events = reinterpret_cast<const EventDesc*>(blob + at.events);
   const double budget_ms = h.watchdog_ns / 1e6;
-  std::ostringstream msg;
+  Message msg;
   switch (err.code) {
     case kWatchdogWorkerIdle:
       msg << "watchdog: worker " << err.block << " waited " << kIdleBudgetFactor * budget_ms << " ms for a task";
@@ -44,7 +68,7 @@ std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const 
     const EventDesc& end = events[h.end_event];
     const uint64_t iteration = end.threshold ? counters[h.end_event] / end.threshold : 0;
     int named = 0, stuck = 0;
-    std::ostringstream detail;
+    Message detail;
     for (uint32_t e = 0; e < h.num_events; ++e) {
       if (e == h.start_event) continue;
       const uint64_t done_before = uint64_t(events[e].threshold) * iteration;
