@@ -37,7 +37,7 @@ def small_cases(count):
         n = int(np.exp(rng.uniform(0, np.log(3000))))
         iterations = int(rng.choice([1, 2, 7, 100])) if n < 1000 else int(rng.choice([1, 3]))
         schedulers = int(rng.choice([1, 2, 4, 5, 8]))
-        workers = int(rng.choice([schedulers, 7, 64, 0]))  # 0: every SM
+        workers = int(rng.choice([schedulers, max(schedulers, 7), 64, 0]))  # 0: every SM
         yield seed, dict(num_tasks=n, max_fan_in=int(rng.choice([1, 3, 16])),
                          window=int(rng.choice([4, 64, 1000])),
                          hub_fraction=float(rng.choice([0, 0.1, 0.5]))), dict(

@@ -1,32 +1,7 @@
-#include <cstdio>
-#include <string>
-
 #include "megakernel.h"
+#include "message.h"
 
 namespace mpk {
-namespace {
-
-// Appends with plain to_string: this runs on XLA's thread after a failed
-// launch, where iostreams crashed the process on the GPU image.
-class Message {
- public:
-  Message& operator<<(const char* s) { text_ += s; return *this; }
-  Message& operator<<(const std::string& s) { text_ += s; return *this; }
-  template <typename T>
-  Message& operator<<(T v) { text_ += std::to_string(v); return *this; }
-  Message& operator<<(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    text_ += buf;
-    return *this;
-  }
-  const std::string& str() const { return text_; }
-
- private:
-  std::string text_;
-};
-
-}  // namespace
 
 std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const uint64_t* counters) {
   const auto& h = *reinterpret_cast<const ProgramHeader*>(blob);

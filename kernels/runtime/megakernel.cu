@@ -1,7 +1,7 @@
 #include "megakernel.h"
+#include "message.h"
 
 #include <cstring>
-#include <sstream>
 
 #include "scheduler.cuh"
 #include "worker.cuh"
@@ -72,7 +72,7 @@ std::string Megakernel::upload(cudaStream_t stream) {
   MPK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, megakernel, kWorkerThreads, 0));
   const uint64_t grid = uint64_t(header_.num_workers) + scheduler_blocks(header_);
   if (grid > uint64_t(per_sm) * info.sm_count) {
-    std::ostringstream msg;
+    Message msg;
     msg << "the program asks for " << header_.num_workers << " worker blocks and "
         << scheduler_blocks(header_) << " scheduler blocks, but only " << per_sm * info.sm_count
         << " blocks of the megakernel fit co-resident on " << info.name << " (" << info.sm_count
@@ -89,7 +89,7 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
                             const std::vector<Buffer>& rets, Buffer workspace) {
   const ProgramHeader& h = header_;
   if (args.size() != h.num_args || rets.size() != h.num_rets) {
-    std::ostringstream msg;
+    Message msg;
     msg << "the program takes " << h.num_args << " operands and " << h.num_rets
         << " results besides the workspace; the call passed " << args.size() << " and " << rets.size();
     return msg.str();
@@ -117,7 +117,7 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
     }
     const uint64_t need = s.source == kSlotArg || s.source == kSlotRet ? s.bytes : s.offset + s.bytes;
     if (need > available) {
-      std::ostringstream msg;
+      Message msg;
       msg << "slot " << i << " needs " << need << " bytes but its buffer ("
           << (s.source == kSlotArg ? "operand " : s.source == kSlotRet ? "result " : "")
           << (s.source <= kSlotRet ? std::to_string(s.index) : std::string("workspace/constants"))

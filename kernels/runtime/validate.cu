@@ -1,9 +1,9 @@
 // Everything the runtime relies on, checked on the host before any launch.
-#include <sstream>
 #include <vector>
 
 #include "../tasks/all_tasks.cuh"
 #include "megakernel.h"
+#include "message.h"
 #include "scheduler.cuh"
 
 namespace mpk {
@@ -46,7 +46,7 @@ class Checker {
   }
 
  private:
-  std::ostringstream& fail() { failed_ = true; return msg_; }
+  Message& fail() { failed_ = true; return msg_; }
   std::string out() const { return msg_.str(); }
 
   bool config() {
@@ -217,7 +217,7 @@ class Checker {
   const Operand* operands_;
   const SlotDesc* slots_;
   std::vector<uint32_t> launched_, triggered_;
-  std::ostringstream msg_;
+  Message msg_;
   bool failed_ = false;
 };
 
