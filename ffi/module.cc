@@ -50,6 +50,8 @@ nb::dict parse_program(const nb::bytes& blob) {
   header["control_bytes"] = h.control_bytes;
   header["workspace_bytes"] = h.workspace_bytes;
   header["constant_bytes"] = h.constant_bytes;
+  header["schedule"] = h.schedule;
+  header["num_worker_tasks"] = h.num_worker_tasks;
 
   nb::list tasks, events, triggers, operands, slots;
   for (uint32_t i = 0; i < h.num_tasks; ++i) {
@@ -73,6 +75,13 @@ nb::dict parse_program(const nb::bytes& blob) {
     const auto& s = reinterpret_cast<const mpk::SlotDesc*>(data + at.slots)[i];
     slots.append(nb::make_tuple(s.source, s.index, s.offset, s.bytes));
   }
+  nb::list worker_task_begin, worker_tasks;
+  for (uint32_t i = 0; i <= h.num_workers; ++i)
+    worker_task_begin.append(reinterpret_cast<const uint32_t*>(data + at.worker_task_begin)[i]);
+  for (uint32_t i = 0; i < h.num_worker_tasks; ++i) {
+    const auto& w = reinterpret_cast<const mpk::WorkerTask*>(data + at.worker_tasks)[i];
+    worker_tasks.append(nb::make_tuple(w.task, w.wait_event));
+  }
   const mpk::ControlLayout c(h);
   nb::dict control;
   control["error"] = c.error;
@@ -92,6 +101,8 @@ nb::dict parse_program(const nb::bytes& blob) {
   out["triggers"] = triggers;
   out["operands"] = operands;
   out["slots"] = slots;
+  out["worker_task_begin"] = worker_task_begin;
+  out["worker_tasks"] = worker_tasks;
   out["constants"] = nb::bytes(reinterpret_cast<const char*>(data + at.constants), h.constant_bytes);
   out["control"] = control;
   return out;

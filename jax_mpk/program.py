@@ -42,6 +42,11 @@ class EventKind(enum.IntEnum):
     END_OF_GRAPH = 2
 
 
+class Schedule(enum.IntEnum):
+    DYNAMIC = 0
+    STATIC = 1
+
+
 class SlotSource(enum.IntEnum):
     ARG = 0
     RET = 1
@@ -57,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     WATCHDOG_TASK_WAIT = 4
     SCHED_QUEUE_OVERFLOW = 5
     BAD_TASK_KIND = 6
+    WATCHDOG_TASK_INPUTS = 7
 
 
 HEADER = np.dtype(
@@ -81,7 +87,9 @@ HEADER = np.dtype(
         ("control_bytes", "<u8"),
         ("workspace_bytes", "<u8"),
         ("constant_bytes", "<u8"),
-        ("reserved", "<u8", (4,)),
+        ("schedule", "<u4"),
+        ("num_worker_tasks", "<u4"),
+        ("reserved", "<u8", (3,)),
     ]
 )
 TASK = np.dtype(
@@ -115,6 +123,7 @@ OPERAND = np.dtype(
 )
 SLOT = np.dtype([("source", "<u4"), ("index", "<u4"), ("offset", "<u8"), ("bytes", "<u8")])
 TRIGGER = np.dtype("<u4")
+WORKER_TASK = np.dtype([("task", "<u4"), ("wait_event", "<u4")])
 
 assert (HEADER.itemsize, TASK.itemsize, EVENT.itemsize, OPERAND.itemsize, SLOT.itemsize) == (
     128,
@@ -171,6 +180,8 @@ class Program:
     triggers: np.ndarray  # uint32[num_triggers]
     operands: np.ndarray  # OPERAND[num_operands]
     slots: np.ndarray  # SLOT[num_slots]
+    worker_task_begin: np.ndarray  # uint32[num_workers + 1]
+    worker_tasks: np.ndarray  # WORKER_TASK[num_worker_tasks]
     constants: np.ndarray  # uint8[constant_bytes]
 
     def __getattr__(self, name):
@@ -210,6 +221,8 @@ class Program:
             (TRIGGER, int(header["num_triggers"])),
             (OPERAND, int(header["num_operands"])),
             (SLOT, int(header["num_slots"])),
+            (np.dtype("<u4"), int(header["num_workers"]) + 1),
+            (WORKER_TASK, int(header["num_worker_tasks"])),
             (np.dtype(np.uint8), int(header["constant_bytes"])),
         )
         at = HEADER.itemsize
@@ -224,4 +237,4 @@ class Program:
 
     def _sections(self):
         return (self.header, self.tasks, self.events, self.triggers, self.operands, self.slots,
-                self.constants)
+                self.worker_task_begin, self.worker_tasks, self.constants)

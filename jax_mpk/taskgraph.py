@@ -48,6 +48,10 @@ class RuntimeConfig:
     num_iterations: int = 1
     watchdog_ns: int = DEFAULT_WATCHDOG_NS
     worker_queue_capacity: int = DEFAULT_WORKER_QUEUE_CAPACITY
+    # "dynamic": scheduler warps dispatch tasks as events fire (the MPK seed).
+    # "static": each worker walks a compiled list of its tasks, waiting on
+    # event counters; no scheduler on the critical path.
+    schedule: str = "dynamic"
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
@@ -115,6 +119,11 @@ class TaskGraph:
             raise GraphError("the graph has no tasks")
         if not 1 <= config.num_iterations <= fmt.MAX_ITERATIONS:
             raise GraphError(f"num_iterations must be in [1, {fmt.MAX_ITERATIONS}]")
+        if config.schedule not in ("dynamic", "static"):
+            raise GraphError(f"schedule must be 'dynamic' or 'static', not {config.schedule!r}")
+        static = config.schedule == "static"
+        if static:  # queues and schedulers stay unused: keep the control region small
+            config = dataclasses.replace(config, num_schedulers=1, worker_queue_capacity=1)
         if not 1 <= config.num_schedulers <= config.num_workers:
             raise GraphError("need at least one scheduler and no more schedulers than workers")
 
@@ -174,7 +183,7 @@ class TaskGraph:
         events[end_event]["kind"] = fmt.EventKind.END_OF_GRAPH
         routed[0] += 1
         # Room for the start of the next iteration and for termination.
-        sched_capacity = _pow2(int(routed.max()) + 3)
+        sched_capacity = 1 if static else _pow2(int(routed.max()) + 3)
 
         tasks = np.zeros(len(self._tasks), fmt.TASK)
         triggers: list[int] = []
@@ -199,7 +208,7 @@ class TaskGraph:
                                       config.worker_queue_capacity, sched_capacity)
         slots = np.array(self._slots, dtype=np.uint64).reshape(-1, 4)
         slot_array = np.zeros(len(self._slots), fmt.SLOT)
-        for name, column in zip(fmt.SLOT.names, slots.T):
+        for name, column in zip(fmt.SLOT.names, slots.T, strict=True):
             slot_array[name] = column
         is_workspace = slot_array["source"] == fmt.SlotSource.WORKSPACE
         slot_array["offset"][is_workspace] += layout.total
@@ -222,6 +231,22 @@ class TaskGraph:
         header["control_bytes"] = layout.total
         header["workspace_bytes"] = layout.total + self._workspace_bytes
         header["constant_bytes"] = len(self._constants)
+        header["schedule"] = fmt.Schedule.STATIC if static else fmt.Schedule.DYNAMIC
+
+        # Static lists: program order is topological, so lists in increasing
+        # order never wait on a task queued behind them.
+        worker_task_begin = np.zeros(config.num_workers + 1, np.uint32)
+        worker_tasks = np.zeros(0, fmt.WORKER_TASK)
+        if static:
+            n = len(self._tasks)
+            launch_event = np.repeat(np.arange(len(members)), [len(m) for m in members])
+            owner = np.arange(n) % config.num_workers
+            order = np.argsort(owner, kind="stable")
+            worker_tasks = np.zeros(n, fmt.WORKER_TASK)
+            worker_tasks["task"] = order
+            worker_tasks["wait_event"] = launch_event[order]
+            worker_task_begin[1:] = np.cumsum(np.bincount(owner, minlength=config.num_workers))
+            header["num_worker_tasks"] = n
 
         program = fmt.Program(
             header=header,
@@ -230,6 +255,8 @@ class TaskGraph:
             triggers=np.array(triggers, fmt.TRIGGER),
             operands=np.array(operands, fmt.OPERAND),
             slots=slot_array,
+            worker_task_begin=worker_task_begin,
+            worker_tasks=worker_tasks,
             constants=np.frombuffer(bytes(self._constants), np.uint8).copy(),
         )
         return BuiltProgram(program, index_of)

@@ -5,8 +5,8 @@ import copy
 
 import numpy as np
 import pytest
-
 import random_dags
+
 from jax_mpk import program as fmt
 from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
@@ -17,7 +17,7 @@ def ext():
     return runtime.extension()
 
 
-def mixed_program(num_iterations=3):
+def mixed_program(num_iterations=3, schedule="dynamic"):
     """Every slot source, several task kinds, a massive launch and constants."""
     rng = np.random.default_rng(0)
     g = tg.TaskGraph()
@@ -26,8 +26,8 @@ def mixed_program(num_iterations=3):
     y = g.ret(0, 4096 * num_iterations)
     scratch = g.workspace(4096)
     table = g.constant(rng.standard_normal(333).astype(np.float32))
-    head = g.add_task(fmt.TaskKind.COPY, [tg.Operand(scratch, 0, 4096), tg.Operand(x, 0, 4096, 4096)],
-                      [4096, 0])
+    head = g.add_task(fmt.TaskKind.COPY,
+                      [tg.Operand(scratch, 0, 4096), tg.Operand(x, 0, 4096, 4096)], [4096, 0])
     fan = [g.add_task(fmt.TaskKind.COPY,
                       [tg.Operand(y, 64 * i, 64, 4096), tg.Operand(scratch, 64 * i, 64)],
                       [64, 0], deps=[head]) for i in range(40)]
@@ -35,12 +35,13 @@ def mixed_program(num_iterations=3):
                deps=fan)
     g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [0, 0])
     config = tg.RuntimeConfig(num_workers=8, num_schedulers=3, num_iterations=num_iterations,
-                              worker_queue_capacity=16)
+                              worker_queue_capacity=16, schedule=schedule)
     return g.build(config, num_args=2, num_rets=1).program
 
 
-def test_round_trip_through_cpp(ext):
-    p = mixed_program()
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_round_trip_through_cpp(ext, schedule):
+    p = mixed_program(schedule=schedule)
     parsed = ext.parse_program(p.to_bytes())
     for name in parsed["header"]:
         assert parsed["header"][name] == p.header[name], name
@@ -52,22 +53,27 @@ def test_round_trip_through_cpp(ext):
     assert parsed["triggers"] == p.triggers.tolist()
     assert parsed["operands"] == [tuple(int(v) for v in o) for o in p.operands]
     assert parsed["slots"] == [tuple(int(v) for v in s) for s in p.slots]
+    assert parsed["worker_task_begin"] == p.worker_task_begin.tolist()
+    assert parsed["worker_tasks"] == [tuple(int(v) for v in w) for w in p.worker_tasks]
     assert parsed["constants"] == p.constants.tobytes()
     assert parsed["control"] == vars(p.control_layout())
 
 
-def test_round_trip_through_python():
-    p = mixed_program()
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_round_trip_through_python(schedule):
+    p = mixed_program(schedule=schedule)
     q = fmt.Program.from_bytes(p.to_bytes())
     assert q.to_bytes() == p.to_bytes()
     assert q.num_tasks == p.num_tasks == 43
 
 
-def test_planner_output_is_valid(ext):
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_planner_output_is_valid(ext, schedule):
     rng = np.random.default_rng(1)
     for n in (1, 2, 17, 300):
         dag = random_dags.random_dag(rng, n, max_fan_in=6, hub_fraction=0.2)
-        p = random_dags.build(dag, tg.RuntimeConfig(num_workers=5, num_schedulers=2)).program
+        config = tg.RuntimeConfig(num_workers=5, num_schedulers=2, schedule=schedule)
+        p = random_dags.build(dag, config).program
         assert ext.validate_program(p.to_bytes()) == ""
 
 
@@ -118,6 +124,11 @@ def _set(section, index, field, value):
     return mutate
 
 
+def _swap_static(p):
+    p.worker_tasks[[0, 1]] = p.worker_tasks[[1, 0]]
+    return p
+
+
 MALFORMED = {
     "bad magic": (_set("header", (), "magic", 7), "bad magic"),
     "version": (_set("header", (), "version", 99), "format version 99"),
@@ -142,13 +153,20 @@ MALFORMED = {
     "workspace slot": (lambda p: _set("header", (), "workspace_bytes", p.control_bytes + 16)(p),
                        "workspace too small: slot"),
     "cycle": ("cycle", "cycle: event"),
+    "static list order": ("static", _swap_static, "not increasing"),
+    "static wait event": ("static", _set("worker_tasks", 1, "wait_event", 2), "but is launched by"),
+    "static coverage": ("static", _set("worker_task_begin", -1, None, 3), "do not cover"),
+    "static duplicate": ("static", _set("worker_tasks", 1, "task", 0), "not increasing"),
+    "schedule": (_set("header", (), "schedule", 5), "unknown schedule 5"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_program_is_rejected(ext, case):
-    mutate, message = MALFORMED[case]
-    if mutate == "cycle":
+    mutate, message = MALFORMED[case][-2:]
+    if MALFORMED[case][0] == "static":
+        blob = mutate(mixed_program(schedule="static")).to_bytes()
+    elif mutate == "cycle":
         blob = cycle_program().to_bytes()
     elif mutate == "truncate":
         blob = mixed_program().to_bytes()[:-100]
@@ -181,6 +199,7 @@ def test_graph_errors_are_clear():
     (fmt.ErrorCode.WATCHDOG_TASK_WAIT, "task 1 (kind 3) of iteration 2 waited"),
     (fmt.ErrorCode.SCHED_QUEUE_OVERFLOW, "overflow while firing event 2"),
     (fmt.ErrorCode.BAD_TASK_KIND, "task 1 has unknown kind"),
+    (fmt.ErrorCode.WATCHDOG_TASK_INPUTS, "task 1 of iteration 2 waited 10000 ms for event 2"),
     (77, "device error code 77"),
 ])
 def test_failure_messages_name_the_wait(ext, code, message):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import random_dags
+
 from jax_mpk import program as fmt
 from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
@@ -42,7 +42,8 @@ def small_cases(count):
                          window=int(rng.choice([4, 64, 1000])),
                          hub_fraction=float(rng.choice([0, 0.1, 0.5]))), dict(
             num_iterations=iterations, num_schedulers=schedulers, num_workers=workers,
-            worker_queue_capacity=int(rng.choice([2, 16, 256])))
+            worker_queue_capacity=int(rng.choice([2, 16, 256])),
+            schedule=str(rng.choice(["dynamic", "static"])))
 
 
 def config_for(sizes):
@@ -54,7 +55,7 @@ def config_for(sizes):
 
 def test_random_dags_small():
     failures = []
-    cases = list(small_cases(300))
+    cases = list(small_cases(400))
     for seed, shape, sizes in cases:
         rng = np.random.default_rng(seed)
         dag = random_dags.random_dag(rng, **shape)
@@ -67,7 +68,8 @@ def test_random_dags_small():
             bad = np.argwhere(out != ref)
             failures.append(f"seed {seed} {shape} {sizes}: {len(bad)} words differ, first {bad[0]}")
     assert not failures, "\n".join(failures[:10])
-    print(f"{len(cases)} random graphs matched the numpy reference word for word")
+    schedules = [sizes["schedule"] for _, _, sizes in cases]
+    print(f"{len(cases)} random graphs ({schedules.count('static')} static) matched word for word")
 
 
 @pytest.mark.parametrize(
@@ -84,28 +86,32 @@ def test_random_dags_small():
          dict(num_iterations=100)),
     ],
 )
-def test_random_dags_large(name, make, sizes):
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_random_dags_large(name, make, sizes, schedule):
     rng = np.random.default_rng(7)
     dag = make(rng)
-    out, ref = run_dag(dag, tg.RuntimeConfig.for_sm_count(sm_count(), **sizes), rng)
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule=schedule, **sizes)
+    out, ref = run_dag(dag, config, rng)
     np.testing.assert_array_equal(out, ref)
 
 
-def stuck_program(budget_ns):
+def stuck_program(budget_ns, schedule):
     """A task waits for a flag nobody sets; the events after it never fire."""
     g = tg.TaskGraph()
     flag = g.arg(0, 8)
     wait = g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [1, 0])
     g.add_task(fmt.TaskKind.NOOP, deps=[wait])
-    config = tg.RuntimeConfig.for_sm_count(sm_count(), watchdog_ns=budget_ns)
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), watchdog_ns=budget_ns, schedule=schedule)
     return g.build(config, num_args=1, num_rets=0).program
 
 
-def test_watchdog_turns_a_hang_into_an_exception():
-    registered = runtime.RegisteredProgram(stuck_program(budget_ns=200_000_000))
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_watchdog_turns_a_hang_into_an_exception(schedule):
+    registered = runtime.RegisteredProgram(stuck_program(200_000_000, schedule))
     flag = jnp.zeros((2,), jnp.uint32)  # one uint64 that nobody sets
     start = time.perf_counter()
-    with pytest.raises(Exception, match=r"watchdog: task 0 \(kind 3\) of iteration 0 waited 200 ms"):
+    expected = r"watchdog: task 0 \(kind 3\) of iteration 0 waited 200 ms"
+    with pytest.raises(Exception, match=expected):
         runtime.call(registered, [flag], [])
         jax.effects_barrier()
     elapsed = time.perf_counter() - start
@@ -113,11 +119,12 @@ def test_watchdog_turns_a_hang_into_an_exception():
     # The process and the device stay usable.
     rng = np.random.default_rng(3)
     dag = random_dags.random_dag(rng, 500, 4)
-    out, ref = run_dag(dag, tg.RuntimeConfig.for_sm_count(sm_count(), num_iterations=3), rng)
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), num_iterations=3, schedule=schedule)
+    out, ref = run_dag(dag, config, rng)
     np.testing.assert_array_equal(out, ref)
 
 
-def affine_program(n, mul, add):
+def affine_program(n, mul, add, schedule):
     """state[j] = state[j] * mul + add, in place; then out = state."""
     g = tg.TaskGraph()
     state_in = g.arg(0, 4 * n)
@@ -126,17 +133,18 @@ def affine_program(n, mul, add):
     tiles = []
     for lo in range(0, n, 1000):
         size = 4 * min(1000, n - lo)
-        tiles.append(g.add_task(fmt.TaskKind.COMBINE_U32,
-                                [tg.Operand(state_out, 4 * lo, size), tg.Operand(state_in, 4 * lo, size)],
-                                [size // 4, mul, add]))
-        g.add_task(fmt.TaskKind.COPY, [tg.Operand(copy_out, 4 * lo, size),
-                                       tg.Operand(state_out, 4 * lo, size)], [size, 0], deps=[tiles[-1]])
-    return g.build(tg.RuntimeConfig.for_sm_count(sm_count()), num_args=1, num_rets=2).program
+        out, src = tg.Operand(state_out, 4 * lo, size), tg.Operand(state_in, 4 * lo, size)
+        tiles.append(g.add_task(fmt.TaskKind.COMBINE_U32, [out, src], [size // 4, mul, add]))
+        g.add_task(fmt.TaskKind.COPY, [tg.Operand(copy_out, 4 * lo, size), out], [size, 0],
+                   deps=[tiles[-1]])
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule=schedule)
+    return g.build(config, num_args=1, num_rets=2).program
 
 
-def test_inside_jit_with_donated_state():
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_inside_jit_with_donated_state(schedule):
     n = 10_007
-    registered = runtime.RegisteredProgram(affine_program(n, 3, 11))
+    registered = runtime.RegisteredProgram(affine_program(n, 3, 11, schedule))
     shape = jax.ShapeDtypeStruct((n,), np.uint32)
 
     @jax.jit

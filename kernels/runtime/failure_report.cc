@@ -28,6 +28,10 @@ std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const 
       msg << " of iteration " << err.iteration << " waited " << budget_ms << " ms for a value: saw "
           << err.observed << ", needs " << err.expected;
       break;
+    case kWatchdogTaskInputs:
+      msg << "watchdog: task " << err.task << " of iteration " << err.iteration << " waited "
+          << kIdleBudgetFactor * budget_ms << " ms for event " << err.event << ": its counter reached " << err.observed << " of " << err.expected;
+      break;
     case kSchedQueueOverflow:
       msg << "scheduler queue overflow while firing event " << err.event << ": " << err.observed
           << " entries pending in a queue of " << err.expected;

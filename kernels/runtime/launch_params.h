@@ -11,6 +11,8 @@ struct LaunchParams {
   const EventDesc* events;
   const uint32_t* triggers;
   const Operand* operands;
+  const uint32_t* worker_task_begin;
+  const WorkerTask* worker_tasks;
   uint8_t* workspace;
   uint64_t watchdog_ns;
   uint32_t num_workers;
@@ -21,6 +23,7 @@ struct LaunchParams {
   uint32_t start_event;
   uint32_t end_event;
   uint32_t num_slots;
+  uint32_t schedule;
   ControlLayout control;
   uint8_t* slots[kMaxSlots];
 };

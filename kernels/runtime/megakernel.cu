@@ -9,8 +9,12 @@
 namespace mpk {
 
 __global__ void __launch_bounds__(kWorkerThreads, 1) megakernel(const __grid_constant__ LaunchParams p) {
+  if (p.schedule == kScheduleStatic) {
+    run_static_worker(p, blockIdx.x);
+    return;
+  }
   if (blockIdx.x < p.num_workers) {
-    run_worker(p, blockIdx.x);
+    run_dynamic_worker(p, blockIdx.x);
     return;
   }
   const uint32_t warp = threadIdx.x / 32;
@@ -33,6 +37,7 @@ std::string cuda_error(const char* what, cudaError_t e) {
   } while (0)
 
 uint32_t scheduler_blocks(const ProgramHeader& h) {
+  if (h.schedule == kScheduleStatic) return 0;
   return (h.num_schedulers + kSchedulersPerBlock - 1) / kSchedulersPerBlock;
 }
 
@@ -130,6 +135,9 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   params.events = reinterpret_cast<const EventDesc*>(device_blob_ + layout_.events);
   params.triggers = reinterpret_cast<const uint32_t*>(device_blob_ + layout_.triggers);
   params.operands = reinterpret_cast<const Operand*>(device_blob_ + layout_.operands);
+  params.worker_task_begin = reinterpret_cast<const uint32_t*>(device_blob_ + layout_.worker_task_begin);
+  params.worker_tasks = reinterpret_cast<const WorkerTask*>(device_blob_ + layout_.worker_tasks);
+  params.schedule = h.schedule;
   params.workspace = static_cast<uint8_t*>(workspace.data);
   params.watchdog_ns = h.watchdog_ns;
   params.num_workers = h.num_workers;

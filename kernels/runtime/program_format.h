@@ -8,6 +8,8 @@
 //   uint32_t triggers[num_triggers]      (event ids a task triggers)
 //   Operand[num_operands]
 //   SlotDesc[num_slots]
+//   uint32_t worker_task_begin[num_workers + 1]   (static schedule: list bounds)
+//   WorkerTask worker_tasks[num_worker_tasks]      (static schedule: per-worker lists)
 //   uint8_t constants[constant_bytes]
 //
 // The workspace (the last FFI result) begins with the control region laid out
@@ -53,6 +55,11 @@ enum EventKind : uint16_t {
   kEventEndOfGraph = 2,    // next iteration, or terminate
 };
 
+enum Schedule : uint32_t {
+  kScheduleDynamic = 0,  // schedulers dispatch tasks as their events fire
+  kScheduleStatic = 1,   // each worker walks a compiled list, waiting on counters
+};
+
 enum SlotSource : uint32_t {
   kSlotArg = 0,        // FFI operand `index`
   kSlotRet = 1,        // FFI result `index` (the workspace is the last result)
@@ -81,7 +88,9 @@ struct ProgramHeader {
   uint64_t control_bytes;          // ControlLayout(header).total, rounded to 256
   uint64_t workspace_bytes;        // control + intermediates
   uint64_t constant_bytes;
-  uint64_t reserved[4];
+  uint32_t schedule;               // Schedule
+  uint32_t num_worker_tasks;       // static: num_tasks; dynamic: 0
+  uint64_t reserved[3];
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
@@ -122,6 +131,13 @@ struct SlotDesc {
 };
 static_assert(sizeof(SlotDesc) == 24, "SlotDesc is 24 bytes");
 
+// One entry of a worker's static list: run `task` once `wait_event` fired.
+struct WorkerTask {
+  uint32_t task;
+  uint32_t wait_event;
+};
+static_assert(sizeof(WorkerTask) == 8, "WorkerTask is 8 bytes");
+
 // Written by the first block that fails; read by the host after the launch.
 struct ErrorRecord {
   uint32_t abort;      // set by any failing block; every spin-wait polls it
@@ -144,6 +160,7 @@ enum ErrorCode : uint32_t {
   kWatchdogTaskWait = 4,        // a task waited too long on a value
   kSchedQueueOverflow = 5,
   kBadTaskKind = 6,
+  kWatchdogTaskInputs = 7,      // a statically scheduled task waited too long for its event
 };
 
 inline MPK_HOST_DEVICE uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
@@ -177,7 +194,7 @@ struct ControlLayout {
 
 // Section offsets within a program blob.
 struct BlobLayout {
-  uint64_t tasks, events, triggers, operands, slots, constants, total;
+  uint64_t tasks, events, triggers, operands, slots, worker_task_begin, worker_tasks, constants, total;
 
   MPK_HOST_DEVICE explicit BlobLayout(const ProgramHeader& h) {
     uint64_t at = sizeof(ProgramHeader);
@@ -186,6 +203,9 @@ struct BlobLayout {
     triggers = at;  at = align_up(at + 4ull * h.num_triggers, 8);
     operands = at;  at += sizeof(Operand) * uint64_t(h.num_operands);
     slots = at;     at += sizeof(SlotDesc) * uint64_t(h.num_slots);
+    worker_task_begin = at;
+    at = align_up(at + 4ull * (h.num_workers + 1ull), 8);
+    worker_tasks = at; at += sizeof(WorkerTask) * uint64_t(h.num_worker_tasks);
     constants = at; at += h.constant_bytes;
     total = at;
   }

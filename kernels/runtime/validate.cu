@@ -41,7 +41,10 @@ class Checker {
     triggers_ = reinterpret_cast<const uint32_t*>(blob_ + layout.triggers);
     operands_ = reinterpret_cast<const Operand*>(blob_ + layout.operands);
     slots_ = reinterpret_cast<const SlotDesc*>(blob_ + layout.slots);
-    if (!config() || !slots() || !tasks() || !events() || !thresholds() || !acyclic() || !queues()) return out();
+    worker_task_begin_ = reinterpret_cast<const uint32_t*>(blob_ + layout.worker_task_begin);
+    worker_tasks_ = reinterpret_cast<const WorkerTask*>(blob_ + layout.worker_tasks);
+    if (!config() || !slots() || !tasks() || !events() || !thresholds() || !acyclic()) return out();
+    if (h_.schedule == kScheduleStatic ? !static_lists() : !queues()) return out();
     return "";
   }
 
@@ -62,6 +65,9 @@ class Checker {
       return fail() << "num_iterations " << h_.num_iterations << " is outside [1, " << kMaxIterations << "]", false;
     if (h_.worker_queue_capacity == 0 || h_.sched_queue_capacity == 0) return fail() << "a queue capacity is zero", false;
     if (h_.watchdog_ns == 0) return fail() << "the watchdog budget is zero", false;
+    if (h_.schedule > kScheduleStatic) return fail() << "unknown schedule " << h_.schedule, false;
+    if (h_.num_worker_tasks != (h_.schedule == kScheduleStatic ? h_.num_tasks : 0))
+      return fail() << "a static schedule lists every task once; a dynamic one lists none", false;
     if (h_.start_event >= h_.num_events || h_.end_event >= h_.num_events || h_.start_event == h_.end_event)
       return fail() << "start event " << h_.start_event << " / end event " << h_.end_event << " out of range", false;
     const ControlLayout control(h_);
@@ -192,6 +198,40 @@ class Checker {
     return true;
   }
 
+  // Each worker's list must be increasing in program order, and program order
+  // topological: then the lowest unfinished task can always run, so the lists
+  // cannot deadlock.
+  bool static_lists() {
+    std::vector<uint32_t> launcher(h_.num_tasks), seen(h_.num_tasks, 0);
+    for (uint32_t e = 0; e < h_.num_events; ++e)
+      for (uint32_t t = events_[e].first_task; t < events_[e].last_task; ++t) launcher[t] = e;
+    for (uint32_t t = 0; t < h_.num_tasks; ++t)
+      for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
+        const uint32_t e = triggers_[tasks_[t].first_trigger + k];
+        if (e != h_.end_event && events_[e].first_task <= t)
+          return fail() << "static schedule: task " << t << " feeds event " << e << ", which launches task "
+                        << events_[e].first_task << " at or before it; program order must be topological", false;
+      }
+    if (worker_task_begin_[0] != 0 || worker_task_begin_[h_.num_workers] != h_.num_worker_tasks)
+      return fail() << "static schedule: the worker lists do not cover the task list", false;
+    for (uint32_t w = 0; w < h_.num_workers; ++w) {
+      const uint32_t b = worker_task_begin_[w], e = worker_task_begin_[w + 1];
+      if (b > e) return fail() << "static schedule: worker " << w << " has a negative list", false;
+      for (uint32_t i = b; i < e; ++i) {
+        const WorkerTask& item = worker_tasks_[i];
+        if (item.task >= h_.num_tasks) return fail() << "static schedule: dangling task " << item.task, false;
+        if (i > b && item.task <= worker_tasks_[i - 1].task)
+          return fail() << "static schedule: worker " << w << "'s list is not increasing at task " << item.task, false;
+        if (item.wait_event != launcher[item.task])
+          return fail() << "static schedule: task " << item.task << " waits on event " << item.wait_event
+                        << " but is launched by event " << launcher[item.task], false;
+        if (seen[item.task]++)
+          return fail() << "static schedule: task " << item.task << " is listed twice", false;
+      }
+    }
+    return true;
+  }
+
   bool queues() {
     std::vector<uint64_t> routed(h_.num_schedulers, 0);
     for (uint32_t e = 0; e < h_.num_events; ++e) {
@@ -216,6 +256,8 @@ class Checker {
   const uint32_t* triggers_;
   const Operand* operands_;
   const SlotDesc* slots_;
+  const uint32_t* worker_task_begin_;
+  const WorkerTask* worker_tasks_;
   std::vector<uint32_t> launched_, triggered_;
   Message msg_;
   bool failed_ = false;

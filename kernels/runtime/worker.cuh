@@ -16,17 +16,78 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   return found;
 }
 
+// Under the static schedule nobody dispatches: the consumers poll the counters.
+template <Schedule kSchedule>
 __device__ inline void trigger_events(const LaunchParams& p, const Control& c, uint32_t first_trigger,
                                       uint32_t num_triggers, uint32_t iteration) {
   fence_acq_rel_gpu();
   for (uint32_t k = 0; k < num_triggers; ++k) {
     const uint32_t event = p.triggers[first_trigger + k];
-    const uint64_t target = uint64_t(p.events[event].threshold) * (iteration + 1);
-    if (atom_add_acq_rel(&c.counters[event], 1) + 1 == target) fire_event(p, c, event, iteration);
+    const uint64_t old = atom_add_acq_rel(&c.counters[event], 1);
+    if (kSchedule == kScheduleDynamic && old + 1 == uint64_t(p.events[event].threshold) * (iteration + 1))
+      fire_event(p, c, event, iteration);
   }
 }
 
-__device__ inline void run_worker(const LaunchParams& p, uint32_t worker) {
+__device__ __forceinline__ void load_desc(TaskDesc& desc, const TaskDesc& from, int lane) {
+  if (lane < int(sizeof(TaskDesc) / 4))
+    reinterpret_cast<uint32_t*>(&desc)[lane] = reinterpret_cast<const uint32_t*>(&from)[lane];
+}
+
+// Runs one task with every thread of the block, then triggers its events.
+template <Schedule kSchedule>
+__device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Control& c, const TaskDesc& desc,
+                                                uint32_t task, uint32_t iteration) {
+  const int thread = threadIdx.x;
+  const TaskContext ctx{p, desc, task, iteration, thread};
+  if (!run_task(AllTasks{}, ctx) && thread == 0)
+    report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
+  // Read before the barrier: after it, other threads load the next descriptor.
+  const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers;
+  __syncthreads();
+  if (thread == 0) trigger_events<kSchedule>(p, c, first_trigger, num_triggers, iteration);
+}
+
+// Static schedule: walk this worker's compiled list once per iteration. A
+// task waits for its launch event to reach this iteration's threshold; the
+// start event stands for "the previous iteration ended".
+__device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker) {
+  __shared__ TaskDesc desc;
+  __shared__ int stop;
+  const Control c(p);
+  const int thread = threadIdx.x;
+  const uint32_t begin = p.worker_task_begin[worker], end = p.worker_task_begin[worker + 1];
+  const EventDesc& end_event = p.events[p.end_event];
+  for (uint32_t iteration = 0; iteration < p.num_iterations; ++iteration) {
+    for (uint32_t i = begin; i < end; ++i) {
+      const WorkerTask item = p.worker_tasks[i];
+      if (thread == 0) {
+        const bool first = item.wait_event == p.start_event;
+        const uint64_t* counter = &c.counters[first ? p.end_event : item.wait_event];
+        const uint64_t target =
+            first ? uint64_t(end_event.threshold) * iteration
+                  : uint64_t(p.events[item.wait_event].threshold) * (iteration + 1);
+        uint64_t seen;
+        int verdict = Watchdog::kWait;
+        Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);  // the producer's own wait reports first
+        while ((seen = ld_acquire(counter)) < target && (verdict = dog.poll()) == Watchdog::kWait) {
+        }
+        if (verdict == Watchdog::kExpired)
+          report_error(c.error, kWatchdogTaskInputs, item.task, first ? p.end_event : item.wait_event,
+                       iteration, seen, target);
+        stop = verdict != Watchdog::kWait;
+      } else if (thread >= 32) {
+        load_desc(desc, p.tasks[item.task], thread - 32);  // overlaps the wait
+      }
+      __syncthreads();
+      if (stop) return;
+      run_and_trigger<kScheduleStatic>(p, c, desc, item.task, iteration);
+    }
+  }
+}
+
+// Dynamic schedule: take task ids from this worker's queue as schedulers publish them.
+__device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker) {
   __shared__ uint64_t batch[kFetchBatch];
   __shared__ int batch_size;  // -1: exit
   __shared__ TaskDesc desc;
@@ -66,16 +127,9 @@ __device__ inline void run_worker(const LaunchParams& p, uint32_t worker) {
       const uint32_t task = uint32_t(batch[i]);
       const uint32_t iteration = uint32_t(batch[i] >> 32);
       if (task == kTerminateTask) return;
-      if (thread < int(sizeof(TaskDesc) / 4))
-        reinterpret_cast<uint32_t*>(&desc)[thread] = reinterpret_cast<const uint32_t*>(&p.tasks[task])[thread];
+      load_desc(desc, p.tasks[task], thread);
       __syncthreads();
-      const TaskContext ctx{p, desc, task, iteration, thread};
-      if (!run_task(AllTasks{}, ctx) && thread == 0)
-        report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
-      // Read before the barrier: after it, other threads load the next descriptor.
-      const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers;
-      __syncthreads();
-      if (thread == 0) trigger_events(p, c, first_trigger, num_triggers, iteration);
+      run_and_trigger<kScheduleDynamic>(p, c, desc, task, iteration);
     }
     __syncthreads();
   }
