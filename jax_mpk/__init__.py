@@ -1,0 +1,3 @@
+from jax_mpk.api import jit
+
+__all__ = ["jit"]

@@ -1,0 +1,165 @@
+"""`jax_mpk.jit`: jax.jit's interface, running the function as one task graph."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import sys
+
+import jax
+import numpy as np
+
+from jax_mpk import passes, reference
+from jax_mpk.frontend import build_graph
+from jax_mpk.report import report
+from jax_mpk.tiling import CompiledProgram, DeviceSpec, compile_graph
+
+BACKENDS = ("auto", "megakernel", "reference")
+
+
+def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
+        device: DeviceSpec | None = None):
+    """Like jax.jit(fn); backend "reference" runs the program with the numpy executor."""
+    if fn is None:
+        return functools.partial(jit, static_argnums=static_argnums,
+                                 donate_argnums=donate_argnums, backend=backend, device=device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend,
+                    device or DeviceSpec())
+
+
+def _tuple(x) -> tuple[int, ...]:
+    return (x,) if isinstance(x, int) else tuple(x)
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One compiled program and how flat arguments and results map onto it."""
+
+    program: CompiledProgram
+    in_tree: object
+    out_tree: object
+    results: list[tuple[tuple[int, ...], np.dtype]]
+    aliases: dict[int, int]  # result index -> flat argument index written in place
+    names: list[str]
+
+    @property
+    def task_kinds(self) -> collections.Counter:
+        return collections.Counter(r.kind for r in self.program.tasks)
+
+
+class Lowered:
+    def __init__(self, compiled: Compiled, name: str):
+        self.compiled = compiled
+        self.name = name
+
+    @property
+    def program(self):
+        return self.compiled.program.program
+
+    def as_text(self) -> str:
+        return report(self.compiled, self.name)
+
+
+class Function:
+    def __init__(self, fn, static_argnums, donate_argnums, backend, device):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.static_argnums = static_argnums
+        self.donate_argnums = donate_argnums
+        self.backend = backend
+        self.device = device
+        self._cache: dict = {}
+        self._noticed = False
+
+    def _split(self, args):
+        static = tuple((i, args[i]) for i in self.static_argnums)
+        dynamic = [a for i, a in enumerate(args) if i not in self.static_argnums]
+        return static, dynamic
+
+    def _compile(self, args) -> tuple[Compiled, list]:
+        static, dynamic = self._split(args)
+        flat, in_tree = jax.tree.flatten(dynamic)
+        flat = [x if hasattr(x, "dtype") else jax.numpy.asarray(x) for x in flat]
+        key = (static, in_tree, tuple((tuple(x.shape), np.dtype(x.dtype)) for x in flat))
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._trace_and_compile(static, flat, in_tree)
+            self._cache[key] = compiled
+        return compiled, flat
+
+    def _trace_and_compile(self, static, flat, in_tree) -> Compiled:
+        static_values = dict(static)
+        dynamic = jax.tree.unflatten(in_tree, flat)
+        positions = [i for i in range(len(dynamic) + len(static))
+                     if i not in static_values]
+
+        def flat_fn(*flat_args):
+            dyn = jax.tree.unflatten(in_tree, flat_args)
+            full = [None] * (len(dyn) + len(static_values))
+            for i, v in static_values.items():
+                full[i] = v
+            for i, v in zip(positions, dyn):
+                full[i] = v
+            return self.fn(*full)
+
+        flat_avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat_avals)
+        donated, names = [], []
+        paths = jax.tree_util.tree_flatten_with_path(dynamic)[0]
+        for path, _ in paths:
+            position = positions[path[0].idx] if path else 0
+            donated.append(position in self.donate_argnums)
+            names.append(f"arg{position}{jax.tree_util.keystr(path[1:])}")
+        graph = build_graph(closed, donated, names)
+        passes.optimize(graph)
+        program = compile_graph(graph, self.device)
+        out_leaves, out_tree = jax.tree.flatten(out_shape)
+        results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
+        return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names)
+
+    def lower(self, *args) -> Lowered:
+        compiled, _ = self._compile(args)
+        return Lowered(compiled, getattr(self.fn, "__name__", "fn"))
+
+    def __call__(self, *args):
+        compiled, flat = self._compile(args)
+        backend = self.backend
+        if backend == "auto":
+            backend = "megakernel" if _has_cuda() else "reference"
+            if backend == "reference" and not self._noticed:
+                print("jax_mpk: no CUDA device; running the task graph on the numpy reference "
+                      "executor", file=sys.stderr)
+                self._noticed = True
+        if backend == "reference":
+            outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
+                                     compiled.results, compiled.aliases)
+            outs = [jax.numpy.asarray(o) for o in outs]
+        else:
+            outs = _megakernel_call(compiled, flat)
+        return jax.tree.unflatten(compiled.out_tree, outs)
+
+
+def _has_cuda() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+# The seam to jax_mpk.runtime: `supported_task_kinds()` names the kinds the CUDA library
+# implements; `call_program(program, args, results, aliases)` launches the megakernel.
+def _megakernel_call(compiled: Compiled, flat_args):
+    from jax_mpk import runtime  # the compiled extension loads only here
+
+    used = set(compiled.task_kinds)
+    missing = sorted(k.name for k in used - set(runtime.supported_task_kinds()))
+    if missing:
+        raise NotImplementedError(
+            "the megakernel has no CUDA implementation of task kinds "
+            f"{', '.join(missing)} yet; run with backend=\"reference\" meanwhile")
+    return runtime.call_program(compiled.program.program, flat_args, compiled.results,
+                                compiled.aliases)
+

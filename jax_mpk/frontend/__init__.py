@@ -1,0 +1,38 @@
+"""From a closed jaxpr to the op graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
+from jax_mpk.frontend.interpreter import interpret
+from jax_mpk.ir import Buffer, Graph, Role, Tensor
+
+__all__ = ["build_graph", "UnsupportedError", "arg_role"]
+
+
+def arg_role(aval, donated: bool) -> Role:
+    if donated:
+        return Role.STATE
+    return Role.PARAM if np.issubdtype(np.dtype(aval.dtype), np.inexact) and aval.shape \
+        else Role.INPUT
+
+
+def build_graph(closed_jaxpr, donated: list[bool], names: list[str]) -> Graph:
+    """The op graph of closed_jaxpr; donated[i] marks flat argument i as state."""
+    b = GraphBuilder()
+    args, arg_tensors = [], []
+    for i, (var, is_donated) in enumerate(zip(closed_jaxpr.jaxpr.invars, donated, strict=True)):
+        aval = var.aval
+        tensor = b.new_tensor(aval.shape, aval.dtype, arg_role(aval, is_donated))
+        tensor.buffer.arg_index = i
+        tensor.buffer.name = names[i]
+        args.append(tensor.buffer)
+        arg_tensors.append(tensor)
+    outputs = interpret(b, closed_jaxpr.jaxpr, closed_jaxpr.consts, arg_tensors)
+    return Graph(b.ops, args, outputs, aliases={})
+
+
+def whole(t: Tensor, buffer: Buffer) -> bool:
+    return (t.buffer is buffer and t.offset == 0 and t.is_contiguous
+            and t.nbytes == buffer.nbytes)

@@ -1,0 +1,112 @@
+"""Walks a jaxpr and lowers each equation; inlines nested jaxprs and unrolls scans."""
+
+from __future__ import annotations
+
+import numpy as np
+from jax._src import source_info_util
+from jax.extend import core as jcore
+
+from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
+from jax_mpk.frontend.rules import SUPPORTED, lower_eqn
+from jax_mpk.ir import Tensor
+
+# Primitives whose body runs once, in place: their jaxpr is inlined.
+INLINED = {
+    "pjit": ("jaxpr",),
+    "jit": ("jaxpr",),
+    "closed_call": ("call_jaxpr",),
+    "core_call": ("call_jaxpr",),
+    "remat": ("jaxpr",),
+    "remat2": ("jaxpr",),
+    "checkpoint": ("jaxpr",),
+    "custom_jvp_call": ("call_jaxpr", "fun_jaxpr"),
+    "custom_vjp_call": ("call_jaxpr", "fun_jaxpr"),
+    "custom_vjp_call_jaxpr": ("fun_jaxpr", "call_jaxpr"),
+}
+
+
+def interpret(b: GraphBuilder, jaxpr, consts, args: list[Tensor]) -> list[Tensor]:
+    """Lower jaxpr (open) with its consts bound to constant tensors and its invars to args."""
+    env: dict = {}
+
+    def read(atom) -> Tensor:
+        if isinstance(atom, jcore.Literal):
+            return b.constant(np.asarray(atom.val, dtype=atom.aval.dtype))
+        return env[atom]
+
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = b.constant(np.asarray(value))
+    for var, value in zip(jaxpr.invars, args, strict=True):
+        env[var] = value
+    for eqn in jaxpr.eqns:
+        inputs = [read(v) for v in eqn.invars]
+        outputs = _lower(b, eqn, inputs)
+        for var, value in zip(eqn.outvars, outputs, strict=True):
+            if not isinstance(var, jcore.DropVar):
+                env[var] = value
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _lower(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
+    name = eqn.primitive.name
+    outer_source = b.source
+    # Eqns inside jax's own helpers (jnp.take, ...) report the user's call that made them.
+    b.source = source_line(eqn) or outer_source or "unknown source line"
+    try:
+        if name in INLINED:
+            return _inline(b, eqn, inputs)
+        if name == "scan":
+            return _unroll_scan(b, eqn, inputs)
+        return lower_eqn(b, eqn, inputs)
+    except UnsupportedError as e:
+        raise UnsupportedError(
+            f"jax_mpk cannot compile `{name}`: {e} is not supported (at {b.source}).\n"
+            f"Supported primitives: {', '.join(SUPPORTED)}; plus {', '.join(sorted(INLINED))} "
+            "(inlined) and scan (unrolled)."
+        ) from None
+    finally:
+        b.source = outer_source
+
+
+def _inline(b: GraphBuilder, eqn, inputs):
+    for key in INLINED[eqn.primitive.name]:
+        sub = eqn.params.get(key)
+        if sub is not None:
+            break
+    else:
+        raise UnsupportedError(f"`{eqn.primitive.name}` without a jaxpr (at {source_line(eqn)})")
+    if isinstance(sub, jcore.ClosedJaxpr):
+        return interpret(b, sub.jaxpr, sub.consts, inputs[-len(sub.jaxpr.invars):])
+    return interpret(b, sub, [], inputs[-len(sub.invars):])
+
+
+def _unroll_scan(b: GraphBuilder, eqn, inputs):
+    params = eqn.params
+    body = params["jaxpr"]
+    length, num_consts, num_carry = params["length"], params["num_consts"], params["num_carry"]
+    consts = inputs[:num_consts]
+    carry = inputs[num_consts:num_consts + num_carry]
+    xs = inputs[num_consts + num_carry:]
+    ys_per_step = []
+    steps = range(length - 1, -1, -1) if params["reverse"] else range(length)
+    for i in steps:
+        x_i = [x.view(x.shape[1:], x.strides[1:], i * x.strides[0]) for x in xs]
+        outs = interpret(b, body.jaxpr, body.consts, [*consts, *carry, *x_i])
+        carry = outs[:num_carry]
+        ys_per_step.append((i, outs[num_carry:]))
+    ys = []
+    for j, var in enumerate(eqn.outvars[num_carry:]):
+        stacked = b.new_tensor(var.aval.shape, var.aval.dtype)
+        for i, step_ys in ys_per_step:
+            y = step_ys[j]
+            b.copy(y, stacked.view(y.shape, stacked.strides[1:], i * stacked.strides[0]))
+        ys.append(stacked)
+    return [*carry, *ys]
+
+
+def source_line(eqn) -> str:
+    """file:line (function) of the user's code that made eqn, or "" where jax's own is."""
+    frame = source_info_util.user_frame(eqn.source_info.traceback)
+    if frame is None:
+        return ""
+    return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"

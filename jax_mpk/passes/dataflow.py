@@ -1,0 +1,99 @@
+"""Passes over buffers: dead-op removal, in-place updates, and result buffers."""
+
+from __future__ import annotations
+
+from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
+from jax_mpk.task_kinds import Opcode
+
+
+def writes(op: Op) -> list[Tensor]:
+    return op.outputs
+
+
+def reads(op: Op) -> list[Tensor]:
+    return op.inputs
+
+
+def overlaps(a: Tensor, b: Tensor) -> bool:
+    if a.buffer is not b.buffer:
+        return False
+    (alo, ahi), (blo, bhi) = a.span(), b.span()
+    return alo < bhi and blo < ahi
+
+
+def remove_dead_ops(graph: Graph) -> None:
+    live = {id(t.buffer) for t in graph.outputs}
+    kept = []
+    for op in reversed(graph.ops):
+        if any(id(t.buffer) in live for t in writes(op)):
+            kept.append(op)
+            live.update(id(t.buffer) for t in reads(op))
+    graph.ops = kept[::-1]
+
+
+def is_plain_copy(op: Op) -> bool:
+    instrs = op.attrs.get("instrs")
+    return (op.kind == "elementwise" and len(instrs) == 1 and instrs[0].opcode == Opcode.LOAD
+            and op.inputs[0].dtype == op.outputs[0].dtype)
+
+
+def update_in_place(graph: Graph) -> None:
+    """Drop the copy before a dynamic_update_slice where the copied buffer is dead after it.
+
+    A donated cache then takes the update in place and the result aliases the argument.
+    """
+    for at, op in enumerate(graph.ops):
+        if op.kind != "dynamic_update_slice":
+            continue
+        copy = _writer_before(graph.ops, at, op.outputs[0])
+        if copy is None or not is_plain_copy(copy):
+            continue
+        src, dst = copy.inputs[0], copy.outputs[0]
+        if (src.buffer.role not in (Role.STATE, Role.INTERMEDIATE) or not src.is_contiguous
+                or src.shape != dst.shape or dst.offset != 0 or dst.nbytes != dst.buffer.nbytes
+                or _used_after(graph, graph.ops.index(copy), src, skip=copy)):
+            continue
+        graph.ops.remove(copy)
+        retarget(graph, dst.buffer, src.buffer, src.offset)
+
+
+def _writer_before(ops: list[Op], at: int, t: Tensor) -> Op | None:
+    for op in reversed(ops[:at]):
+        if any(o.buffer is t.buffer for o in writes(op)):
+            return op
+    return None
+
+
+def _used_after(graph: Graph, at: int, t: Tensor, skip: Op) -> bool:
+    """Whether anything after ops[at] reads t's bytes other than through the copy's result."""
+    if any(out.buffer is t.buffer for out in graph.outputs):
+        return True
+    return any(overlaps(x, t) for op in graph.ops[at + 1:] if op is not skip
+               for x in reads(op) + writes(op))
+
+
+def retarget(graph: Graph, old: Buffer, new: Buffer, offset: int) -> None:
+    """Make every view of old a view of new, old's element 0 at new's element offset."""
+    seen = set()
+    for t in [t for op in graph.ops for t in op.inputs + op.outputs] + graph.outputs:
+        if t.buffer is old and id(t) not in seen:
+            seen.add(id(t))
+            t.buffer = new
+            t.offset += offset
+
+
+def assign_results(graph: Graph, copy_op) -> None:
+    """Give every result its own whole buffer: alias donated arguments, copy where needed."""
+    claimed: set[int] = set()
+    results = []
+    for i, t in enumerate(graph.outputs):
+        buffer = t.buffer
+        is_whole = t.offset == 0 and t.is_contiguous and t.nbytes == buffer.nbytes
+        if is_whole and id(buffer) not in claimed and buffer.role is Role.STATE:
+            graph.aliases[i] = buffer.arg_index
+        elif not (is_whole and id(buffer) not in claimed and buffer.role is Role.INTERMEDIATE):
+            t = copy_op(t)
+        t.buffer.role = Role.OUTPUT if i not in graph.aliases else Role.STATE
+        claimed.add(id(t.buffer))
+        results.append(t)
+    graph.outputs = results

@@ -1,0 +1,250 @@
+"""Numpy semantics of every task kind, one function each, on a task's operands."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from jax_mpk.program import TaskKind
+from jax_mpk.reference.memory import RaceError, TaskAccess
+from jax_mpk.task_kinds import (
+    ElementwiseProgram,
+    Opcode,
+    Reducer,
+    const_value,
+    is_float,
+    numpy_dtype,
+)
+
+F32 = np.dtype(np.float32)
+I32 = np.dtype(np.int32)
+
+
+def _words(ctx: TaskAccess, i: int) -> np.ndarray:
+    n = ctx.operands[i][2] // 4
+    return ctx.load(i, I32, np.arange(n))
+
+
+def _bytes(nbytes: int) -> np.ndarray:
+    return np.arange(nbytes)
+
+
+def noop(ctx, dims):
+    pass
+
+
+def copy(ctx, dims):
+    n = int(dims[0]) | int(dims[1]) << 31
+    ctx.store(0, np.uint8, _bytes(n), ctx.load(1, np.uint8, _bytes(n)))
+
+
+def combine_u32(ctx, dims):
+    n, mul, add = (int(d) for d in dims[:3])
+    total = np.zeros(n, np.uint64)
+    for i in range(1, ctx.num_operands):
+        total += ctx.load(i, np.uint32, np.arange(n)).astype(np.uint64)
+    ctx.store(0, np.uint32, np.arange(n), (total * np.uint64(mul & 0xFFFFFFFF)
+                                           + np.uint64(add & 0xFFFFFFFF)) & 0xFFFFFFFF)
+
+
+def wait_value(ctx, dims):
+    value = (int(dims[0]) & 0xFFFFFFFF) | (int(dims[1]) & 0xFFFFFFFF) << 32
+    flag = int(ctx.load(0, np.uint64, [0])[0])
+    if flag < value:
+        raise RaceError(f"{ctx.label} waits for a flag of {value} that holds {flag}: "
+                        "on a device it would spin until the watchdog fires")
+
+
+# Elementwise -----------------------------------------------------------------------------
+_FLOAT_UNARY = {
+    Opcode.EXP: np.exp, Opcode.EXP2: np.exp2, Opcode.LOG: np.log, Opcode.LOG1P: np.log1p,
+    Opcode.EXPM1: np.expm1, Opcode.TANH: np.tanh, Opcode.ERF: special.erf,
+    Opcode.ERFC: special.erfc, Opcode.SQRT: np.sqrt, Opcode.SIN: np.sin, Opcode.COS: np.cos,
+    Opcode.TAN: np.tan, Opcode.CBRT: np.cbrt, Opcode.FLOOR: np.floor, Opcode.CEIL: np.ceil,
+    Opcode.RSQRT: lambda x: 1 / np.sqrt(x), Opcode.LOGISTIC: lambda x: 1 / (1 + np.exp(-x)),
+    Opcode.ROUND: lambda x: np.sign(x) * np.floor(np.abs(x) + 0.5),
+}
+_ANY_UNARY = {Opcode.NEG: np.negative, Opcode.ABS: np.abs, Opcode.SIGN: np.sign,
+              Opcode.SQUARE: np.square, Opcode.IS_FINITE: np.isfinite}
+_BINARY = {
+    Opcode.ADD: np.add, Opcode.SUB: np.subtract, Opcode.MUL: np.multiply,
+    Opcode.POW: np.power, Opcode.MAX: np.maximum, Opcode.MIN: np.minimum,
+    Opcode.EQ: np.equal, Opcode.NE: np.not_equal, Opcode.LT: np.less, Opcode.LE: np.less_equal,
+    Opcode.GT: np.greater, Opcode.GE: np.greater_equal,
+}
+_BITWISE = {Opcode.AND: (np.logical_and, np.bitwise_and), Opcode.OR: (np.logical_or,
+            np.bitwise_or), Opcode.XOR: (np.logical_xor, np.bitwise_xor)}
+
+
+def _compute_type(x: np.ndarray) -> np.ndarray:
+    return x.astype(F32) if is_float(x.dtype) else x
+
+
+def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
+             index: list[np.ndarray]) -> np.ndarray:
+    op, dtype = instr.opcode, instr.dtype
+    args = [regs[a] for a in instr.args]
+    if op == Opcode.LOAD:
+        return loaded[instr.imm]
+    if op == Opcode.CONST:
+        return np.full(index[0].shape if index else (), const_value(instr.imm, dtype))
+    if op == Opcode.IOTA:
+        return index[instr.imm].astype(dtype)
+    if op == Opcode.CONVERT:
+        return args[0].astype(F32).astype(dtype) if is_float(args[0].dtype) \
+            and not is_float(dtype) else args[0].astype(dtype)
+    if op == Opcode.SELECT:
+        return np.where(args[0], args[2], args[1]).astype(dtype)
+    if op == Opcode.CLAMP:
+        lo, x, hi = (_compute_type(a) for a in args)
+        return np.minimum(np.maximum(x, lo), hi).astype(dtype)
+    if op == Opcode.NOT:
+        return np.logical_not(args[0]) if dtype == np.bool_ else np.invert(args[0])
+    if op in _BITWISE:
+        logical, bitwise = _BITWISE[op]
+        return (logical if dtype == np.bool_ else bitwise)(*args).astype(dtype)
+    values = [_compute_type(a) for a in args]
+    with np.errstate(all="ignore"):
+        if op in _FLOAT_UNARY:
+            return _FLOAT_UNARY[op](values[0]).astype(dtype)
+        if op in _ANY_UNARY:
+            return _ANY_UNARY[op](values[0]).astype(dtype)
+        if op == Opcode.INTEGER_POW:
+            base = values[0]
+            result = np.power(base, abs(instr.imm)) if instr.imm else np.ones_like(base)
+            return (1 / result if instr.imm < 0 else result).astype(dtype)
+        if op == Opcode.DIV:
+            if is_float(dtype):
+                return (values[0] / values[1]).astype(dtype)
+            a, b = values
+            return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(dtype)
+        if op == Opcode.REM:
+            return np.fmod(*values).astype(dtype)
+        return _BINARY[op](*values).astype(dtype)
+
+
+def elementwise(ctx, dims):
+    start, count = int(dims[0]), int(dims[1])
+    out_shape, out_strides, out_dtype, inputs, instrs = ElementwiseProgram.decode(_words(ctx, 1))
+    index = list(np.unravel_index(np.arange(start, start + count), out_shape)) \
+        if out_shape else []
+
+    def offsets(strides):
+        total = np.zeros(count, np.int64)
+        for idx, stride in zip(index, strides):
+            total += idx * stride
+        return total
+
+    loaded = [ctx.load(2 + i, dtype, offsets(strides)) for i, (dtype, strides)
+              in enumerate(inputs)]
+    regs: list[np.ndarray] = []
+    for instr in instrs:
+        regs.append(np.broadcast_to(evaluate(instr, regs, loaded, index), (count,)))
+    ctx.store(0, out_dtype, offsets(out_strides), regs[-1].astype(out_dtype))
+
+
+# Reductions and contractions -----------------------------------------------------------
+def reduce(ctx, dims):
+    outer, length, inner, reducer, in_dtype, out_dtype, first, count = (int(d) for d in dims[:8])
+    j = np.arange(first, first + count)
+    offsets = (j // inner * length * inner + j % inner)[:, None] + np.arange(length) * inner
+    x = _compute_type(ctx.load(1, numpy_dtype(in_dtype), offsets))
+    reducer = Reducer(reducer)
+    if reducer == Reducer.SUM:
+        y = x.sum(axis=1)
+    elif reducer == Reducer.MAX:
+        y = x.max(axis=1)
+    elif reducer == Reducer.MIN:
+        y = x.min(axis=1)
+    elif reducer == Reducer.ARGMAX:
+        y = np.argmax(x, axis=1)
+    else:
+        y = np.argmin(x, axis=1)
+    ctx.store(0, numpy_dtype(out_dtype), j, y.astype(numpy_dtype(out_dtype)))
+
+
+def matmul(ctx, dims):
+    b0, bn, n0, nn, k0, kn = (int(d) for d in dims[:6])
+    desc = _words(ctx, 1)
+    B, M, N, K, x_dtype, w_dtype, out_dtype, flags = (int(d) for d in desc[:8])
+    xs, ws, os_ = desc[8:11], desc[11:14], desc[14:17]
+    b = np.arange(b0, b0 + bn)[:, None, None]
+    m = np.arange(M)[None, :, None]
+    n = np.arange(n0, n0 + nn)[None, None, :]
+    k = np.arange(k0, k0 + kn)
+    x = ctx.load(2, numpy_dtype(x_dtype), b * xs[0] + m * xs[1] + k[None, None, :] * xs[2])
+    w = ctx.load(3, numpy_dtype(w_dtype), b * ws[0] + k[None, :, None] * ws[1] + n * ws[2])
+    acc = np.matmul(x.astype(F32), w.astype(F32))
+    out_offsets = b * os_[0] + m * os_[1] + n * os_[2]
+    extra = 4
+    if flags & 1:
+        acc = acc + ctx.load(extra, numpy_dtype(out_dtype), out_offsets).astype(F32)
+        extra += 1
+    if flags & 2:
+        acc = acc + ctx.load(extra, numpy_dtype(out_dtype), n).astype(F32)
+    ctx.store(0, numpy_dtype(out_dtype), out_offsets, acc)
+
+
+# Indexing ---------------------------------------------------------------------------------
+def gather_rows(ctx, dims):
+    n, width, rows, dtype, mode, first, count = (int(d) for d in dims[:7])
+    dtype = numpy_dtype(dtype)
+    ids = ctx.load(2, I32, np.arange(first, first + count)).astype(np.int64)
+    if mode & 2:
+        ids = np.where(ids < 0, ids + rows, ids)
+    valid = (ids >= 0) & (ids < rows)
+    safe = np.clip(ids, 0, rows - 1)
+    values = ctx.load(1, dtype, safe[:, None] * width + np.arange(width))
+    if mode & 1:
+        fill = np.nan if is_float(dtype) else 0
+        values = np.where(valid[:, None], values, np.array(fill).astype(dtype))
+    ctx.store(0, dtype, np.arange(first, first + count)[:, None] * width + np.arange(width),
+              values)
+
+
+def _box(ctx, dims):
+    """(offsets into the big tensor, offsets into the small one) of a dynamic slice."""
+    rank = int(dims[0])
+    big = [int(d) for d in dims[1:1 + rank]]
+    small = [int(d) for d in dims[5:5 + rank]]
+    wrap = int(dims[9])
+    starts = []
+    for d in range(rank):
+        s = int(ctx.load(2 + d, I32, [0])[0])
+        if (wrap >> d) & 1 and s < 0:
+            s += big[d]
+        starts.append(min(max(s, 0), big[d] - small[d]))
+    grids = np.meshgrid(*[np.arange(n) for n in small], indexing="ij")
+    big_offsets = np.zeros(small, np.int64)
+    small_offsets = np.zeros(small, np.int64)
+    big_stride = small_stride = 1
+    for d in reversed(range(rank)):
+        big_offsets += (grids[d] + starts[d]) * big_stride
+        small_offsets += grids[d] * small_stride
+        big_stride *= big[d]
+        small_stride *= small[d]
+    return big_offsets, small_offsets, np.dtype(f"u{int(dims[10])}")
+
+
+def dynamic_slice(ctx, dims):
+    src, out, dtype = _box(ctx, dims)
+    ctx.store(0, dtype, out, ctx.load(1, dtype, src))
+
+
+def dynamic_update_slice(ctx, dims):
+    dst, update, dtype = _box(ctx, dims)
+    ctx.store(0, dtype, dst, ctx.load(1, dtype, update))
+
+
+SEMANTICS = {
+    TaskKind.NOOP: noop,
+    TaskKind.COPY: copy,
+    TaskKind.COMBINE_U32: combine_u32,
+    TaskKind.WAIT_VALUE: wait_value,
+    TaskKind.ELEMENTWISE: elementwise,
+    TaskKind.REDUCE: reduce,
+    TaskKind.MATMUL: matmul,
+    TaskKind.GATHER_ROWS: gather_rows,
+    TaskKind.DYNAMIC_SLICE: dynamic_slice,
+    TaskKind.DYNAMIC_UPDATE_SLICE: dynamic_update_slice,
+}

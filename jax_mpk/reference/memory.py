@@ -1,0 +1,126 @@
+"""Byte memory of one program run, with a writer map that finds races between tasks.
+
+Every byte remembers the task that last wrote it (-1: given by the caller, -2: never
+written). A task may read a byte only if its writer happens before the task (an ancestor
+through fired events); a task may write a byte only if every earlier writer and reader of
+it happens before the task. Anything else is a race in the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jax_mpk import program as fmt
+
+GIVEN = -1
+UNWRITTEN = -2
+
+
+class RaceError(RuntimeError):
+    """A task touched bytes in an order its events do not guarantee."""
+
+
+class Region:
+    def __init__(self, name: str, data: np.ndarray, initial: int):
+        self.name = name
+        self.data = data  # uint8
+        self.writer = np.full(data.size, initial, np.int32)
+        self.reads: list[tuple[int, np.ndarray]] = []  # (task, byte addresses)
+
+
+class Memory:
+    def __init__(self, program: fmt.Program, args: list[np.ndarray],
+                 aliases: dict[int, int]):
+        self.program = program
+        self.args = [Region(f"argument {i}", np.frombuffer(bytearray(np.ascontiguousarray(a)
+                                                                     .tobytes()), np.uint8),
+                            GIVEN) for i, a in enumerate(args)]
+        slots = program.slots
+        self.rets: dict[int, Region] = {}
+        for s in slots[slots["source"] == fmt.SlotSource.RET]:
+            i = int(s["index"])
+            if i in aliases:
+                self.rets[i] = self.args[aliases[i]]
+            else:
+                self.rets[i] = Region(f"result {i}", np.zeros(int(s["bytes"]), np.uint8),
+                                      UNWRITTEN)
+        self.workspace = Region("workspace", np.zeros(program.workspace_bytes, np.uint8),
+                                UNWRITTEN)
+        self.constants = Region("constants", program.constants.copy(), GIVEN)
+        self.ancestors: dict[int, int] = {}  # task -> bitset of tasks that happen before it
+
+    def locate(self, operand) -> tuple[Region, int, int]:
+        """(region, first byte, byte count) of a program operand."""
+        slot = self.program.slots[int(operand["slot"])]
+        source = fmt.SlotSource(int(slot["source"]))
+        if source == fmt.SlotSource.ARG:
+            region = self.args[int(slot["index"])]
+        elif source == fmt.SlotSource.RET:
+            region = self.rets[int(slot["index"])]
+        elif source == fmt.SlotSource.WORKSPACE:
+            region = self.workspace
+        else:
+            region = self.constants
+        start = int(slot["offset"]) + int(operand["offset"])
+        return region, start, int(operand["bytes"])
+
+
+class TaskAccess:
+    """What one task sees: its operands as typed loads and stores at element offsets."""
+
+    def __init__(self, memory: Memory, task_id: int, operands: np.ndarray, label: str):
+        self.memory = memory
+        self.task = task_id
+        self.operands = [memory.locate(o) for o in operands]
+        self.label = label
+
+    @property
+    def num_operands(self) -> int:
+        return len(self.operands)
+
+    def _addresses(self, i: int, dtype: np.dtype, offsets) -> tuple[Region, np.ndarray]:
+        region, start, nbytes = self.operands[i]
+        offsets = np.asarray(offsets, np.int64)
+        item = dtype.itemsize
+        if offsets.size and (offsets.min() < 0 or (offsets.max() + 1) * item > nbytes):
+            raise RaceError(f"{self.label} reaches outside operand {i} ({nbytes} bytes of "
+                            f"{region.name}) at element {int(offsets.max())} of {dtype}")
+        first = start + offsets * item
+        return region, first[..., None] + np.arange(item)
+
+    def load(self, i: int, dtype, offsets) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        region, addresses = self._addresses(i, dtype, offsets)
+        writers = region.writer[addresses]
+        if np.any(writers == UNWRITTEN):
+            raise RaceError(f"{self.label} reads bytes of {region.name} that no task has "
+                            "written (no fired event produced them)")
+        self._check_ordered(writers, region, "reads bytes of")
+        if region is not self.memory.constants:
+            region.reads.append((self.task, addresses.reshape(-1)))
+        return region.data[addresses].reshape(-1).view(dtype).reshape(np.shape(offsets))
+
+    def store(self, i: int, dtype, offsets, values) -> None:
+        dtype = np.dtype(dtype)
+        region, addresses = self._addresses(i, dtype, offsets)
+        if region is self.memory.constants:
+            raise RaceError(f"{self.label} writes the program's constants")
+        self._check_ordered(region.writer[addresses], region, "overwrites bytes of")
+        flat = addresses.reshape(-1)
+        for reader, read in region.reads:
+            if reader != self.task and not self._before(reader) and np.intersect1d(
+                    read, flat, assume_unique=False).size:
+                raise RaceError(f"{self.label} overwrites bytes of {region.name} that task "
+                                f"{reader} reads, and no event orders the two")
+        raw = np.ascontiguousarray(np.asarray(values, dtype).reshape(np.shape(offsets)))
+        region.data[addresses] = raw.view(np.uint8).reshape(addresses.shape)
+        region.writer[addresses] = self.task
+
+    def _before(self, other: int) -> bool:
+        return bool((self.memory.ancestors[self.task] >> other) & 1)
+
+    def _check_ordered(self, writers: np.ndarray, region: Region, what: str) -> None:
+        for w in np.unique(writers):
+            if w >= 0 and w != self.task and not self._before(int(w)):
+                raise RaceError(f"{self.label} {what} {region.name} that task {int(w)} "
+                                "writes, and no event orders the two")

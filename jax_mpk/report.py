@@ -1,0 +1,52 @@
+"""The text `Lowered.as_text()` returns: ops, task kinds, events and bytes per call."""
+
+from __future__ import annotations
+
+import collections
+
+from jax_mpk.ir import Role
+
+
+def report(compiled, name: str) -> str:
+    cp = compiled.program
+    graph, program = cp.graph, cp.program
+    lines = [f"jax_mpk program for {name}"]
+    role_bytes = collections.Counter()
+    for buffer in graph.args:
+        role_bytes[buffer.role] += buffer.nbytes
+    lines.append(f"  weights read per call: {_bytes(role_bytes[Role.PARAM])}"
+                 f" ({sum(b.role is Role.PARAM for b in graph.args)} params)")
+    lines.append(f"  state (updated in place): {_bytes(role_bytes[Role.STATE])}; "
+                 f"inputs: {_bytes(role_bytes[Role.INPUT])}")
+    lines.append(f"  constants: {_bytes(program.constant_bytes)}; workspace: "
+                 f"{_bytes(program.workspace_bytes)}")
+    aliases = ", ".join(f"result {r} <- {compiled.names[a]}" for r, a in
+                        sorted(compiled.aliases.items())) or "none"
+    lines.append(f"  aliased results: {aliases}")
+    lines.append(f"  tasks: {program.num_tasks}; events: {program.num_events}; "
+                 f"triggers: {program.num_triggers}; workers: {program.num_workers}; "
+                 f"schedulers: {program.num_schedulers}")
+    lines.append("task kinds:")
+    for kind, count in sorted(compiled.task_kinds.items()):
+        lines.append(f"  {kind.name:<22}{count:>7}")
+    patterns = collections.Counter(op.label for op in graph.ops if op.label)
+    if patterns:
+        lines.append("recognized patterns:")
+        for label, count in sorted(patterns.items()):
+            lines.append(f"  {label:<22}{count:>7}")
+    lines.append("ops:")
+    for i, (op, tasks) in enumerate(zip(graph.ops, cp.op_tasks)):
+        out = op.outputs[0]
+        what = f"{op.kind}" + (f" [{op.label}]" if op.label else "")
+        shape = "x".join(map(str, out.shape)) or "scalar"
+        lines.append(f"  {i:>4} {what:<34} {shape:>16} {out.dtype.name:<8} tasks {tasks:>4}"
+                     f"  {op.source}")
+    return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"

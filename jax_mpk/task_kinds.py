@@ -1,0 +1,229 @@
+"""The LLM task kinds: what each reads and writes, in the terms the CUDA library implements.
+
+Every operand is a byte range of a slot; dims hold the tile a task computes and the small
+sizes of its problem; layouts that do not fit 12 int32 live in a descriptor (an int32 array
+in the program's constants) passed as an operand. All arithmetic accumulates in float32.
+
+ELEMENTWISE   operands: out, program, in_0..in_{n-1}
+              dims: [first, count] output elements in row-major order of the output shape
+              program (int32): [rank, n_inputs, n_instrs, out_dtype,
+                                out_shape[rank], out_strides[rank],
+                                per input: dtype, strides[rank],
+                                per instr: opcode, dtype, a, b, c, imm]
+              Instruction i sets register i; a, b, c name earlier registers. LOAD reads input
+              imm at the element's index (strides in elements, 0 for broadcast dims); CONST's
+              imm is the value's bits as int32 (float32 bits for float dtypes); IOTA yields
+              the element's index along dim imm; INTEGER_POW raises a to the power imm.
+              The last register, cast to out_dtype, is stored.
+REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
+              dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
+              (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
+MATMUL        operands: out, descriptor, x, w[, residual][, bias]
+              out[b, m, n] = sum_k x[b, m, k] * w[b, k, n] (+ residual[b, m, n]) (+ bias[n])
+              dims: [b_first, b_count, n_first, n_count, k_first, k_count]
+              descriptor (int32): [B, M, N, K, x_dtype, w_dtype, out_dtype, flags,
+                                   x_stride_b, x_stride_m, x_stride_k,
+                                   w_stride_b, w_stride_k, w_stride_n,
+                                   out_stride_b, out_stride_m, out_stride_n]
+              flags: 1 has residual (laid out like out), 2 has bias [N]. A task with a partial
+              k range (split-K) writes float32 partial sums for its k range.
+GATHER_ROWS   operands: out, table, ids      table [rows, width], ids int32 [n], out [n, width]
+              dims: [n, width, rows, dtype, mode, first, count]  (first, count: ids)
+              mode bit 0: out-of-range ids fill the row with NaN (floats) or 0, else clamp;
+              bit 1: a negative id first gets rows added (numpy indexing).
+DYNAMIC_SLICE operands: out, src, start_0..start_3 (int32 scalars)
+              dims: [rank, src_shape[4], out_shape[4], wrap_mask, itemsize]
+              out = src[start_d : start_d + out_shape_d], starts clamped into range; bit d of
+              wrap_mask first adds src_shape_d to a negative start_d (numpy indexing).
+DYNAMIC_UPDATE_SLICE  operands: dst, update, start_0..start_3
+              dims: [rank, dst_shape[4], update_shape[4], wrap_mask, itemsize]
+              dst[start : start + update_shape] = update in place, starts as above.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+from jax_mpk.program import TaskKind
+
+__all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype",
+           "MAX_ELEMENTWISE_RANK", "MAX_SLICE_RANK", "ElementwiseProgram", "Instr"]
+
+MAX_ELEMENTWISE_RANK = 6
+MAX_SLICE_RANK = 4
+
+
+class DType(enum.IntEnum):
+    F32 = 0
+    BF16 = 1
+    F16 = 2
+    I32 = 3
+    U32 = 4
+    BOOL = 5  # one byte, 0 or 1
+    I8 = 6
+    U8 = 7
+
+
+_NUMPY = {
+    DType.F32: np.dtype(np.float32),
+    DType.BF16: np.dtype(ml_dtypes.bfloat16),
+    DType.F16: np.dtype(np.float16),
+    DType.I32: np.dtype(np.int32),
+    DType.U32: np.dtype(np.uint32),
+    DType.BOOL: np.dtype(np.bool_),
+    DType.I8: np.dtype(np.int8),
+    DType.U8: np.dtype(np.uint8),
+}
+_CODES = {v: k for k, v in _NUMPY.items()}
+
+
+def dtype_code(dtype) -> DType:
+    code = _CODES.get(np.dtype(dtype))
+    if code is None:
+        raise TypeError(f"dtype {np.dtype(dtype).name} is not supported; supported: "
+                        + ", ".join(d.name for d in _NUMPY.values()))
+    return code
+
+
+def numpy_dtype(code: int) -> np.dtype:
+    return _NUMPY[DType(code)]
+
+
+def is_float(dtype) -> bool:
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) == _NUMPY[DType.BF16]
+
+
+class Reducer(enum.IntEnum):
+    SUM = 0
+    MAX = 1
+    MIN = 2
+    ARGMAX = 3
+    ARGMIN = 4
+
+
+class Opcode(enum.IntEnum):
+    LOAD = 0
+    CONST = 1
+    IOTA = 2
+    CONVERT = 3
+    NEG = 4
+    ABS = 5
+    SIGN = 6
+    EXP = 7
+    EXP2 = 8
+    LOG = 9
+    LOG1P = 10
+    EXPM1 = 11
+    TANH = 12
+    LOGISTIC = 13
+    ERF = 14
+    RSQRT = 15
+    SQRT = 16
+    SIN = 17
+    COS = 18
+    FLOOR = 19
+    CEIL = 20
+    NOT = 21
+    INTEGER_POW = 22
+    ADD = 23
+    SUB = 24
+    MUL = 25
+    DIV = 26
+    REM = 27
+    POW = 28
+    MAX = 29
+    MIN = 30
+    AND = 31
+    OR = 32
+    XOR = 33
+    EQ = 34
+    NE = 35
+    LT = 36
+    LE = 37
+    GT = 38
+    GE = 39
+    SELECT = 40  # a ? c : b  (lax.select_n(a, b, c))
+    CLAMP = 41  # min(max(b, a), c)  (lax.clamp(a, b, c))
+    IS_FINITE = 42
+    SQUARE = 43
+    ROUND = 44  # half away from zero
+    TAN = 45
+    CBRT = 46
+    ERFC = 47
+
+
+NUM_ARGS = {Opcode.LOAD: 0, Opcode.CONST: 0, Opcode.IOTA: 0, Opcode.SELECT: 3, Opcode.CLAMP: 3}
+for _op in Opcode:
+    if _op not in NUM_ARGS:
+        NUM_ARGS[_op] = 2 if Opcode.ADD <= _op <= Opcode.GE else 1
+
+
+class Instr(NamedTuple):
+    """One SSA instruction of an elementwise program."""
+
+    opcode: Opcode
+    dtype: np.dtype
+    args: tuple[int, ...] = ()
+    imm: int = 0
+
+
+def const_bits(value, dtype) -> int:
+    """The int32 bit pattern CONST carries for value of dtype."""
+    if is_float(dtype):
+        return struct.unpack("<i", struct.pack("<f", float(value)))[0]
+    return int(np.int64(value).astype(np.int32))
+
+
+def const_value(bits: int, dtype) -> np.ndarray:
+    if is_float(dtype):
+        return np.array(struct.unpack("<f", struct.pack("<i", bits))[0], np.float32).astype(dtype)
+    return np.array(bits, np.int64).astype(dtype)
+
+
+class ElementwiseProgram:
+    """Instructions over n inputs computing one output element; see ELEMENTWISE above."""
+
+    def __init__(self, instrs: list[Instr], num_inputs: int):
+        self.instrs = instrs
+        self.num_inputs = num_inputs
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        return self.instrs[-1].dtype
+
+    def encode(self, out_shape, out_strides, in_dtypes, in_strides) -> np.ndarray:
+        rank = len(out_shape)
+        words = [rank, self.num_inputs, len(self.instrs), dtype_code(self.out_dtype),
+                 *out_shape, *out_strides]
+        for dtype, strides in zip(in_dtypes, in_strides):
+            assert len(strides) == rank
+            words += [dtype_code(dtype), *strides]
+        for ins in self.instrs:
+            args = list(ins.args) + [0] * (3 - len(ins.args))
+            words += [int(ins.opcode), dtype_code(ins.dtype), *args, ins.imm]
+        return np.array(words, np.int32)
+
+    @staticmethod
+    def decode(words: np.ndarray):
+        rank, n_in, n_instr, out_dtype = (int(w) for w in words[:4])
+        at = 4
+        out_shape = tuple(int(w) for w in words[at:at + rank])
+        out_strides = tuple(int(w) for w in words[at + rank:at + 2 * rank])
+        at += 2 * rank
+        inputs = []
+        for _ in range(n_in):
+            inputs.append((numpy_dtype(words[at]), tuple(int(w) for w in
+                                                         words[at + 1:at + 1 + rank])))
+            at += 1 + rank
+        instrs = []
+        for _ in range(n_instr):
+            op, dt, a, b, c, imm = (int(w) for w in words[at:at + 6])
+            nargs = NUM_ARGS[Opcode(op)]
+            instrs.append(Instr(Opcode(op), numpy_dtype(dt), (a, b, c)[:nargs], imm))
+            at += 6
+        return out_shape, out_strides, numpy_dtype(out_dtype), inputs, instrs

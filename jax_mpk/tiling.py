@@ -1,0 +1,382 @@
+"""From the op graph to a program: buffers to slots, ops to tiles, op order to events.
+
+Each op becomes tasks over tiles of its output, sized so that one op spreads over the
+device's workers; every task of an op waits for every task of the ops it depends on
+(a read after a write, or a write after a read or write, of overlapping bytes).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+
+from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
+from jax_mpk.program import TaskKind
+from jax_mpk.task_kinds import (
+    MAX_ELEMENTWISE_RANK,
+    ElementwiseProgram,
+    Instr,
+    Opcode,
+    dtype_code,
+)
+from jax_mpk.taskgraph import Operand, RuntimeConfig, TaskGraph
+
+ALIGN = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+    """What tiling needs to know of the device."""
+
+    sm_count: int = 132
+    smem_bytes: int = 227 * 1024
+    min_tile_elements: int = 2048  # elementwise and reduce tiles never get smaller
+    matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this
+    min_split_k: int = 512  # split K only into chunks at least this long
+
+    @property
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig.for_sm_count(self.sm_count)
+
+    @property
+    def workers(self) -> int:
+        return self.runtime_config.num_workers
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    kind: TaskKind
+    op: int  # index of the op in the graph
+
+
+@dataclasses.dataclass
+class CompiledProgram:
+    program: object  # jax_mpk.program.Program
+    graph: Graph
+    tasks: list[TaskRecord]  # by program task index
+    op_tasks: list[int]  # tasks per op
+
+
+class _Location(collections.namedtuple("_Location", "buffer offset nbytes")):
+    """Bytes [offset, offset + nbytes) of a buffer (a Buffer, or "const" for descriptors)."""
+
+
+class ProgramBuilder:
+    def __init__(self, graph: Graph, device: DeviceSpec):
+        self.graph = graph
+        self.device = device
+        self.workers = device.workers
+        self.constants = bytearray()
+        self.const_offsets: dict[int, int] = {}  # id(constant buffer) -> offset in the blob
+        self.workspace_bytes = 0
+        self.workspace_offsets: dict[int, int] = {}
+        self.tasks: list[tuple] = []  # kind, [locations], dims, op index, stage
+
+    # Memory ------------------------------------------------------------------------
+    def descriptor(self, words: np.ndarray) -> _Location:
+        raw = np.ascontiguousarray(words, np.int32).tobytes()
+        at = _align(len(self.constants), 16)
+        self.constants.extend(b"\0" * (at - len(self.constants)) + raw)
+        return _Location("const", at, len(raw))
+
+    def scratch(self, nbytes: int) -> Buffer:
+        return Buffer(nbytes, Role.INTERMEDIATE, "scratch")
+
+    def location(self, t: Tensor) -> _Location:
+        lo, hi = t.span()
+        return _Location(t.buffer, lo, hi - lo)
+
+    def _place(self, buffer: Buffer) -> tuple[str, int]:
+        if buffer.role is Role.CONSTANT:
+            if id(buffer) not in self.const_offsets:
+                at = _align(len(self.constants), ALIGN)
+                raw = np.ascontiguousarray(buffer.value).tobytes()
+                self.constants.extend(b"\0" * (at - len(self.constants)) + raw)
+                self.const_offsets[id(buffer)] = at
+            return "const", self.const_offsets[id(buffer)]
+        if buffer.arg_index is not None:
+            return "arg", 0
+        if buffer.role is Role.OUTPUT:
+            return "ret", 0
+        if id(buffer) not in self.workspace_offsets:
+            self.workspace_offsets[id(buffer)] = self.workspace_bytes
+            self.workspace_bytes = _align(self.workspace_bytes + buffer.nbytes, ALIGN)
+        return "workspace", self.workspace_offsets[id(buffer)]
+
+    # Tasks ------------------------------------------------------------------------
+    def add(self, kind: TaskKind, locations, dims, op_index: int, stage: int = 0):
+        """A task of op op_index; the tasks of a stage wait for all of the stage before."""
+        self.tasks.append((kind, list(locations), [int(d) for d in dims], op_index, stage))
+
+    def build(self) -> CompiledProgram:
+        op_deps = _op_dependencies(self.graph.ops)
+        for i, op in enumerate(self.graph.ops):
+            TILERS[op.kind](self, op, i)
+        return self._emit(op_deps)
+
+    def _emit(self, op_deps) -> CompiledProgram:
+        graph = self.graph
+        results = {id(t.buffer): i for i, t in enumerate(graph.outputs)
+                   if i not in graph.aliases}
+        placed = {}
+        for _, locations, _, _, _ in self.tasks:
+            for loc in locations:
+                if loc.buffer != "const" and id(loc.buffer) not in placed:
+                    placed[id(loc.buffer)] = self._place(loc.buffer)
+        tg = TaskGraph()
+        arg_slots = {i: tg.arg(i, b.nbytes) for i, b in enumerate(graph.args)}
+        ret_slots = {i: tg.ret(i, t.buffer.nbytes) for i, t in enumerate(graph.outputs)
+                     if i not in graph.aliases}
+        workspace_slot = tg.workspace(self.workspace_bytes) if self.workspace_bytes else None
+        const_slot = (tg.constant(np.frombuffer(bytes(self.constants), np.uint8))
+                      if self.constants else None)
+
+        def operand(loc: _Location) -> Operand:
+            if loc.buffer == "const":
+                return Operand(const_slot, loc.offset, loc.nbytes)
+            where, base = placed[id(loc.buffer)]
+            slot = {"arg": lambda: arg_slots[loc.buffer.arg_index],
+                    "ret": lambda: ret_slots[results[id(loc.buffer)]],
+                    "workspace": lambda: workspace_slot,
+                    "const": lambda: const_slot}[where]()
+            return Operand(slot, base + loc.offset, loc.nbytes)
+
+        stage_tasks: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+        last_stage: dict[int, int] = {}
+        for _, _, _, op_index, stage in self.tasks:
+            last_stage[op_index] = max(stage, last_stage.get(op_index, 0))
+        records = []
+        dep_lists: dict[tuple[int, int], list[int]] = {}
+        for kind, locations, dims, op_index, stage in self.tasks:
+            key = (op_index, stage)
+            if key not in dep_lists:
+                if stage:
+                    dep_lists[key] = list(stage_tasks[(op_index, stage - 1)])
+                else:
+                    dep_lists[key] = sorted(t for d in op_deps[op_index]
+                                            for t in stage_tasks[(d, last_stage[d])])
+            name = graph.ops[op_index].label or graph.ops[op_index].kind
+            task = tg.add_task(kind, [operand(loc) for loc in locations], dims,
+                               dep_lists[key], name)
+            stage_tasks[key].append(task)
+            records.append(TaskRecord(kind, op_index))
+        op_tasks = [sum(len(stage_tasks[(i, s)]) for s in range(last_stage.get(i, 0) + 1))
+                    for i in range(len(graph.ops))]
+        built = tg.build(self.device.runtime_config, len(graph.args), len(ret_slots))
+        ordered = [None] * len(records)
+        for user_id, record in enumerate(records):
+            ordered[built.task_index[user_id]] = record
+        return CompiledProgram(built.program, graph, ordered, op_tasks)
+
+
+def _op_dependencies(ops: list[Op]) -> list[list[int]]:
+    """For each op, the earlier ops it must wait for, without those implied transitively."""
+    history: dict[int, list[tuple[int, Tensor, bool]]] = collections.defaultdict(list)
+    ancestors: list[int] = []  # bitsets
+    deps_of = []
+    for i, op in enumerate(ops):
+        direct = set()
+        accesses = [(t, False) for t in op.inputs] + [(t, True) for t in op.outputs]
+        for t, is_write in accesses:
+            lo, hi = t.span()
+            for j, other, other_write in history[id(t.buffer)]:
+                if (is_write or other_write) and j != i:
+                    olo, ohi = other.span()
+                    if lo < ohi and olo < hi:
+                        direct.add(j)
+        reach = 0
+        for j in direct:
+            reach |= ancestors[j]
+        deps = sorted(j for j in direct if not (reach >> j) & 1)
+        ancestors.append(reach | sum(1 << j for j in direct))
+        deps_of.append(deps)
+        for t, is_write in accesses:
+            history[id(t.buffer)].append((i, t, is_write))
+    return deps_of
+
+
+# Tilers: one per op kind -------------------------------------------------------------
+def _tiles(total: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """[start, count) chunks covering total, about `parts` of them, counts a multiple."""
+    size = max(multiple, -(-total // max(parts, 1)))
+    size = -(-size // multiple) * multiple
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def _collapse(shape, tensors_strides, keep_dims: bool):
+    """Merge neighbouring dims whose strides chain in every tensor; drop size-1 dims."""
+    if keep_dims:
+        return list(shape), [list(s) for s in tensors_strides]
+    dims = [d for d in range(len(shape)) if shape[d] != 1]
+    new_shape = [shape[d] for d in dims]
+    new_strides = [[s[d] for d in dims] for s in tensors_strides]
+    d = len(new_shape) - 1
+    while d > 0:
+        if all(s[d - 1] == s[d] * new_shape[d] for s in new_strides):
+            new_shape[d - 1] *= new_shape[d]
+            for s in new_strides:
+                s[d - 1] = s[d]
+                del s[d]
+            del new_shape[d]
+        d -= 1
+    return new_shape, new_strides
+
+
+def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0) -> None:
+    out = op.outputs[0]
+    instrs = op.attrs["instrs"]
+    if _is_byte_copy(op, instrs):
+        src = pb.location(op.inputs[0])
+        dst = pb.location(out)
+        for start, count in _tiles(dst.nbytes, pb.workers, pb.device.min_tile_elements * 4):
+            pb.add(TaskKind.COPY, [_Location(dst.buffer, dst.offset + start, count),
+                                   _Location(src.buffer, src.offset + start, count)],
+                   [count & 0x7FFFFFFF, count >> 31], index, stage)
+        return
+    has_iota = any(i.opcode == Opcode.IOTA for i in instrs)
+    shape, strides = _collapse(out.shape, [out.strides] + [t.strides for t in op.inputs],
+                               has_iota)
+    if len(shape) > MAX_ELEMENTWISE_RANK:
+        raise NotImplementedError(f"elementwise op of rank {len(shape)} beyond "
+                                  f"{MAX_ELEMENTWISE_RANK} after merging dims ({op.source})")
+    program = ElementwiseProgram(instrs, len(op.inputs))
+    words = program.encode(shape, strides[0], [t.dtype for t in op.inputs], strides[1:])
+    desc = pb.descriptor(words)
+    locations = [pb.location(out), desc] + [pb.location(t) for t in op.inputs]
+    for start, count in _tiles(out.size, pb.workers, pb.device.min_tile_elements):
+        pb.add(TaskKind.ELEMENTWISE, locations, [start, count], index, stage)
+
+
+def _is_byte_copy(op: Op, instrs) -> bool:
+    out = op.outputs[0]
+    return (len(instrs) == 1 and instrs[0].opcode == Opcode.LOAD and out.is_contiguous
+            and op.inputs[0].is_contiguous and op.inputs[0].dtype == out.dtype)
+
+
+def _reduce_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    (src,), (out,) = op.inputs, op.outputs
+    a = op.attrs
+    total = a["outer"] * a["inner"]
+    rows = max(1, pb.device.min_tile_elements // max(a["length"], 1))
+    for start, count in _tiles(total, pb.workers, rows):
+        pb.add(TaskKind.REDUCE, [pb.location(out), pb.location(src)],
+               [a["outer"], a["length"], a["inner"], a["reducer"], dtype_code(src.dtype),
+                dtype_code(out.dtype), start, count], index)
+
+
+def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    x, w = op.inputs[:2]
+    (out,) = op.outputs
+    a = op.attrs
+    B, M, N, K = a["B"], a["M"], a["N"], a["K"]
+    has_residual = "residual" in a
+    has_bias = "bias" in a
+    extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
+    n_tiles = _tiles(N, max(1, pb.workers // B), pb.device.matmul_tile_n)
+    b_tiles = [(b, 1) for b in range(B)]
+    tiles = len(n_tiles) * len(b_tiles)
+    splits = 1
+    if tiles * 2 <= pb.workers:
+        splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k))
+    k_tiles = _tiles(K, splits)
+    out_strides = (M * N, N, 1)
+
+    def desc(out_dtype, flags):
+        return pb.descriptor(np.array(
+            [B, M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
+             flags, *a["x_strides"], *a["w_strides"], *out_strides], np.int32))
+
+    if len(k_tiles) == 1:
+        flags = int(has_residual) | int(has_bias) << 1
+        locations = [pb.location(out), desc(out.dtype, flags), pb.location(x),
+                     pb.location(w)] + [pb.location(t) for t in extra]
+        for b0, bn in b_tiles:
+            for n0, nn in n_tiles:
+                pb.add(TaskKind.MATMUL, locations, [b0, bn, n0, nn, 0, K], index)
+        return
+    # Split-K: float32 partial sums, then one elementwise op adds them (and the epilogue).
+    partial_bytes = B * M * N * 4
+    scratch = pb.scratch(partial_bytes * len(k_tiles))
+    partial_desc = desc(np.dtype(np.float32), 0)
+    for s, (k0, kn) in enumerate(k_tiles):
+        dst = _Location(scratch, s * partial_bytes, partial_bytes)
+        for b0, bn in b_tiles:
+            for n0, nn in n_tiles:
+                pb.add(TaskKind.MATMUL, [dst, partial_desc, pb.location(x), pb.location(w)],
+                       [b0, bn, n0, nn, k0, kn], index)
+    f32 = np.dtype(np.float32)
+    partials = [Tensor((B * M * N,), f32, scratch, s * B * M * N) for s in range(len(k_tiles))]
+    instrs = [Instr(Opcode.LOAD, f32, (), s) for s in range(len(k_tiles))]
+    acc = 0
+    for s in range(1, len(k_tiles)):
+        instrs.append(Instr(Opcode.ADD, f32, (acc, s)))
+        acc = len(instrs) - 1
+    inputs = list(partials)
+    flat_out = out.view((B, M, N), out_strides)
+    for t in extra:
+        inputs.append(t)
+        instrs.append(Instr(Opcode.LOAD, t.dtype, (), len(inputs) - 1))
+        if t.dtype != f32:
+            instrs.append(Instr(Opcode.CONVERT, f32, (len(instrs) - 1,)))
+        instrs.append(Instr(Opcode.ADD, f32, (acc, len(instrs) - 1)))
+        acc = len(instrs) - 1
+    instrs.append(Instr(Opcode.CONVERT, out.dtype, (acc,)))
+    shaped = [p.view((B, M, N), out_strides) for p in partials] + extra
+    combine = Op("elementwise", shaped, [flat_out], {"instrs": instrs}, op.source)
+    _elementwise_tasks(pb, combine, index, stage=1)
+
+
+def _gather_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    table, ids = op.inputs
+    (out,) = op.outputs
+    a = op.attrs
+    n = ids.size
+    per = max(1, pb.device.min_tile_elements // a["width"])
+    for start, count in _tiles(n, pb.workers, per):
+        pb.add(TaskKind.GATHER_ROWS, [pb.location(out), pb.location(table), pb.location(ids)],
+               [n, a["width"], a["rows"], dtype_code(table.dtype), a["mode"], start, count],
+               index)
+
+
+def _padded(values, fill=1):
+    return list(values) + [fill] * (4 - len(values))
+
+
+def _dynamic_slice_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    src, *starts = op.inputs
+    (out,) = op.outputs
+    a = op.attrs
+    pb.add(TaskKind.DYNAMIC_SLICE, [pb.location(out), pb.location(src)]
+           + [pb.location(s) for s in starts],
+           [len(a["src_shape"]), *_padded(a["src_shape"]), *_padded(a["sizes"]),
+            a["wrap_mask"], src.dtype.itemsize], index)
+
+
+def _dynamic_update_slice_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    update, *starts, dst = op.inputs
+    a = op.attrs
+    pb.add(TaskKind.DYNAMIC_UPDATE_SLICE, [pb.location(dst), pb.location(update)]
+           + [pb.location(s) for s in starts],
+           [len(a["dst_shape"]), *_padded(a["dst_shape"]), *_padded(a["sizes"]),
+            a["wrap_mask"], dst.dtype.itemsize], index)
+
+
+TILERS = {
+    "elementwise": _elementwise_tasks,
+    "reduce": _reduce_tasks,
+    "matmul": _matmul_tasks,
+    "gather_rows": _gather_tasks,
+    "dynamic_slice": _dynamic_slice_tasks,
+    "dynamic_update_slice": _dynamic_update_slice_tasks,
+}
+
+
+def compile_graph(graph: Graph, device: DeviceSpec) -> CompiledProgram:
+    return ProgramBuilder(graph, device).build()
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
