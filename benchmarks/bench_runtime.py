@@ -67,15 +67,20 @@ def main():
     args = parser.parse_args()
 
     info = runtime.device_info()
+    trivial = jax.jit(lambda x: x + 1)
+    x = jnp.ones(16)
+    dispatch_us = median_seconds(lambda: trivial(x)) * 1e6
     j1 = median_seconds(jit_chain(1))
     jn = median_seconds(jit_chain(args.jit_chain))
     jit_us = (jn - j1) / (args.jit_chain - 1) * 1e6
-    results = {"device": info["name"], "jit_op_us": jit_us}
-    print(f"device {info['name']} ({info['sm_count']} SMs)")
+    results = {"device": info["name"], "jit_op_us": jit_us, "jit_dispatch_us": dispatch_us}
+    print(f"device {info['name']} ({info['sm_count']} SMs); "
+          f"jax.jit of x + 1 takes {dispatch_us:.1f} µs to dispatch and sync")
     print(f"jax.jit dependent op: {jit_us:.2f} µs/op (chain of {args.jit_chain} small dots)")
-    print(f"{'schedule':10}{'launch µs':>11}{'hop µs':>9}{'tasks/µs':>10}{'vs jit':>8}")
-    for schedule in ("dynamic", "static"):
-        config = tg.RuntimeConfig.for_sm_count(info["sm_count"], schedule=schedule)
+    print(f"{'schedule':22}{'launch µs':>11}{'hop µs':>9}{'tasks/µs':>10}{'vs jit':>8}")
+    for schedule, placement in (("dynamic", "-"), ("static", "round_robin"), ("static", "locality")):
+        config = tg.RuntimeConfig.for_sm_count(info["sm_count"], schedule=schedule,
+                                               placement="locality" if placement == "-" else placement)
         base = median_seconds(noop_launch(1, True, config))
         chain = median_seconds(noop_launch(args.chain, True, config), repeats=20)
         wide = median_seconds(noop_launch(args.independent, False, config), repeats=10)
@@ -86,8 +91,9 @@ def main():
             "dispatch_tasks_per_us": args.independent / ((wide - base) * 1e6),
         }
         row["chain_speedup_vs_jit"] = jit_us / row["hop_us"]
-        results[schedule] = row
-        print(f"{schedule:10}{row['launch_us']:11.1f}{row['hop_us']:9.2f}"
+        name = schedule if placement == "-" else f"{schedule}/{placement}"
+        results[name] = row
+        print(f"{name:22}{row['launch_us']:11.1f}{row['hop_us']:9.2f}"
               f"{row['dispatch_tasks_per_us']:10.1f}{row['chain_speedup_vs_jit']:7.1f}x")
     print(f"targets: hop < 2 µs, chain >= 3x faster than jax.jit "
           f"(chain of {args.chain} no-ops, {args.independent} independent no-ops)")

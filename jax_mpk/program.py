@@ -18,6 +18,7 @@ MAX_EVENTS = 1 << 24
 MAX_ITERATIONS = 1 << 16
 MAX_TASK_DIMS = 12
 SCHEDULERS_PER_BLOCK = 4
+NO_WAIT = 0xFFFFFFFF  # static list entry: every producer ran earlier on this worker
 
 
 class TaskKind(enum.IntEnum):

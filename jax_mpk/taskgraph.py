@@ -52,6 +52,10 @@ class RuntimeConfig:
     # "static": each worker walks a compiled list of its tasks, waiting on
     # event counters; no scheduler on the critical path.
     schedule: str = "dynamic"
+    # Static placement: "locality" runs a lone task on its producers' worker
+    # when they share one, which turns the hop into a block barrier;
+    # "round_robin" spreads every task, so each dependency crosses SMs.
+    placement: str = "locality"
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
@@ -119,6 +123,8 @@ class TaskGraph:
             raise GraphError("the graph has no tasks")
         if not 1 <= config.num_iterations <= fmt.MAX_ITERATIONS:
             raise GraphError(f"num_iterations must be in [1, {fmt.MAX_ITERATIONS}]")
+        if config.placement not in ("locality", "round_robin"):
+            raise GraphError(f"placement must be 'locality' or 'round_robin', not {config.placement!r}")
         if config.schedule not in ("dynamic", "static"):
             raise GraphError(f"schedule must be 'dynamic' or 'static', not {config.schedule!r}")
         static = config.schedule == "static"
@@ -239,13 +245,21 @@ class TaskGraph:
         worker_tasks = np.zeros(0, fmt.WORKER_TASK)
         if static:
             n = len(self._tasks)
-            launch_event = np.repeat(np.arange(len(members)), [len(m) for m in members])
-            owner = np.arange(n) % config.num_workers
-            order = np.argsort(owner, kind="stable")
+            owner = _place_static(members, keys, config)
+            waits = np.repeat(np.arange(len(members), dtype=np.uint32), [len(m) for m in members])
+            for g, group in enumerate(members):
+                producers = keys[g]
+                if producers and len({owner[d] for d in producers}) == 1:
+                    for t in group:
+                        if owner[t] == owner[producers[0]]:
+                            waits[index_of[t]] = fmt.NO_WAIT
+            owner_by_index = owner[program_order]
+            order = np.argsort(owner_by_index, kind="stable")
             worker_tasks = np.zeros(n, fmt.WORKER_TASK)
             worker_tasks["task"] = order
-            worker_tasks["wait_event"] = launch_event[order]
-            worker_task_begin[1:] = np.cumsum(np.bincount(owner, minlength=config.num_workers))
+            worker_tasks["wait_event"] = waits[order]
+            worker_task_begin[1:] = np.cumsum(np.bincount(owner_by_index,
+                                                          minlength=config.num_workers))
             header["num_worker_tasks"] = n
 
         program = fmt.Program(
@@ -260,6 +274,21 @@ class TaskGraph:
             constants=np.frombuffer(bytes(self._constants), np.uint8).copy(),
         )
         return BuiltProgram(program, index_of)
+
+
+def _place_static(members, keys, config) -> np.ndarray:
+    """Worker of each task (by user id) for the static schedule."""
+    owner = np.zeros(sum(len(m) for m in members), np.int64)
+    cursor = 0
+    for group, producers in zip(members, keys, strict=True):
+        homes = {owner[d] for d in producers}
+        if config.placement == "locality" and len(group) == 1 and len(homes) == 1:
+            owner[group[0]] = homes.pop()
+            continue
+        for t in group:
+            owner[t] = cursor
+            cursor = (cursor + 1) % config.num_workers
+    return owner
 
 
 @dataclasses.dataclass

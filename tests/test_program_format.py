@@ -124,6 +124,13 @@ def _set(section, index, field, value):
     return mutate
 
 
+def _skip_cross_worker_wait(p):
+    waits = p.worker_tasks["wait_event"]
+    i = int(np.nonzero((waits != fmt.NO_WAIT) & (waits != p.start_event))[0][0])
+    p.worker_tasks[i]["wait_event"] = fmt.NO_WAIT
+    return p
+
+
 def _swap_static(p):
     p.worker_tasks[[0, 1]] = p.worker_tasks[[1, 0]]
     return p
@@ -157,6 +164,7 @@ MALFORMED = {
     "static wait event": ("static", _set("worker_tasks", 1, "wait_event", 2), "but is launched by"),
     "static coverage": ("static", _set("worker_task_begin", -1, None, 3), "do not cover"),
     "static duplicate": ("static", _set("worker_tasks", 1, "task", 0), "not increasing"),
+    "static skipped wait": ("static", _skip_cross_worker_wait, "skips its wait"),
     "schedule": (_set("header", (), "schedule", 5), "unknown schedule 5"),
 }
 

@@ -37,6 +37,7 @@ constexpr uint32_t kMaxTaskDims = 12;
 constexpr uint32_t kSchedulersPerBlock = 4;   // one scheduler per warp
 constexpr uint32_t kTerminateTask = 0xFFFFFFFFu;
 constexpr uint32_t kTerminateEvent = kMaxEvents - 1;
+constexpr uint32_t kNoWait = 0xFFFFFFFFu;  // static list: every producer ran earlier on this worker
 // Idle waits (a worker for a task, a scheduler for an event) get this many
 // times the watchdog budget, so the wait that caused a hang reports it first.
 constexpr uint64_t kIdleBudgetFactor = 2;

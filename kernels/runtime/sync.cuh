@@ -51,6 +51,11 @@ __device__ __forceinline__ uint64_t atom_add_relaxed(uint64_t* p, uint64_t v) {
   return old;
 }
 
+// Fire-and-forget: the producer does not wait for the counter's old value.
+__device__ __forceinline__ void red_add_release(uint64_t* p, uint64_t v) {
+  asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
 __device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
 
 __device__ __forceinline__ uint64_t global_timer_ns() {

@@ -214,6 +214,13 @@ class Checker {
       }
     if (worker_task_begin_[0] != 0 || worker_task_begin_[h_.num_workers] != h_.num_worker_tasks)
       return fail() << "static schedule: the worker lists do not cover the task list", false;
+    worker_of_.assign(h_.num_tasks, 0);
+    for (uint32_t w = 0; w < h_.num_workers; ++w)
+      for (uint32_t i = worker_task_begin_[w]; i < worker_task_begin_[w + 1] && i < h_.num_worker_tasks; ++i)
+        if (worker_tasks_[i].task < h_.num_tasks) worker_of_[worker_tasks_[i].task] = w;
+    producers_.assign(h_.num_events, {});
+    for (uint32_t t = 0; t < h_.num_tasks; ++t)
+      for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) producers_[triggers_[tasks_[t].first_trigger + k]].push_back(t);
     for (uint32_t w = 0; w < h_.num_workers; ++w) {
       const uint32_t b = worker_task_begin_[w], e = worker_task_begin_[w + 1];
       if (b > e) return fail() << "static schedule: worker " << w << " has a negative list", false;
@@ -222,13 +229,27 @@ class Checker {
         if (item.task >= h_.num_tasks) return fail() << "static schedule: dangling task " << item.task, false;
         if (i > b && item.task <= worker_tasks_[i - 1].task)
           return fail() << "static schedule: worker " << w << "'s list is not increasing at task " << item.task, false;
-        if (item.wait_event != launcher[item.task])
+        if (item.wait_event == kNoWait) {
+          if (!producers_precede(launcher[item.task], w))
+            return fail() << "static schedule: task " << item.task << " skips its wait, but not all its producers "
+                          << "run on worker " << w, false;
+        } else if (item.wait_event != launcher[item.task]) {
           return fail() << "static schedule: task " << item.task << " waits on event " << item.wait_event
                         << " but is launched by event " << launcher[item.task], false;
+        }
         if (seen[item.task]++)
           return fail() << "static schedule: task " << item.task << " is listed twice", false;
       }
     }
+    return true;
+  }
+
+  // A wait may be skipped when every producer of the launch event runs earlier
+  // on the same worker: the list order and the block barrier then suffice.
+  bool producers_precede(uint32_t event, uint32_t worker) const {
+    if (event == h_.start_event) return false;
+    for (uint32_t t : producers_[event])
+      if (worker_of_[t] != worker) return false;
     return true;
   }
 
@@ -258,7 +279,8 @@ class Checker {
   const SlotDesc* slots_;
   const uint32_t* worker_task_begin_;
   const WorkerTask* worker_tasks_;
-  std::vector<uint32_t> launched_, triggered_;
+  std::vector<uint32_t> launched_, triggered_, worker_of_;
+  std::vector<std::vector<uint32_t>> producers_;
   Message msg_;
   bool failed_ = false;
 };

@@ -16,15 +16,19 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   return found;
 }
 
-// Under the static schedule nobody dispatches: the consumers poll the counters.
+// Under the static schedule nobody dispatches: consumers poll the counters,
+// so a release reduction is all a trigger takes.
 template <Schedule kSchedule>
 __device__ inline void trigger_events(const LaunchParams& p, const Control& c, uint32_t first_trigger,
                                       uint32_t num_triggers, uint32_t iteration) {
+  if (kSchedule == kScheduleStatic) {
+    for (uint32_t k = 0; k < num_triggers; ++k) red_add_release(&c.counters[p.triggers[first_trigger + k]], 1);
+    return;
+  }
   fence_acq_rel_gpu();
   for (uint32_t k = 0; k < num_triggers; ++k) {
     const uint32_t event = p.triggers[first_trigger + k];
-    const uint64_t old = atom_add_acq_rel(&c.counters[event], 1);
-    if (kSchedule == kScheduleDynamic && old + 1 == uint64_t(p.events[event].threshold) * (iteration + 1))
+    if (atom_add_acq_rel(&c.counters[event], 1) + 1 == uint64_t(p.events[event].threshold) * (iteration + 1))
       fire_event(p, c, event, iteration);
   }
 }
@@ -49,38 +53,48 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
 }
 
 // Static schedule: walk this worker's compiled list once per iteration. A
-// task waits for its launch event to reach this iteration's threshold; the
-// start event stands for "the previous iteration ended".
+// task waits for its launch event to reach this iteration's threshold (the
+// start event stands for "the previous iteration ended"), unless all its
+// producers ran earlier on this worker. Warp 1 fetches the next descriptor
+// while the current task runs.
 __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker) {
-  __shared__ TaskDesc desc;
+  __shared__ uint32_t desc_words[sizeof(TaskDesc) / 4];
   __shared__ int stop;
+  const TaskDesc& desc = *reinterpret_cast<const TaskDesc*>(desc_words);
   const Control c(p);
   const int thread = threadIdx.x;
+  const int lane = thread - 32;
+  const bool stager = lane >= 0 && lane < int(sizeof(TaskDesc) / 4);
   const uint32_t begin = p.worker_task_begin[worker], end = p.worker_task_begin[worker + 1];
+  if (begin == end) return;
   const EventDesc& end_event = p.events[p.end_event];
+  WorkerTask next = p.worker_tasks[begin];
+  uint32_t next_word = stager ? reinterpret_cast<const uint32_t*>(&p.tasks[next.task])[lane] : 0;
   for (uint32_t iteration = 0; iteration < p.num_iterations; ++iteration) {
     for (uint32_t i = begin; i < end; ++i) {
-      const WorkerTask item = p.worker_tasks[i];
+      const WorkerTask item = next;
       if (thread == 0) {
-        const bool first = item.wait_event == p.start_event;
-        const uint64_t* counter = &c.counters[first ? p.end_event : item.wait_event];
-        const uint64_t target =
-            first ? uint64_t(end_event.threshold) * iteration
-                  : uint64_t(p.events[item.wait_event].threshold) * (iteration + 1);
-        uint64_t seen;
         int verdict = Watchdog::kWait;
-        Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);  // the producer's own wait reports first
-        while ((seen = ld_acquire(counter)) < target && (verdict = dog.poll()) == Watchdog::kWait) {
+        if (item.wait_event != kNoWait) {
+          const bool first = item.wait_event == p.start_event;
+          const uint32_t event = first ? p.end_event : item.wait_event;
+          const uint64_t target = first ? uint64_t(end_event.threshold) * iteration
+                                        : uint64_t(p.events[event].threshold) * (iteration + 1);
+          uint64_t seen;
+          Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);  // the producer's own wait reports first
+          while ((seen = ld_acquire(&c.counters[event])) < target && (verdict = dog.poll()) == Watchdog::kWait) {
+          }
+          if (verdict == Watchdog::kExpired)
+            report_error(c.error, kWatchdogTaskInputs, item.task, event, iteration, seen, target);
         }
-        if (verdict == Watchdog::kExpired)
-          report_error(c.error, kWatchdogTaskInputs, item.task, first ? p.end_event : item.wait_event,
-                       iteration, seen, target);
         stop = verdict != Watchdog::kWait;
-      } else if (thread >= 32) {
-        load_desc(desc, p.tasks[item.task], thread - 32);  // overlaps the wait
+      } else if (stager) {
+        desc_words[lane] = next_word;
       }
       __syncthreads();
       if (stop) return;
+      next = p.worker_tasks[i + 1 < end ? i + 1 : begin];
+      if (stager) next_word = reinterpret_cast<const uint32_t*>(&p.tasks[next.task])[lane];
       run_and_trigger<kScheduleStatic>(p, c, desc, item.task, iteration);
     }
   }
