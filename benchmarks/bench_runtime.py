@@ -78,9 +78,11 @@ def main():
           f"jax.jit of x + 1 takes {dispatch_us:.1f} µs to dispatch and sync")
     print(f"jax.jit dependent op: {jit_us:.2f} µs/op (chain of {args.jit_chain} small dots)")
     print(f"{'schedule':22}{'launch µs':>11}{'hop µs':>9}{'tasks/µs':>10}{'vs jit':>8}")
-    for schedule, placement in (("dynamic", "-"), ("static", "round_robin"), ("static", "locality")):
-        config = tg.RuntimeConfig.for_sm_count(info["sm_count"], schedule=schedule,
-                                               placement="locality" if placement == "-" else placement)
+    variants = (("dynamic", "-"), ("static", "round_robin"), ("static", "locality"))
+    for schedule, placement in variants:
+        config = tg.RuntimeConfig.for_sm_count(
+            info["sm_count"], schedule=schedule,
+            placement="locality" if placement == "-" else placement)
         base = median_seconds(noop_launch(1, True, config))
         chain = median_seconds(noop_launch(args.chain, True, config), repeats=20)
         wide = median_seconds(noop_launch(args.independent, False, config), repeats=10)

@@ -124,7 +124,8 @@ class TaskGraph:
         if not 1 <= config.num_iterations <= fmt.MAX_ITERATIONS:
             raise GraphError(f"num_iterations must be in [1, {fmt.MAX_ITERATIONS}]")
         if config.placement not in ("locality", "round_robin"):
-            raise GraphError(f"placement must be 'locality' or 'round_robin', not {config.placement!r}")
+            raise GraphError("placement must be 'locality' or 'round_robin', "
+                             f"not {config.placement!r}")
         if config.schedule not in ("dynamic", "static"):
             raise GraphError(f"schedule must be 'dynamic' or 'static', not {config.schedule!r}")
         static = config.schedule == "static"
