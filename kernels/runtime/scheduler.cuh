@@ -60,16 +60,38 @@ class Scheduler {
         last = first + uint32_t(n * (id_ + 1) / p_.num_schedulers);
         first = first + uint32_t(n * id_ / p_.num_schedulers);
       }
-      for (uint32_t t = first; t < last; ++t) {
-        if (!dispatch(next_worker_, pack_worker_entry(iteration, t))) return;
-        next_worker_ = next_worker_ + 1 == last_worker_ ? first_worker_ : next_worker_ + 1;
-      }
+      if (!dispatch_range(first, last, iteration)) return;
     }
   }
 
  private:
-  // Single producer per worker queue: write the entry, then publish the count.
+  // Round-robin over the owned workers in rounds that touch each worker at
+  // most once: write a round's entries, one fence, then publish the counts.
+  __device__ bool dispatch_range(uint32_t first, uint32_t last, uint32_t iteration) {
+    const uint32_t owned = last_worker_ - first_worker_;
+    while (first < last) {
+      const uint32_t round = min(last - first, owned);
+      const uint32_t start = next_worker_;
+      for (uint32_t j = 0; j < round; ++j) {
+        if (!write_entry(next_worker_, pack_worker_entry(iteration, first + j))) return false;
+        next_worker_ = next_worker_ + 1 == last_worker_ ? first_worker_ : next_worker_ + 1;
+      }
+      fence_acq_rel_gpu();
+      for (uint32_t j = 0, w = start; j < round; ++j, w = w + 1 == last_worker_ ? first_worker_ : w + 1)
+        st_relaxed(&c_.worker_ready[w], published_[w - first_worker_]);
+      first += round;
+    }
+    return true;
+  }
+
   __device__ bool dispatch(uint32_t worker, uint64_t entry) {
+    if (!write_entry(worker, entry)) return false;
+    st_release(&c_.worker_ready[worker], published_[worker - first_worker_]);
+    return true;
+  }
+
+  // Single producer per worker queue: the entry goes in before its count is published.
+  __device__ bool write_entry(uint32_t worker, uint64_t entry) {
     const uint64_t cap = p_.worker_queue_capacity;
     uint64_t& next = published_[worker - first_worker_];
     // The worker's consumed count is re-read only when the cached one says
@@ -89,7 +111,6 @@ class Scheduler {
     }
     st_relaxed(&c_.worker_queues[worker * cap + next % cap], entry);
     ++next;
-    st_release(&c_.worker_ready[worker], next);
     return true;
   }
 
