@@ -76,51 +76,47 @@ _BITWISE = {Opcode.AND: (np.logical_and, np.bitwise_and), Opcode.OR: (np.logical
             np.bitwise_or), Opcode.XOR: (np.logical_xor, np.bitwise_xor)}
 
 
-def _compute_type(x: np.ndarray) -> np.ndarray:
-    return x.astype(F32) if is_float(x.dtype) else x
-
-
 def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
              index: list[np.ndarray]) -> np.ndarray:
+    """One instruction. Float registers hold float32 whatever their dtype, as on the device:
+    only CONVERT and the final store round to a narrower float."""
     op, dtype = instr.opcode, instr.dtype
+    held = F32 if is_float(dtype) else dtype
     args = [regs[a] for a in instr.args]
     if op == Opcode.LOAD:
-        return loaded[instr.imm]
+        return loaded[instr.imm].astype(held)
     if op == Opcode.CONST:
-        return np.full(index[0].shape if index else (), const_value(instr.imm, dtype))
+        return np.full(index[0].shape if index else (), const_value(instr.imm, dtype), held)
     if op == Opcode.IOTA:
-        return index[instr.imm].astype(dtype)
+        return index[instr.imm].astype(held)
     if op == Opcode.CONVERT:
-        return args[0].astype(F32).astype(dtype) if is_float(args[0].dtype) \
-            and not is_float(dtype) else args[0].astype(dtype)
+        return args[0].astype(dtype).astype(held)
     if op == Opcode.SELECT:
-        return np.where(args[0], args[2], args[1]).astype(dtype)
+        return np.where(args[0], args[2], args[1]).astype(held)
     if op == Opcode.CLAMP:
-        lo, x, hi = (_compute_type(a) for a in args)
-        return np.minimum(np.maximum(x, lo), hi).astype(dtype)
+        return np.minimum(np.maximum(args[1], args[0]), args[2]).astype(held)
     if op == Opcode.NOT:
         return np.logical_not(args[0]) if dtype == np.bool_ else np.invert(args[0])
     if op in _BITWISE:
         logical, bitwise = _BITWISE[op]
-        return (logical if dtype == np.bool_ else bitwise)(*args).astype(dtype)
-    values = [_compute_type(a) for a in args]
+        return (logical if dtype == np.bool_ else bitwise)(*args).astype(held)
     with np.errstate(all="ignore"):
         if op in _FLOAT_UNARY:
-            return _FLOAT_UNARY[op](values[0]).astype(dtype)
+            return _FLOAT_UNARY[op](args[0]).astype(held)
         if op in _ANY_UNARY:
-            return _ANY_UNARY[op](values[0]).astype(dtype)
+            return _ANY_UNARY[op](args[0]).astype(held)
         if op == Opcode.INTEGER_POW:
-            base = values[0]
+            base = args[0]
             result = np.power(base, abs(instr.imm)) if instr.imm else np.ones_like(base)
-            return (1 / result if instr.imm < 0 else result).astype(dtype)
+            return (1 / result if instr.imm < 0 else result).astype(held)
         if op == Opcode.DIV:
             if is_float(dtype):
-                return (values[0] / values[1]).astype(dtype)
-            a, b = values
-            return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(dtype)
+                return (args[0] / args[1]).astype(held)
+            a, b = args
+            return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(held)
         if op == Opcode.REM:
-            return np.fmod(*values).astype(dtype)
-        return _BINARY[op](*values).astype(dtype)
+            return np.fmod(*args).astype(held)
+        return _BINARY[op](*args).astype(held)
 
 
 def elementwise(ctx, dims):
@@ -148,7 +144,8 @@ def reduce(ctx, dims):
     outer, length, inner, reducer, in_dtype, out_dtype, first, count = (int(d) for d in dims[:8])
     j = np.arange(first, first + count)
     offsets = (j // inner * length * inner + j % inner)[:, None] + np.arange(length) * inner
-    x = _compute_type(ctx.load(1, numpy_dtype(in_dtype), offsets))
+    x = ctx.load(1, numpy_dtype(in_dtype), offsets)
+    x = x.astype(F32) if is_float(x.dtype) else x
     reducer = Reducer(reducer)
     if reducer == Reducer.SUM:
         y = x.sum(axis=1)

@@ -25,7 +25,7 @@ class Region:
         self.name = name
         self.data = data  # uint8
         self.writer = np.full(data.size, initial, np.int32)
-        self.reads: list[tuple[int, np.ndarray]] = []  # (task, byte addresses)
+        self.reads: list[tuple[int, int, int, np.ndarray]] = []  # task, lo, hi, addresses
 
 
 class Memory:
@@ -96,8 +96,9 @@ class TaskAccess:
             raise RaceError(f"{self.label} reads bytes of {region.name} that no task has "
                             "written (no fired event produced them)")
         self._check_ordered(writers, region, "reads bytes of")
-        if region is not self.memory.constants:
-            region.reads.append((self.task, addresses.reshape(-1)))
+        if region is not self.memory.constants and addresses.size:
+            region.reads.append((self.task, int(addresses.min()), int(addresses.max()),
+                                 addresses.reshape(-1)))
         return region.data[addresses].reshape(-1).view(dtype).reshape(np.shape(offsets))
 
     def store(self, i: int, dtype, offsets, values) -> None:
@@ -107,9 +108,10 @@ class TaskAccess:
             raise RaceError(f"{self.label} writes the program's constants")
         self._check_ordered(region.writer[addresses], region, "overwrites bytes of")
         flat = addresses.reshape(-1)
-        for reader, read in region.reads:
-            if reader != self.task and not self._before(reader) and np.intersect1d(
-                    read, flat, assume_unique=False).size:
+        lo, hi = (int(flat.min()), int(flat.max())) if flat.size else (0, -1)
+        for reader, read_lo, read_hi, read in region.reads:
+            if (read_lo <= hi and lo <= read_hi and reader != self.task
+                    and not self._before(reader) and np.isin(read, flat).any()):
                 raise RaceError(f"{self.label} overwrites bytes of {region.name} that task "
                                 f"{reader} reads, and no event orders the two")
         raw = np.ascontiguousarray(np.asarray(values, dtype).reshape(np.shape(offsets)))

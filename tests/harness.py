@@ -1,0 +1,66 @@
+"""Model steps for the tests: a decoder, its random model-scaled inputs, and comparison."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_mpk.tiling import DeviceSpec
+from tests.models import linen, nnx as nnx_models
+from tests.models.config import DecoderConfig
+
+# Relative L2 error allowed against jax.jit, by the dtype the model computes in.
+TOLERANCE = {
+    np.dtype(np.float32): 1e-5,
+    np.dtype(jnp.float16): 1e-3,
+    np.dtype(jnp.bfloat16): 1e-2,
+}
+
+# A small device, so that the small test models still split into many tiles and events.
+SMALL_DEVICE = DeviceSpec(sm_count=9, min_tile_elements=32, matmul_tile_n=8, min_split_k=16)
+
+
+def decode_step(cfg: DecoderConfig, api: str, batch: int, seq: int, seed: int = 0):
+    """(step, args) for a step of `seq` tokens at a random position against a random cache."""
+    rng = np.random.default_rng(seed)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab, (batch, seq)), jnp.int32)
+    pos = jnp.int32(rng.integers(0, cfg.max_len - seq + 1))
+    shape = cfg.cache_shape(batch)
+
+    def kv():
+        return jnp.asarray(rng.standard_normal(shape), cfg.dtype)
+
+    cache = (kv(), kv()) if cfg.scan_layers else [(kv(), kv()) for _ in range(cfg.layers)]
+    if api == "linen":
+        model = linen.Decoder(cfg)
+        params = jax.jit(model.init)(jax.random.key(seed), tokens, cache, pos)
+
+        def step(params, tokens, cache, pos):
+            return model.apply(params, tokens, cache, pos)
+    else:
+        graphdef, params = nnx.split(nnx_models.Decoder(cfg, nnx.Rngs(seed)))
+
+        def step(params, tokens, cache, pos):
+            return nnx.merge(graphdef, params)(tokens, cache, pos)
+    return step, (params, tokens, cache, pos)
+
+
+def relative_error(actual, expected) -> float:
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
+
+
+def assert_close(actual, expected, dtype) -> None:
+    """Every leaf within TOLERANCE[dtype] relative L2 error; integer leaves exactly."""
+    actual_leaves, expected_leaves = jax.tree.leaves(actual), jax.tree.leaves(expected)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for i, (a, e) in enumerate(zip(actual_leaves, expected_leaves, strict=True)):
+        assert a.shape == e.shape and a.dtype == e.dtype, (i, a.shape, e.shape, a.dtype, e.dtype)
+        if np.issubdtype(e.dtype, np.integer):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+            continue
+        error = relative_error(a, e)
+        assert error <= TOLERANCE[np.dtype(dtype)], f"leaf {i} {e.shape}: relative error {error}"
