@@ -18,6 +18,7 @@ MAX_EVENTS = 1 << 24
 MAX_ITERATIONS = 1 << 16
 MAX_TASK_DIMS = 12
 SCHEDULERS_PER_BLOCK = 4
+TASK_RELAXED_TRIGGERS = 1  # TaskDesc.flags: every consumer runs later on this worker
 NO_WAIT = 0xFFFFFFFF  # static list entry: every producer ran earlier on this worker
 
 
@@ -33,8 +34,6 @@ class TaskKind(enum.IntEnum):
     GATHER_ROWS = 19
     DYNAMIC_SLICE = 20
     DYNAMIC_UPDATE_SLICE = 21
-    NORM = 22
-    ATTENTION = 23
 
 
 class EventKind(enum.IntEnum):

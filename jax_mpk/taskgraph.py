@@ -195,12 +195,14 @@ class TaskGraph:
         tasks = np.zeros(len(self._tasks), fmt.TASK)
         triggers: list[int] = []
         operands: list[tuple] = []
+        fired_by: dict[int, list[int]] = {}
         for t in program_order:
             task = self._tasks[t]
             i = index_of[t]
             fired = sorted({group_of[tuple(self._tasks[s].deps)] for s in succs[t]})
             if not fired:
                 fired = [end_event]
+            fired_by[t] = fired
             tasks[i]["kind"] = task.kind
             tasks[i]["num_operands"] = len(task.operands)
             tasks[i]["first_operand"] = len(operands)
@@ -254,6 +256,12 @@ class TaskGraph:
                     for t in group:
                         if owner[t] == owner[producers[0]]:
                             waits[index_of[t]] = fmt.NO_WAIT
+            # Triggers whose every consumer skips its wait need no release.
+            local = np.array([all(waits[index_of[u]] == fmt.NO_WAIT for u in group)
+                              for group in members] + [False])
+            for t, fired in fired_by.items():
+                if local[fired].all():
+                    tasks[index_of[t]]["flags"] |= fmt.TASK_RELAXED_TRIGGERS
             owner_by_index = owner[program_order]
             order = np.argsort(owner_by_index, kind="stable")
             worker_tasks = np.zeros(n, fmt.WORKER_TASK)

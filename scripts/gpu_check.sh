@@ -18,9 +18,12 @@ echo "build took $(( $(date +%s) - start )) s"
 $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
 
 step "gpu tests, command buffers on (XLA default)"
-$PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -30 || status=1
+$PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$OUT/pytest_gpu.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_gpu.log" | tail -15
 step "gpu tests, command buffers off"
-XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py -k "jit or watchdog" 2>&1 | tail -5 || status=1
+XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
+  -k "jit or watchdog" >"$OUT/pytest_gpu_no_command_buffers.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_gpu_no_command_buffers.log" | tail -5
 
 if [ -z "${SKIP_SANITIZER:-}" ]; then
   step "compute-sanitizer memcheck and racecheck on a medium random graph"

@@ -165,6 +165,10 @@ MALFORMED = {
     "static coverage": ("static", _set("worker_task_begin", -1, None, 3), "do not cover"),
     "static duplicate": ("static", _set("worker_tasks", 1, "task", 0), "not increasing"),
     "static skipped wait": ("static", _skip_cross_worker_wait, "skips its wait"),
+    "static relaxed trigger": ("static", _set("tasks", 0, "flags", fmt.TASK_RELAXED_TRIGGERS),
+                               "without release"),
+    "dynamic relaxed trigger": (_set("tasks", 0, "flags", fmt.TASK_RELAXED_TRIGGERS),
+                                "only a static schedule"),
     "schedule": (_set("header", (), "schedule", 5), "unknown schedule 5"),
 }
 

@@ -173,3 +173,4 @@ def test_too_many_workers_is_a_clear_error():
     program = g.build(tg.RuntimeConfig(num_workers=4 * sm_count(), num_schedulers=8), 0, 0).program
     with pytest.raises(Exception, match="co-resident"):
         runtime.call(runtime.RegisteredProgram(program), [], [])
+        jax.effects_barrier()

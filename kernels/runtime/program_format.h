@@ -95,6 +95,9 @@ struct ProgramHeader {
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
+// TaskDesc.flags
+constexpr uint16_t kTaskRelaxedTriggers = 1;  // static: every consumer runs later on this worker
+
 struct TaskDesc {
   uint16_t kind;
   uint16_t num_operands;

@@ -66,6 +66,10 @@ class Checker {
     if (h_.worker_queue_capacity == 0 || h_.sched_queue_capacity == 0) return fail() << "a queue capacity is zero", false;
     if (h_.watchdog_ns == 0) return fail() << "the watchdog budget is zero", false;
     if (h_.schedule > kScheduleStatic) return fail() << "unknown schedule " << h_.schedule, false;
+    if (h_.schedule == kScheduleDynamic)
+      for (uint32_t t = 0; t < h_.num_tasks; ++t)
+        if (tasks_[t].flags & kTaskRelaxedTriggers)
+          return fail() << "task " << t << " has relaxed triggers, which only a static schedule allows", false;
     if (h_.num_worker_tasks != (h_.schedule == kScheduleStatic ? h_.num_tasks : 0))
       return fail() << "a static schedule lists every task once; a dynamic one lists none", false;
     if (h_.start_event >= h_.num_events || h_.end_event >= h_.num_events || h_.start_event == h_.end_event)
@@ -218,6 +222,7 @@ class Checker {
     for (uint32_t w = 0; w < h_.num_workers; ++w)
       for (uint32_t i = worker_task_begin_[w]; i < worker_task_begin_[w + 1] && i < h_.num_worker_tasks; ++i)
         if (worker_tasks_[i].task < h_.num_tasks) worker_of_[worker_tasks_[i].task] = w;
+    wait_of_.assign(h_.num_tasks, 0);
     producers_.assign(h_.num_events, {});
     for (uint32_t t = 0; t < h_.num_tasks; ++t)
       for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) producers_[triggers_[tasks_[t].first_trigger + k]].push_back(t);
@@ -239,6 +244,18 @@ class Checker {
         }
         if (seen[item.task]++)
           return fail() << "static schedule: task " << item.task << " is listed twice", false;
+        wait_of_[item.task] = item.wait_event;
+      }
+    }
+    for (uint32_t t = 0; t < h_.num_tasks; ++t) {
+      if (!(tasks_[t].flags & kTaskRelaxedTriggers)) continue;
+      for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
+        const uint32_t e = triggers_[tasks_[t].first_trigger + k];
+        bool local = e != h_.end_event;
+        for (uint32_t u = events_[e].first_task; local && u < events_[e].last_task; ++u) local = wait_of_[u] == kNoWait;
+        if (!local)
+          return fail() << "static schedule: task " << t << " triggers event " << e << " without release, but a "
+                        << "consumer on another worker polls it", false;
       }
     }
     return true;
@@ -279,7 +296,7 @@ class Checker {
   const SlotDesc* slots_;
   const uint32_t* worker_task_begin_;
   const WorkerTask* worker_tasks_;
-  std::vector<uint32_t> launched_, triggered_, worker_of_;
+  std::vector<uint32_t> launched_, triggered_, worker_of_, wait_of_;
   std::vector<std::vector<uint32_t>> producers_;
   Message msg_;
   bool failed_ = false;

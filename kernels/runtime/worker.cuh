@@ -18,11 +18,19 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
 
 // Under the static schedule nobody dispatches: consumers poll the counters,
 // so a release reduction is all a trigger takes.
+// When every consumer runs later on this worker, the block barrier already
+// orders the data and the counter only keeps count: no fence.
 template <Schedule kSchedule>
 __device__ inline void trigger_events(const LaunchParams& p, const Control& c, uint32_t first_trigger,
-                                      uint32_t num_triggers, uint32_t iteration) {
+                                      uint32_t num_triggers, uint32_t flags, uint32_t iteration) {
   if (kSchedule == kScheduleStatic) {
-    for (uint32_t k = 0; k < num_triggers; ++k) red_add_release(&c.counters[p.triggers[first_trigger + k]], 1);
+    for (uint32_t k = 0; k < num_triggers; ++k) {
+      uint64_t* counter = &c.counters[p.triggers[first_trigger + k]];
+      if (flags & kTaskRelaxedTriggers)
+        red_add_relaxed(counter, 1);
+      else
+        red_add_release(counter, 1);
+    }
     return;
   }
   fence_acq_rel_gpu();
@@ -47,55 +55,58 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
   if (!run_task(AllTasks{}, ctx) && thread == 0)
     report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
   // Read before the barrier: after it, other threads load the next descriptor.
-  const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers;
+  const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers, flags = desc.flags;
   __syncthreads();
-  if (thread == 0) trigger_events<kSchedule>(p, c, first_trigger, num_triggers, iteration);
+  if (thread == 0) trigger_events<kSchedule>(p, c, first_trigger, num_triggers, flags, iteration);
 }
 
 // Static schedule: walk this worker's compiled list once per iteration. A
 // task waits for its launch event to reach this iteration's threshold (the
 // start event stands for "the previous iteration ended"), unless all its
-// producers ran earlier on this worker. Warp 1 fetches the next descriptor
-// while the current task runs.
+// producers ran earlier on this worker. List entries and descriptors are
+// staged into shared memory a chunk at a time, one round trip per chunk.
+constexpr uint32_t kStagedTasks = 32;
+
 __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker) {
-  __shared__ uint32_t desc_words[sizeof(TaskDesc) / 4];
+  __shared__ WorkerTask items[kStagedTasks];
+  __shared__ TaskDesc descs[kStagedTasks];
   __shared__ int stop;
-  const TaskDesc& desc = *reinterpret_cast<const TaskDesc*>(desc_words);
+  constexpr uint32_t kWords = sizeof(TaskDesc) / 4;
   const Control c(p);
-  const int thread = threadIdx.x;
-  const int lane = thread - 32;
-  const bool stager = lane >= 0 && lane < int(sizeof(TaskDesc) / 4);
+  const uint32_t thread = threadIdx.x;
   const uint32_t begin = p.worker_task_begin[worker], end = p.worker_task_begin[worker + 1];
-  if (begin == end) return;
   const EventDesc& end_event = p.events[p.end_event];
-  WorkerTask next = p.worker_tasks[begin];
-  uint32_t next_word = stager ? reinterpret_cast<const uint32_t*>(&p.tasks[next.task])[lane] : 0;
   for (uint32_t iteration = 0; iteration < p.num_iterations; ++iteration) {
-    for (uint32_t i = begin; i < end; ++i) {
-      const WorkerTask item = next;
-      if (thread == 0) {
-        int verdict = Watchdog::kWait;
-        if (item.wait_event != kNoWait) {
-          const bool first = item.wait_event == p.start_event;
-          const uint32_t event = first ? p.end_event : item.wait_event;
-          const uint64_t target = first ? uint64_t(end_event.threshold) * iteration
-                                        : uint64_t(p.events[event].threshold) * (iteration + 1);
-          uint64_t seen;
-          Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);  // the producer's own wait reports first
-          while ((seen = ld_acquire(&c.counters[event])) < target && (verdict = dog.poll()) == Watchdog::kWait) {
-          }
-          if (verdict == Watchdog::kExpired)
-            report_error(c.error, kWatchdogTaskInputs, item.task, event, iteration, seen, target);
-        }
-        stop = verdict != Watchdog::kWait;
-      } else if (stager) {
-        desc_words[lane] = next_word;
-      }
+    for (uint32_t chunk = begin; chunk < end; chunk += kStagedTasks) {
+      const uint32_t n = min(kStagedTasks, end - chunk);
+      __syncthreads();  // the previous chunk is done with the stage
+      if (thread < n) items[thread] = p.worker_tasks[chunk + thread];
       __syncthreads();
-      if (stop) return;
-      next = p.worker_tasks[i + 1 < end ? i + 1 : begin];
-      if (stager) next_word = reinterpret_cast<const uint32_t*>(&p.tasks[next.task])[lane];
-      run_and_trigger<kScheduleStatic>(p, c, desc, item.task, iteration);
+      for (uint32_t k = thread; k < n * kWords; k += blockDim.x)
+        reinterpret_cast<uint32_t*>(descs)[k] =
+            reinterpret_cast<const uint32_t*>(&p.tasks[items[k / kWords].task])[k % kWords];
+      for (uint32_t j = 0; j < n; ++j) {
+        const WorkerTask item = items[j];
+        if (thread == 0) {
+          int verdict = Watchdog::kWait;
+          if (item.wait_event != kNoWait) {
+            const bool first = item.wait_event == p.start_event;
+            const uint32_t event = first ? p.end_event : item.wait_event;
+            const uint64_t target = first ? uint64_t(end_event.threshold) * iteration
+                                          : uint64_t(p.events[event].threshold) * (iteration + 1);
+            uint64_t seen;
+            Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);  // the producer's own wait reports first
+            while ((seen = ld_acquire(&c.counters[event])) < target && (verdict = dog.poll()) == Watchdog::kWait) {
+            }
+            if (verdict == Watchdog::kExpired)
+              report_error(c.error, kWatchdogTaskInputs, item.task, event, iteration, seen, target);
+          }
+          stop = verdict != Watchdog::kWait;
+        }
+        __syncthreads();
+        if (stop) return;
+        run_and_trigger<kScheduleStatic>(p, c, descs[j], item.task, iteration);
+      }
     }
   }
 }
