@@ -323,7 +323,11 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         instrs.append(Instr(Opcode.ADD, f32, (acc, len(instrs) - 1)))
         acc = len(instrs) - 1
     instrs.append(Instr(Opcode.CONVERT, out.dtype, (acc,)))
-    shaped = [p.view((B, M, N), out_strides) for p in partials] + extra
+    shaped = [p.view((B, M, N), out_strides) for p in partials]
+    if has_residual:
+        shaped.append(extra[0].view((B, M, N), out_strides))
+    if has_bias:
+        shaped.append(extra[-1].view((B, M, N), (0, 0, 1)))
     combine = Op("elementwise", shaped, [flat_out], {"instrs": instrs}, op.source)
     _elementwise_tasks(pb, combine, index, stage=1)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
 from jax_mpk.frontend.interpreter import interpret
-from jax_mpk.ir import Buffer, Graph, Role, Tensor
+from jax_mpk.ir import Graph, Role
+from jax_mpk.task_kinds import is_float
 
 __all__ = ["build_graph", "UnsupportedError", "arg_role"]
 
@@ -14,8 +13,7 @@ __all__ = ["build_graph", "UnsupportedError", "arg_role"]
 def arg_role(aval, donated: bool) -> Role:
     if donated:
         return Role.STATE
-    return Role.PARAM if np.issubdtype(np.dtype(aval.dtype), np.inexact) and aval.shape \
-        else Role.INPUT
+    return Role.PARAM if is_float(aval.dtype) and aval.shape else Role.INPUT
 
 
 def build_graph(closed_jaxpr, donated: list[bool], names: list[str]) -> Graph:
@@ -32,7 +30,3 @@ def build_graph(closed_jaxpr, donated: list[bool], names: list[str]) -> Graph:
     outputs = interpret(b, closed_jaxpr.jaxpr, closed_jaxpr.consts, arg_tensors)
     return Graph(b.ops, args, outputs, aliases={})
 
-
-def whole(t: Tensor, buffer: Buffer) -> bool:
-    return (t.buffer is buffer and t.offset == 0 and t.is_contiguous
-            and t.nbytes == buffer.nbytes)

@@ -6,6 +6,7 @@ from jax_mpk.frontend.builder import GraphBuilder
 from jax_mpk.ir import Graph
 from jax_mpk.passes.dataflow import assign_results, remove_dead_ops, update_in_place
 from jax_mpk.passes.fusion import fuse_elementwise
+from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
 
 __all__ = ["optimize"]
 
@@ -16,6 +17,8 @@ def optimize(graph: Graph) -> Graph:
     builder = GraphBuilder()
     builder.ops = graph.ops
     assign_results(graph, builder.copy)
+    fold_linear_epilogues(graph)
     fuse_elementwise(graph)
     remove_dead_ops(graph)
+    label_layers(graph)
     return graph

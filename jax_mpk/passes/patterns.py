@@ -1,0 +1,139 @@
+"""Pattern passes: linear epilogues folded into the matmul, and the layers of a decoder
+(norms, rope, attention, gated MLPs) recognized and labelled on their ops."""
+
+from __future__ import annotations
+
+from jax_mpk.ir import Graph, Op, Role, Tensor
+from jax_mpk.passes.dataflow import is_plain_copy, overlaps
+from jax_mpk.task_kinds import Opcode, Reducer
+
+
+def _readers(graph: Graph) -> dict[int, list[Op]]:
+    readers: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            readers.setdefault(id(t.buffer), []).append(op)
+    return readers
+
+
+def _whole(t: Tensor) -> bool:
+    return t.offset == 0 and t.is_contiguous and t.nbytes == t.buffer.nbytes
+
+
+def _opcodes(op: Op) -> list[Opcode]:
+    return [i.opcode for i in op.attrs.get("instrs", ())]
+
+
+def fold_linear_epilogues(graph: Graph) -> None:
+    """matmul then `+ residual` or `+ bias` becomes one matmul with that epilogue."""
+    changed = True
+    while changed:
+        changed = False
+        readers = _readers(graph)
+        outputs = {id(t.buffer) for t in graph.outputs}
+        for op in graph.ops:
+            if op.kind != "matmul":
+                continue
+            out = op.outputs[0]
+            users = readers.get(id(out.buffer), [])
+            if (len(users) != 1 or users[0].kind != "elementwise" or id(out.buffer) in outputs
+                    or out.buffer.role is not Role.INTERMEDIATE):
+                continue
+            add = users[0]
+            other = _added_operand(add, out)
+            if other is None or add.outputs[0].dtype != out.dtype:
+                continue
+            between = graph.ops[graph.ops.index(op) + 1:graph.ops.index(add)]
+            if any(overlaps(w, other) or overlaps(w, add.outputs[0])
+                   for o in between for w in o.outputs):
+                continue
+            kind = _epilogue_kind(other, op)
+            if kind is None:
+                continue
+            op.attrs[kind] = True
+            if kind == "bias":
+                lo = other.span()[0] // other.dtype.itemsize
+                operand = Tensor((op.attrs["N"],), other.dtype, other.buffer, lo)
+            else:
+                operand = other
+            # Operand order: x, w, residual, bias.
+            position = 2 if kind == "residual" else len(op.inputs)
+            op.inputs.insert(position, operand)
+            op.outputs = [add.outputs[0]]
+            op.label = "residual_linear" if "residual" in op.attrs else "linear_bias"
+            graph.ops.remove(add)
+            changed = True
+            break
+
+
+def _added_operand(add: Op, out: Tensor) -> Tensor | None:
+    """The other operand of an elementwise op that is exactly `out + other`."""
+    if _opcodes(add) != [Opcode.LOAD, Opcode.LOAD, Opcode.ADD] or len(add.inputs) != 2:
+        return None
+    first, second = add.inputs
+    for mine, other in ((first, second), (second, first)):
+        if (mine.buffer is out.buffer and _whole(mine) and mine.shape == out.shape
+                and other.buffer is not out.buffer and other.dtype == out.dtype):
+            return other
+    return None
+
+
+def _epilogue_kind(other: Tensor, matmul: Op) -> str | None:
+    """"bias" where other repeats one contiguous row of N, else "residual" where it is laid
+    out like the matmul's result; None where neither is free or fits."""
+    n = matmul.attrs["N"]
+    dims = [(d, s) for d, s in zip(other.shape, other.strides, strict=True) if d != 1]
+    while dims and dims[0][1] == 0:
+        dims.pop(0)
+    row = 1
+    chained = True
+    for d, s in reversed(dims):
+        chained &= s == row
+        row *= d
+    kinds = []
+    if chained and row == n and other.buffer.role in (Role.PARAM, Role.CONSTANT):
+        kinds.append("bias")
+    if other.is_contiguous and other.size == matmul.outputs[0].size:
+        kinds.append("residual")
+    return next((k for k in kinds if k not in matmul.attrs), None)
+
+
+def label_layers(graph: Graph) -> None:
+    """Name the decoder layer each op belongs to, for the report and for fused task kinds."""
+    producer = {}
+    for op in graph.ops:
+        for t in op.outputs:
+            producer[id(t.buffer)] = op
+    readers = _readers(graph)
+    cache_buffers = set()  # KV caches and their relayouts
+    for op in graph.ops:
+        if op.kind == "dynamic_update_slice" or (
+                is_plain_copy(op) and id(op.inputs[0].buffer) in cache_buffers):
+            cache_buffers.add(id(op.outputs[0].buffer))
+    for op in graph.ops:
+        sources = [producer.get(id(t.buffer)) for t in op.inputs]
+        codes = _opcodes(op)
+        if op.kind == "reduce" and op.attrs["reducer"] == Reducer.SUM and op.attrs["inner"] == 1:
+            users = readers.get(id(op.outputs[0].buffer), [])
+            if any(Opcode.RSQRT in _opcodes(u) or Opcode.SQRT in _opcodes(u) for u in users):
+                sums = {id(s) for u in users for s in
+                        (producer.get(id(t.buffer)) for t in u.inputs)
+                        if s is not None and s.kind == "reduce"}
+                label = "layer_norm" if len(sums) > 1 else "rms_norm"
+                for o in [op, *users]:
+                    o.label = o.label or label
+        elif op.kind == "reduce" and op.attrs["reducer"] == Reducer.MAX:
+            users = readers.get(id(op.outputs[0].buffer), [])
+            if any(Opcode.EXP in _opcodes(u) for u in users):
+                for o in [op, *users]:
+                    o.label = o.label or "attention_softmax"
+        elif op.kind == "matmul" and any(id(t.buffer) in cache_buffers for t in op.inputs):
+            op.label = op.label or "attention"
+        elif op.kind == "elementwise" and any(
+                s is not None and s.kind == "gather_rows"
+                and s.inputs[0].buffer.role is Role.CONSTANT for s in sources):
+            op.label = op.label or "rope"
+        elif (op.kind == "elementwise" and Opcode.MUL in codes
+              and any(c in codes for c in (Opcode.LOGISTIC, Opcode.ERF, Opcode.TANH))
+              and len({id(s) for s in sources if s is not None and s.kind == "matmul"}) == 2):
+            op.label = op.label or "gated_mlp"
