@@ -12,6 +12,7 @@ import numpy as np
 
 from jax_mpk import passes, reference
 from jax_mpk.frontend import build_graph
+from jax_mpk.program import TaskKind
 from jax_mpk.report import report
 from jax_mpk.tiling import CompiledProgram, DeviceSpec, compile_graph
 
@@ -26,8 +27,7 @@ def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
                                  donate_argnums=donate_argnums, backend=backend, device=device)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend,
-                    device or DeviceSpec())
+    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend, device)
 
 
 def _tuple(x) -> tuple[int, ...]:
@@ -44,6 +44,7 @@ class Compiled:
     results: list[tuple[tuple[int, ...], np.dtype]]
     aliases: dict[int, int]  # result index -> flat argument index written in place
     names: list[str]
+    registered: object = None  # the program as registered with the extension, once launched
 
     @property
     def task_kinds(self) -> collections.Counter:
@@ -101,7 +102,7 @@ class Function:
             full = [None] * (len(dyn) + len(static_values))
             for i, v in static_values.items():
                 full[i] = v
-            for i, v in zip(positions, dyn):
+            for i, v in zip(positions, dyn, strict=False):
                 full[i] = v
             return self.fn(*full)
 
@@ -115,10 +116,20 @@ class Function:
             names.append(f"arg{position}{jax.tree_util.keystr(path[1:])}")
         graph = build_graph(closed, donated, names)
         passes.optimize(graph)
-        program = compile_graph(graph, self.device)
+        program = compile_graph(graph, self._device_spec())
         out_leaves, out_tree = jax.tree.flatten(out_shape)
         results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names)
+
+    def _device_spec(self) -> DeviceSpec:
+        """The given device, else the CUDA device the megakernel runs on, else an H100."""
+        if self.device is not None:
+            return self.device
+        if self.backend != "reference" and _has_cuda():
+            from jax_mpk import runtime
+
+            return DeviceSpec.of_cuda_device(runtime.device_info())
+        return DeviceSpec()
 
     def lower(self, *args) -> Lowered:
         compiled, _ = self._compile(args)
@@ -149,17 +160,22 @@ def _has_cuda() -> bool:
         return False
 
 
-# The seam to jax_mpk.runtime: `supported_task_kinds()` names the kinds the CUDA library
-# implements; `call_program(program, args, results, aliases)` launches the megakernel.
+# Task kinds the CUDA library implements; jax_mpk.runtime.implemented_task_kinds() takes
+# over once the task library (issue #4) provides it.
+RUNTIME_TASK_KINDS = {TaskKind.NOOP, TaskKind.COPY, TaskKind.COMBINE_U32, TaskKind.WAIT_VALUE}
+
+
 def _megakernel_call(compiled: Compiled, flat_args):
     from jax_mpk import runtime  # the compiled extension loads only here
 
-    used = set(compiled.task_kinds)
-    missing = sorted(k.name for k in used - set(runtime.supported_task_kinds()))
+    implemented = getattr(runtime, "implemented_task_kinds", lambda: RUNTIME_TASK_KINDS)()
+    missing = sorted(k.name for k in set(compiled.task_kinds) - set(implemented))
     if missing:
         raise NotImplementedError(
             "the megakernel has no CUDA implementation of task kinds "
             f"{', '.join(missing)} yet; run with backend=\"reference\" meanwhile")
-    return runtime.call_program(compiled.program.program, flat_args, compiled.results,
-                                compiled.aliases)
-
+    if compiled.registered is None:
+        compiled.registered = runtime.RegisteredProgram(compiled.program.program)
+    out_shapes = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in compiled.results]
+    aliases = {arg: result for result, arg in compiled.aliases.items()}
+    return runtime.call(compiled.registered, flat_args, out_shapes, aliases)

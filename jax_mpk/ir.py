@@ -59,13 +59,14 @@ class Tensor:
     @property
     def is_contiguous(self) -> bool:
         return all(s == c for s, c, d in zip(self.strides, contiguous_strides(self.shape),
-                                              self.shape) if d != 1)
+                                              self.shape, strict=False) if d != 1)
 
     def span(self) -> tuple[int, int]:
         """Byte range [lo, hi) of the buffer this view touches."""
         if self.size == 0:
             return (0, 0)
-        last = self.offset + sum((d - 1) * s for d, s in zip(self.shape, self.strides))
+        steps = zip(self.shape, self.strides, strict=True)
+        last = self.offset + sum((d - 1) * s for d, s in steps)
         item = self.dtype.itemsize
         return self.offset * item, (last + 1) * item
 

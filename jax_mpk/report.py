@@ -35,7 +35,7 @@ def report(compiled, name: str) -> str:
         for label, count in sorted(patterns.items()):
             lines.append(f"  {label:<22}{count:>7}")
     lines.append("ops:")
-    for i, (op, tasks) in enumerate(zip(graph.ops, cp.op_tasks)):
+    for i, (op, tasks) in enumerate(zip(graph.ops, cp.op_tasks, strict=False)):
         out = op.outputs[0]
         what = f"{op.kind}" + (f" [{op.label}]" if op.label else "")
         shape = "x".join(map(str, out.shape)) or "scalar"

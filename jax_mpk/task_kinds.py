@@ -200,7 +200,7 @@ class ElementwiseProgram:
         rank = len(out_shape)
         words = [rank, self.num_inputs, len(self.instrs), dtype_code(self.out_dtype),
                  *out_shape, *out_strides]
-        for dtype, strides in zip(in_dtypes, in_strides):
+        for dtype, strides in zip(in_dtypes, in_strides, strict=False):
             assert len(strides) == rank
             words += [dtype_code(dtype), *strides]
         for ins in self.instrs:

@@ -36,6 +36,12 @@ class DeviceSpec:
     matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this
     min_split_k: int = 512  # split K only into chunks at least this long
 
+    @classmethod
+    def of_cuda_device(cls, info: dict) -> DeviceSpec:
+        """From jax_mpk.runtime.device_info()."""
+        return cls(sm_count=int(info["sm_count"]),
+                   smem_bytes=int(info["shared_memory_per_block"]))
+
     @property
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig.for_sm_count(self.sm_count)
@@ -164,7 +170,8 @@ class ProgramBuilder:
             records.append(TaskRecord(kind, op_index))
         op_tasks = [sum(len(stage_tasks[(i, s)]) for s in range(last_stage.get(i, 0) + 1))
                     for i in range(len(graph.ops))]
-        built = tg.build(self.device.runtime_config, len(graph.args), len(ret_slots))
+        # Result i is FFI result i; a donated one aliases its argument and tasks write that.
+        built = tg.build(self.device.runtime_config, len(graph.args), len(graph.outputs))
         ordered = [None] * len(records)
         for user_id, record in enumerate(records):
             ordered[built.task_index[user_id]] = record

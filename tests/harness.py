@@ -8,7 +8,8 @@ import numpy as np
 from flax import nnx
 
 from jax_mpk.tiling import DeviceSpec
-from tests.models import linen, nnx as nnx_models
+from tests.models import linen
+from tests.models import nnx as nnx_models
 from tests.models.config import DecoderConfig
 
 # Relative L2 error allowed against jax.jit, by the dtype the model computes in.

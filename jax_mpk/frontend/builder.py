@@ -96,7 +96,7 @@ def broadcast_to(t: Tensor, shape) -> Tensor:
     if lead < 0:
         raise UnsupportedError(f"broadcast of {t.shape} to {shape}")
     strides = [0] * lead
-    for d, (size, stride) in enumerate(zip(t.shape, t.strides)):
+    for d, (size, stride) in enumerate(zip(t.shape, t.strides, strict=False)):
         if size == shape[lead + d]:
             strides.append(stride)
         elif size == 1:
@@ -128,7 +128,7 @@ def reshape_view(t: Tensor, shape) -> Tensor | None:
     shape = tuple(int(d) for d in shape)
     if t.is_contiguous:
         return t.view(shape, contiguous_strides(shape))
-    old = [(d, s) for d, s in zip(t.shape, t.strides) if d != 1]
+    old = [(d, s) for d, s in zip(t.shape, t.strides, strict=False) if d != 1]
     new_strides = []
     i = 0
     for d in shape:

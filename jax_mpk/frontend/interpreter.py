@@ -34,7 +34,7 @@ def interpret(b: GraphBuilder, jaxpr, consts, args: list[Tensor]) -> list[Tensor
             return b.constant(np.asarray(atom.val, dtype=atom.aval.dtype))
         return env[atom]
 
-    for var, value in zip(jaxpr.constvars, consts):
+    for var, value in zip(jaxpr.constvars, consts, strict=False):
         env[var] = b.constant(np.asarray(value))
     for var, value in zip(jaxpr.invars, args, strict=True):
         env[var] = value
@@ -57,15 +57,20 @@ def _lower(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
             return _inline(b, eqn, inputs)
         if name == "scan":
             return _unroll_scan(b, eqn, inputs)
+        return _lower_primitive(b, eqn, inputs)
+    finally:
+        b.source = outer_source
+
+
+def _lower_primitive(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
+    try:
         return lower_eqn(b, eqn, inputs)
     except UnsupportedError as e:
         raise UnsupportedError(
-            f"jax_mpk cannot compile `{name}`: {e} is not supported (at {b.source}).\n"
-            f"Supported primitives: {', '.join(SUPPORTED)}; plus {', '.join(sorted(INLINED))} "
-            "(inlined) and scan (unrolled)."
+            f"jax_mpk cannot compile `{eqn.primitive.name}`: {e} is not supported "
+            f"(at {b.source}).\nSupported primitives: {', '.join(SUPPORTED)}; plus "
+            f"{', '.join(sorted(INLINED))} (inlined) and scan (unrolled)."
         ) from None
-    finally:
-        b.source = outer_source
 
 
 def _inline(b: GraphBuilder, eqn, inputs):

@@ -14,7 +14,6 @@ from jax import lax
 from jax_mpk.frontend.builder import (
     GraphBuilder,
     UnsupportedError,
-    broadcast_to,
     const_instr,
     reshape_view,
     uniform_value,
@@ -132,10 +131,10 @@ def _transpose(b, params, inputs, avals):
 def _slice(b, params, inputs, avals):
     t = inputs[0]
     steps = params["strides"] or (1,) * len(t.shape)
-    offset = sum(s * st for s, st in zip(params["start_indices"], t.strides))
+    offset = sum(s * st for s, st in zip(params["start_indices"], t.strides, strict=False))
     shape = [-(-(hi - lo) // k) for lo, hi, k in zip(params["start_indices"],
-                                                    params["limit_indices"], steps)]
-    return t.view(shape, [st * k for st, k in zip(t.strides, steps)], offset)
+                                                    params["limit_indices"], steps, strict=False)]
+    return t.view(shape, [st * k for st, k in zip(t.strides, steps, strict=False)], offset)
 
 
 def _split(b, params, inputs, avals):
@@ -173,8 +172,12 @@ def _pad(b, params, inputs, avals):
     if any(lo < 0 or hi < 0 or mid for lo, hi, mid in params["padding_config"]):
         raise UnsupportedError("pad with negative or interior padding")
     value = uniform_value(fill)
-    out = b.elementwise([const_instr(value, t.dtype)], [], avals[0].shape)
-    offset = sum(lo * s for (lo, _, _), s in zip(params["padding_config"], out.strides))
+    if value is not None:
+        out = b.elementwise([const_instr(value, t.dtype)], [], avals[0].shape)
+    else:
+        out = b.elementwise([Instr(Opcode.LOAD, t.dtype, (), 0)], [fill], avals[0].shape)
+    lows = [lo for lo, _, _ in params["padding_config"]]
+    offset = sum(lo * s for lo, s in zip(lows, out.strides, strict=True))
     b.copy(t, out.view(t.shape, out.strides, offset))
     return out
 
@@ -202,7 +205,7 @@ def _merge(t: Tensor, dims) -> tuple[int, int] | None:
     dims = [d for d in dims if t.shape[d] != 1]
     if not dims:
         return 1, 0
-    for outer, inner in zip(dims, dims[1:]):
+    for outer, inner in zip(dims, dims[1:], strict=False):
         if t.strides[outer] != t.strides[inner] * t.shape[inner]:
             return None
     return math.prod(t.shape[d] for d in dims), t.strides[dims[-1]]
@@ -216,7 +219,7 @@ def _matrix(b: GraphBuilder, t: Tensor, groups) -> tuple[Tensor, list[tuple[int,
     order = [d for g in groups for d in g]
     t = b.copy(t.view([t.shape[d] for d in order], [t.strides[d] for d in order]))
     starts = np.cumsum([0] + [len(g) for g in groups])
-    return t, [_merge(t, range(lo, hi)) for lo, hi in zip(starts, starts[1:])]
+    return t, [_merge(t, range(lo, hi)) for lo, hi in zip(starts, starts[1:], strict=False)]
 
 
 def _dot_general(b, params, inputs, avals):
@@ -284,7 +287,7 @@ def _slice_dims(src_shape, starts, sizes):
 def _slice_operands(b: GraphBuilder, src: Tensor, indices, sizes):
     """Rank-merged shapes, int32 start tensors and the wrap mask of a dynamic slice."""
     starts = []
-    for t, size in zip(indices, src.shape):
+    for t, _size in zip(indices, src.shape, strict=False):
         value = uniform_value(t)
         starts.append(None if value is not None and value == 0 else t)
     shape, starts, merged_sizes = _slice_dims(src.shape, starts, sizes)

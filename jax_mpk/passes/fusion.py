@@ -98,7 +98,7 @@ def _dim_map(view: Tensor, out: Tensor) -> list[int | None] | None:
     dim_map: list[int | None] = []
     used = set()
     at = 0
-    for size, stride in zip(out.shape, contiguous):
+    for size, stride in zip(out.shape, contiguous, strict=False):
         if size == 1:
             dim_map.append(None)
             continue

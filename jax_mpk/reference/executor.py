@@ -12,9 +12,10 @@ from jax_mpk.reference.memory import Memory, RaceError, TaskAccess
 
 def execute(program: fmt.Program, args: list[np.ndarray], results: list[tuple],
             aliases: dict[int, int] | None = None, seed: int = 0,
-            names: list[str] | None = None) -> list[np.ndarray]:
+            order: list[int] | None = None) -> list[np.ndarray]:
     """Run program on args; results[i] is (shape, dtype) of result i; aliases maps a result
-    to the argument it is written in place of. Raises RaceError on a race in the graph."""
+    to the argument it is written in place of; `order`, if given, receives the task ids in
+    the order they ran. Raises RaceError on a race in the graph."""
     aliases = aliases or {}
     memory = Memory(program, args, aliases)
     tasks, events = program.tasks, program.events
@@ -39,11 +40,13 @@ def execute(program: fmt.Program, args: list[np.ndarray], results: list[tuple],
         first = int(task["first_operand"])
         operands = program.operands[first:first + int(task["num_operands"])]
         kind = int(task["kind"])
-        label = f"task {t} ({_kind_name(kind)}{'' if names is None else ', ' + names[t]})"
+        label = f"task {t} ({_kind_name(kind)})"
         if kind not in SEMANTICS:
             raise RaceError(f"{label} has no reference semantics")
         SEMANTICS[kind](TaskAccess(memory, t, operands, label), task["dims"])
         done += 1
+        if order is not None:
+            order.append(t)
         first = int(task["first_trigger"])
         for e in program.triggers[first:first + int(task["num_triggers"])]:
             e = int(e)

@@ -127,7 +127,7 @@ def elementwise(ctx, dims):
 
     def offsets(strides):
         total = np.zeros(count, np.int64)
-        for idx, stride in zip(index, strides):
+        for idx, stride in zip(index, strides, strict=False):
             total += idx * stride
         return total
 

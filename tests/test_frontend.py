@@ -1,0 +1,219 @@
+"""The jaxpr frontend: every supported primitive, nested jaxprs, views, index folding and
+the errors for what is not supported; each checked against jax.jit on random inputs."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jax_mpk
+from jax_mpk.frontend import UnsupportedError
+from tests.harness import SMALL_DEVICE, assert_close
+
+RNG = np.random.default_rng(0)
+
+
+def normal(*shape, dtype=np.float32, scale=1.0):
+    return jnp.asarray(RNG.standard_normal(shape) * scale, dtype)
+
+
+def check(fn, *args, dtype=np.float32, **jit_kwargs):
+    compiled = jax_mpk.jit(fn, backend="reference", device=SMALL_DEVICE, **jit_kwargs)
+    assert_close(compiled(*args), jax.jit(fn, **jit_kwargs)(*args), dtype)
+    return compiled
+
+
+UNARY = {
+    "exp": jnp.exp, "log": lambda x: jnp.log(jnp.abs(x) + 0.1), "tanh": jnp.tanh,
+    "logistic": jax.nn.sigmoid, "erf": lax.erf, "rsqrt": lambda x: lax.rsqrt(jnp.abs(x) + 0.1),
+    "sqrt": lambda x: jnp.sqrt(jnp.abs(x)), "pow": lambda x: jnp.abs(x) ** 1.7,
+    "integer_pow": lambda x: x ** 3, "reciprocal": lambda x: 1 / (jnp.abs(x) + 0.5),
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": jax.nn.gelu, "silu": jax.nn.silu,
+    "neg_abs_sign": lambda x: -jnp.abs(x) * jnp.sign(x),
+    "sin_cos": lambda x: jnp.sin(x) + jnp.cos(x),
+    "floor_ceil": lambda x: jnp.floor(x) + jnp.ceil(x),
+    "round": jnp.round, "expm1_log1p": lambda x: jnp.expm1(x) + jnp.log1p(jnp.abs(x)),
+    "clip": lambda x: jnp.clip(x, -0.5, 0.5), "square": jnp.square,
+    "is_finite": lambda x: jnp.where(jnp.isfinite(x / (x - x[0, 0])), x, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+def test_elementwise_math(name):
+    check(UNARY[name], normal(6, 10))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_elementwise_dtypes_and_conversions(dtype):
+    def fn(x, y):
+        z = (x * y + 1).astype(jnp.float32)
+        return jnp.maximum(z, 0).astype(dtype), (x > y).astype(jnp.int32), jnp.where(x < 0, x, y)
+
+    check(fn, normal(5, 7, dtype=dtype), normal(5, 7, dtype=dtype), dtype=dtype)
+
+
+def test_integer_arithmetic_and_comparisons():
+    def fn(a, b):
+        return a // b, a % b, jnp.minimum(a, b), (a == b) | (a > 3), a * 7 - b
+
+    a = jnp.asarray(RNG.integers(-20, 20, (4, 9)), jnp.int32)
+    b = jnp.asarray(RNG.integers(1, 6, (4, 9)), jnp.int32)
+    check(fn, a, b)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 2), (1, 2), (0, 1, 2)])
+def test_reductions(axes):
+    def fn(x):
+        return x.sum(axes), x.max(axes), x.min(axes)
+
+    check(fn, normal(3, 5, 7))
+
+
+def test_argmax_and_softmax():
+    check(lambda x: (jnp.argmax(x, -1), jnp.argmin(x, 0), jax.nn.softmax(x, -1)), normal(6, 33))
+
+
+DOTS = {
+    "linear": ("bk,kn->bn", (3, 24), (24, 10)),
+    "linear_3d": ("bsk,kn->bsn", (2, 3, 24), (24, 10)),
+    "transposed_weight": ("bk,nk->bn", (3, 24), (10, 24)),
+    "heads_out": ("bsk,khd->bshd", (2, 1, 24), (24, 4, 8)),
+    "heads_in": ("bshd,hdn->bsn", (2, 1, 4, 8), (4, 8, 16)),
+    "scores": ("bshd,bthd->bhst", (2, 3, 4, 8), (2, 11, 4, 8)),
+    "values": ("bhst,bthd->bshd", (2, 4, 3, 11), (2, 11, 4, 8)),
+    "grouped": ("bskgd,btkd->bkgst", (1, 2, 2, 3, 8), (1, 11, 2, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(DOTS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dot_general_layouts(name, dtype):
+    spec, x_shape, w_shape = DOTS[name]
+    check(lambda x, w: jnp.einsum(spec, x, w), normal(*x_shape, dtype=dtype),
+          normal(*w_shape, dtype=dtype), dtype=dtype)
+
+
+def test_split_k_matmul_with_bias_and_residual():
+    def fn(x, w, b, r):
+        return r + (x @ w + b)
+
+    check(fn, normal(2, 256), normal(256, 8, scale=0.1), normal(8), normal(2, 8))
+
+
+def test_views_and_copies():
+    def fn(x):
+        a = x.T.reshape(4, 15)[:, 1:12:2]
+        b = jnp.concatenate([x[:, :2], -x[:, 3:]], axis=1)
+        c = jnp.pad(x, ((1, 0), (0, 2)))
+        d = jnp.broadcast_to(x[:, None, :1], (6, 3, 2)).squeeze()
+        e = jnp.expand_dims(x, 1).transpose(2, 1, 0).reshape(10, 6)
+        return a, b, c, d, e
+
+    check(fn, normal(6, 10))
+
+
+def test_iota_and_masks():
+    def fn(x, pos):
+        mask = jnp.arange(x.shape[1])[None, :] <= pos + jnp.arange(x.shape[0])[:, None]
+        return jnp.where(mask, x, -1e9)
+
+    check(fn, normal(3, 12), jnp.int32(4))
+
+
+def test_embedding_gather_and_dynamic_slices():
+    def fn(table, ids, cache, update, pos):
+        rows = jnp.take(table, ids, axis=0)
+        window = lax.dynamic_slice(cache, (0, pos, 0), (2, 3, 4))
+        cache = lax.dynamic_update_slice(cache, update, (0, pos, 0))
+        return rows, window, cache
+
+    ids = jnp.asarray(RNG.integers(0, 20, (2, 3)), jnp.int32)
+    for pos in (0, 5, 9, -2):  # a position past the end clamps; a negative one wraps
+        check(fn, normal(20, 4), ids, normal(2, 10, 4), normal(2, 1, 4), jnp.int32(pos))
+
+
+def test_negative_index_wrap_is_folded_into_the_task():
+    def fn(cache, update, pos):
+        return lax.dynamic_update_slice(cache, update, (pos, 0))
+
+    compiled = check(fn, normal(8, 4), normal(1, 4), jnp.int32(3))
+    graph = compiled.lower(normal(8, 4), normal(1, 4), jnp.int32(3)).compiled.program.graph
+    assert [op.kind for op in graph.ops] == ["elementwise", "dynamic_update_slice"]
+    assert graph.ops[1].attrs["wrap_mask"] == 1
+
+
+def test_nested_jaxprs_are_inlined():
+    @jax.custom_jvp
+    def softplus(x):
+        return jnp.logaddexp(x, 0.0)
+
+    softplus.defjvp(lambda primals, tangents: (softplus(primals[0]), tangents[0]))
+
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, g: (2 * g,))
+
+    @jax.jit
+    def inner(x):
+        return jax.checkpoint(lambda y: softplus(double(y)) * jax.nn.relu(y))(x)
+
+    check(lambda x: inner(x) + 1, normal(4, 5))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_is_unrolled(reverse):
+    def fn(carry, xs, w):
+        def body(c, x):
+            c = jnp.tanh(c @ w + x)
+            return c, c.sum(-1)
+
+        return lax.scan(body, carry, xs, reverse=reverse)
+
+    check(fn, normal(2, 8), normal(5, 2, 8), normal(8, 8, scale=0.3))
+
+
+def test_constants_are_uploaded_with_the_program():
+    table = np.asarray(RNG.standard_normal((64, 16)), np.float32)
+    compiled = check(lambda x: x * jnp.asarray(table)[3:5], normal(2, 16))
+    assert compiled.lower(normal(2, 16)).program.constant_bytes >= table.nbytes
+
+
+def test_pytrees_static_arguments_and_caching():
+    def fn(params, x, activation):
+        y = x @ params["w"] + params["b"]
+        return {"y": getattr(jax.nn, activation)(y), "sum": [y.sum()]}
+
+    params = {"w": normal(6, 3), "b": normal(3)}
+    compiled = check(fn, params, normal(4, 6), "gelu", static_argnums=(2,))
+    compiled(params, normal(4, 6), "gelu")
+    compiled(params, normal(5, 6), "gelu")
+    compiled(params, normal(5, 6), "silu")
+    assert len(compiled._cache) == 3
+
+
+def test_unsupported_primitive_names_primitive_source_and_alternatives():
+    def fn(x):
+        return jnp.cumsum(x, axis=0)
+
+    with pytest.raises(UnsupportedError) as error:
+        jax_mpk.jit(fn, backend="reference")(normal(4))
+    message = str(error.value)
+    assert "cumsum" in message
+    assert f"test_frontend.py:{fn.__code__.co_firstlineno + 1} " in message
+    assert "Supported primitives:" in message and "dot_general" in message
+
+
+def test_unsupported_gather_form_is_an_error():
+    def fn(x, idx):
+        return x[idx, idx]
+
+    with pytest.raises(UnsupportedError, match="gather"):
+        jax_mpk.jit(fn, backend="reference")(normal(4, 4), jnp.asarray([1, 2], jnp.int32))

@@ -1,0 +1,47 @@
+"""`jax_mpk.jit(...).lower(...).as_text()`: the report of a compiled step."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+
+import jax_mpk
+from tests.harness import SMALL_DEVICE, decode_step
+from tests.models.config import FAMILIES
+
+
+def lowered_llama():
+    step, args = decode_step(FAMILIES["llama"], "linen", 1, 1)
+    return jax_mpk.jit(step, donate_argnums=(2,), device=SMALL_DEVICE).lower(*args), args
+
+
+def test_report_counts_weights_tasks_and_events():
+    lowered, (params, *_) = lowered_llama()
+    text = lowered.as_text()
+    weight_bytes = sum(np.asarray(p).nbytes for p in jax.tree.leaves(params))
+    assert f"weights read per call: {weight_bytes / 1024:.2f} KiB" in text
+    program = lowered.program
+    assert f"tasks: {program.num_tasks}; events: {program.num_events}" in text
+    kinds = dict(re.findall(r"^  ([A-Z_]+) +(\d+)$", text, re.M))
+    assert sum(int(n) for n in kinds.values()) == program.num_tasks
+    assert {"MATMUL", "ELEMENTWISE", "REDUCE", "GATHER_ROWS", "DYNAMIC_UPDATE_SLICE"} <= set(kinds)
+
+
+def test_report_lists_recognized_layers_and_ops_with_source_lines():
+    lowered, _ = lowered_llama()
+    text = lowered.as_text()
+    patterns = dict(re.findall(r"^  ([a-z_]+) +(\d+)$", text, re.M))
+    layers = FAMILIES["llama"].layers
+    assert int(patterns["gated_mlp"]) == layers
+    assert int(patterns["residual_linear"]) == 2 * layers
+    assert {"rms_norm", "rope", "attention", "attention_softmax"} <= set(patterns)
+    op_lines = [line for line in text.splitlines() if re.match(r"^ +\d+ [a-z_]+", line)]
+    assert len(op_lines) == len(lowered.compiled.program.graph.ops)
+    assert all("tests/models/" in line for line in op_lines)
+
+
+def test_donated_caches_are_reported_as_aliased():
+    lowered, _ = lowered_llama()
+    assert "aliased results: result 1 <- arg2[0][0]" in lowered.as_text()
