@@ -145,6 +145,12 @@ NB_MODULE(_jax_mpk, m) {
     }
   });
   m.def("release_program", &jax_mpk::release_program);
+  m.def("task_kinds", []() {
+    nb::dict kinds;
+    for (const auto& [kind, name] : mpk::task_kinds()) kinds[nb::int_(kind)] = name;
+    return kinds;
+  },
+        "The task kinds the CUDA task library implements: {kind id: name}.");
   m.def("device_info", [](int device) {
     mpk::DeviceInfo info;
     std::string why = mpk::query_device(device, &info);

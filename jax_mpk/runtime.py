@@ -47,6 +47,11 @@ def device_info(device: jax.Device | None = None) -> dict:
     return extension().device_info(device.local_hardware_id)
 
 
+def implemented_task_kinds() -> set[str]:
+    """Names (as in program.TaskKind) of the task kinds the CUDA library implements."""
+    return {fmt.TaskKind(kind).name for kind in extension().task_kinds()}
+
+
 def validate(program: fmt.Program) -> None:
     """Raises ValueError naming what is wrong with the program, if anything."""
     why = extension().validate_program(program.to_bytes())

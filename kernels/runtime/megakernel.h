@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "launch_params.h"
@@ -17,6 +18,9 @@ struct Buffer {
   void* data;
   size_t bytes;
 };
+
+// The kinds the task library implements, as (kind, name).
+std::vector<std::pair<int, std::string>> task_kinds();
 
 // An empty string when the blob is a well-formed program, else the reason.
 std::string validate_program(const uint8_t* blob, size_t size);

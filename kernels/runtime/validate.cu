@@ -306,4 +306,13 @@ class Checker {
 
 std::string validate_program(const uint8_t* blob, size_t size) { return Checker(blob, size).run(); }
 
+namespace {
+template <typename... Tasks>
+std::vector<std::pair<int, std::string>> list_kinds(TaskList<Tasks...>) {
+  return {{int(Tasks::kKind), Tasks::kName}...};
+}
+}  // namespace
+
+std::vector<std::pair<int, std::string>> task_kinds() { return list_kinds(AllTasks{}); }
+
 }  // namespace mpk
