@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jax_mpk
+from jax_mpk.program import TaskKind
 from tests.harness import SMALL_DEVICE, assert_close, decode_step
 from tests.models.config import FAMILIES
 
@@ -39,13 +40,17 @@ def test_half_precision_decode_matches_jax_jit(family, dtype):
     _check(FAMILIES[family].replace(dtype=dtype), "linen", "decode_b4")
 
 
-def test_donated_caches_are_updated_in_place():
-    compiled, args = _check(FAMILIES["llama"], "linen", "decode_b1", donate=True)
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["layers", "scan"])
+def test_donated_caches_are_updated_in_place(scan_layers):
+    cfg = FAMILIES["llama"].replace(scan_layers=scan_layers)
+    compiled, args = _check(cfg, "linen", "decode_b1", donate=True)
     lowered = compiled.lower(*args)
     num_results = len(jax.tree.leaves(jax.eval_shape(compiled.fn, *args)))
-    # Every cache result aliases its argument; only the logits get a result buffer.
+    # Every cache result aliases its argument; only the logits get a result buffer, and
+    # nothing copies a cache.
     assert len(lowered.compiled.aliases) == num_results - 1
-    assert "DYNAMIC_UPDATE_SLICE" in lowered.as_text()
+    assert TaskKind.COPY not in lowered.compiled.task_kinds
+    assert lowered.compiled.task_kinds[TaskKind.DYNAMIC_UPDATE_SLICE] == 2 * cfg.layers
 
 
 def test_caches_that_are_not_donated_are_copied():

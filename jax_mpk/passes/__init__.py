@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from jax_mpk.frontend.builder import GraphBuilder
 from jax_mpk.ir import Graph
-from jax_mpk.passes.dataflow import assign_results, remove_dead_ops, update_in_place
+from jax_mpk.passes.dataflow import (
+    assign_results,
+    coalesce_copies,
+    remove_dead_ops,
+    update_in_place,
+)
 from jax_mpk.passes.fusion import fuse_elementwise
 from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
 
@@ -14,6 +19,7 @@ __all__ = ["optimize"]
 def optimize(graph: Graph) -> Graph:
     remove_dead_ops(graph)
     update_in_place(graph)
+    coalesce_copies(graph)
     builder = GraphBuilder()
     builder.ops = graph.ops
     assign_results(graph, builder.copy)

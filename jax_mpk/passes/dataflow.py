@@ -97,3 +97,36 @@ def assign_results(graph: Graph, copy_op) -> None:
         claimed.add(id(t.buffer))
         results.append(t)
     graph.outputs = results
+
+
+def coalesce_copies(graph: Graph) -> None:
+    """A buffer written only by copies from the same places of one other buffer becomes
+    that buffer: the per-layer caches an unrolled scan stacks back into its result."""
+    writers: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for t in writes(op):
+            writers.setdefault(id(t.buffer), []).append(op)
+    for ops in list(writers.values()):
+        copies = [op for op in ops if is_plain_copy(op)]
+        if len(copies) != len(ops):
+            continue
+        dst_buffer = copies[0].outputs[0].buffer
+        src_buffer = copies[0].inputs[0].buffer
+        if (dst_buffer.role is not Role.INTERMEDIATE or dst_buffer.nbytes != src_buffer.nbytes
+                or src_buffer.role not in (Role.STATE, Role.INTERMEDIATE)
+                or any(t.buffer is src_buffer for t in graph.outputs)):
+            continue
+        if not all(c.inputs[0].buffer is src_buffer and _same_place(c.inputs[0], c.outputs[0])
+                   for c in copies):
+            continue
+        first = min(graph.ops.index(c) for c in copies)
+        later = [op for op in graph.ops[first:] if op not in copies]
+        if any(t.buffer is src_buffer for op in later for t in reads(op) + writes(op)):
+            continue
+        for c in copies:
+            graph.ops.remove(c)
+        retarget(graph, dst_buffer, src_buffer, 0)
+
+
+def _same_place(a: Tensor, b: Tensor) -> bool:
+    return a.offset == b.offset and a.shape == b.shape and a.strides == b.strides
