@@ -36,5 +36,6 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
 fi
 
 step benchmarks
-$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$OUT/bench_runtime.log" | tail -12
+$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$OUT/bench_runtime.log" | tail -8
+$PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$OUT/bench_copy.log" | tail -9
 exit $status

@@ -27,7 +27,17 @@ struct CopyTask {
       const uint64_t vectors = n / 16;
       auto* d16 = reinterpret_cast<uint4*>(dst);
       auto* s16 = reinterpret_cast<const uint4*>(src);
-      for (uint64_t i = ctx.thread; i < vectors; i += kWorkerThreads) d16[i] = s16[i];
+      // kUnroll independent loads in flight per thread before the first store.
+      constexpr int kUnroll = 4;
+      uint64_t i = ctx.thread;
+      for (; i + (kUnroll - 1) * kWorkerThreads < vectors; i += kUnroll * kWorkerThreads) {
+        uint4 v[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) v[u] = s16[i + u * kWorkerThreads];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) d16[i + u * kWorkerThreads] = v[u];
+      }
+      for (; i < vectors; i += kWorkerThreads) d16[i] = s16[i];
       done = vectors * 16;
     }
     for (uint64_t i = done + ctx.thread; i < n; i += kWorkerThreads) dst[i] = src[i];
