@@ -52,6 +52,7 @@ nb::dict parse_program(const nb::bytes& blob) {
   header["constant_bytes"] = h.constant_bytes;
   header["schedule"] = h.schedule;
   header["num_worker_tasks"] = h.num_worker_tasks;
+  header["profile_capacity"] = h.profile_capacity;
 
   nb::list tasks, events, triggers, operands, slots;
   for (uint32_t i = 0; i < h.num_tasks; ++i) {
@@ -92,6 +93,8 @@ nb::dict parse_program(const nb::bytes& blob) {
   control["worker_ready"] = c.worker_ready;
   control["worker_consumed"] = c.worker_consumed;
   control["worker_queues"] = c.worker_queues;
+  control["profile_counts"] = c.profile_counts;
+  control["profile"] = c.profile;
   control["total"] = c.total;
 
   nb::dict out;

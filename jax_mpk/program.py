@@ -89,7 +89,9 @@ HEADER = np.dtype(
         ("constant_bytes", "<u8"),
         ("schedule", "<u4"),
         ("num_worker_tasks", "<u4"),
-        ("reserved", "<u8", (3,)),
+        ("profile_capacity", "<u4"),
+        ("pad", "<u4"),
+        ("reserved", "<u8", (2,)),
     ]
 )
 TASK = np.dtype(
@@ -124,6 +126,8 @@ OPERAND = np.dtype(
 SLOT = np.dtype([("source", "<u4"), ("index", "<u4"), ("offset", "<u8"), ("bytes", "<u8")])
 TRIGGER = np.dtype("<u4")
 WORKER_TASK = np.dtype([("task", "<u4"), ("wait_event", "<u4")])
+PROFILE_ENTRY = np.dtype([("start_ns", "<u8"), ("end_ns", "<u8"), ("task", "<u4"),
+                          ("iteration", "<u4")])
 
 assert (HEADER.itemsize, TASK.itemsize, EVENT.itemsize, OPERAND.itemsize, SLOT.itemsize) == (
     128,
@@ -150,11 +154,14 @@ class ControlLayout:
     worker_ready: int
     worker_consumed: int
     worker_queues: int
+    profile_counts: int
+    profile: int
     total: int
 
     @classmethod
     def of(cls, num_events: int, num_workers: int, num_schedulers: int,
-           worker_queue_capacity: int, sched_queue_capacity: int) -> ControlLayout:
+           worker_queue_capacity: int, sched_queue_capacity: int,
+           profile_capacity: int = 0) -> ControlLayout:
         at = 0
         fields = {}
         for name, size in (
@@ -166,6 +173,8 @@ class ControlLayout:
             ("worker_ready", 8 * num_workers),
             ("worker_consumed", 8 * num_workers),
             ("worker_queues", 8 * num_workers * worker_queue_capacity),
+            ("profile_counts", 8 * num_workers),
+            ("profile", PROFILE_ENTRY.itemsize * num_workers * profile_capacity),
         ):
             fields[name] = at
             at += size
@@ -199,6 +208,7 @@ class Program:
             int(h["num_schedulers"]),
             int(h["worker_queue_capacity"]),
             int(h["sched_queue_capacity"]),
+            int(h["profile_capacity"]),
         )
 
     def to_bytes(self) -> bytes:

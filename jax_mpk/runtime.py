@@ -73,11 +73,13 @@ def call(
     args: Sequence[jax.Array],
     out_shapes: Sequence[jax.ShapeDtypeStruct],
     input_output_aliases: Mapping[int, int] | None = None,
+    return_workspace: bool = False,
 ) -> list[jax.Array]:
     """Runs the program as one persistent kernel, eagerly or inside a trace.
 
     `args` bind to ARG slots and `out_shapes` to RET slots by position; the
-    workspace is appended as the last result and dropped from the return value.
+    workspace is appended as the last result and returned only when asked for
+    (it holds the timeline of a profiled program: jax_mpk.profile reads it).
     """
     _register_target()
     program = registered.program
@@ -92,6 +94,6 @@ def call(
         [*out_shapes, workspace],
         input_output_aliases=dict(input_output_aliases or {}),
         # With no outputs, nothing else keeps XLA from dropping the call.
-        has_side_effect=not out_shapes,
+        has_side_effect=not out_shapes and not return_workspace,
     )(*args, program=np.uint64(registered.key))
-    return list(outs[:-1])
+    return list(outs) if return_workspace else list(outs[:-1])

@@ -56,6 +56,8 @@ class RuntimeConfig:
     # when they share one, which turns the hop into a block barrier;
     # "round_robin" spreads every task, so each dependency crosses SMs.
     placement: str = "locality"
+    # Timeline entries recorded per worker (0: off); see jax_mpk/profile.py.
+    profile_capacity: int = 0
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
@@ -214,7 +216,8 @@ class TaskGraph:
                             for o in task.operands)
 
         layout = fmt.ControlLayout.of(num_events, config.num_workers, config.num_schedulers,
-                                      config.worker_queue_capacity, sched_capacity)
+                                      config.worker_queue_capacity, sched_capacity,
+                                      config.profile_capacity)
         slots = np.array(self._slots, dtype=np.uint64).reshape(-1, 4)
         slot_array = np.zeros(len(self._slots), fmt.SLOT)
         for name, column in zip(fmt.SLOT.names, slots.T, strict=True):
@@ -241,6 +244,7 @@ class TaskGraph:
         header["workspace_bytes"] = layout.total + self._workspace_bytes
         header["constant_bytes"] = len(self._constants)
         header["schedule"] = fmt.Schedule.STATIC if static else fmt.Schedule.DYNAMIC
+        header["profile_capacity"] = config.profile_capacity
 
         # Static lists: program order is topological, so lists in increasing
         # order never wait on a task queued behind them.

@@ -37,5 +37,6 @@ fi
 
 step benchmarks
 $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$OUT/bench_runtime.log" | tail -8
+$PY scripts/timeline_demo.py "$OUT" 2>&1 | tail -2
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$OUT/bench_copy.log" | tail -9
 exit $status

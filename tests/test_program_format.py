@@ -93,7 +93,7 @@ def resized(p, **header):
     q.header["control_bytes"] = new
     q.header["workspace_bytes"] = p.workspace_bytes - old + new
     ws = q.slots["source"] == fmt.SlotSource.WORKSPACE
-    q.slots["offset"][ws] += new - old
+    q.slots["offset"][ws] = (q.slots["offset"][ws].astype(np.int64) + new - old).astype(np.uint64)
     return q
 
 

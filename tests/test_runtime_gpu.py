@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import random_dags
 
+from jax_mpk import profile
 from jax_mpk import program as fmt
 from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
@@ -174,3 +175,29 @@ def test_too_many_workers_is_a_clear_error():
     with pytest.raises(Exception, match="co-resident"):
         runtime.call(runtime.RegisteredProgram(program), [], [])
         jax.effects_barrier()
+
+
+@pytest.mark.parametrize("schedule", ["dynamic", "static"])
+def test_timeline_respects_every_dependency(schedule):
+    rng = np.random.default_rng(9)
+    dag = random_dags.random_dag(rng, 600, 4, hub_fraction=0.1)
+    iterations = 3
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule=schedule, num_iterations=iterations,
+                                           profile_capacity=64)
+    built = random_dags.build(dag, config)
+    registered = runtime.RegisteredProgram(built.program)
+    inputs = rng.integers(0, 2**32, (iterations, dag.words), dtype=np.uint32)
+    out_shape = jax.ShapeDtypeStruct((iterations, dag.num_tasks, dag.words), np.uint32)
+    out, workspace = runtime.call(registered, [jnp.asarray(inputs)], [out_shape],
+                                  return_workspace=True)
+    np.testing.assert_array_equal(np.asarray(out), random_dags.reference(dag, inputs))
+    timeline = profile.read(built.program, np.asarray(workspace))
+    assert len(timeline) == iterations * dag.num_tasks
+    start = {(int(e["task"]), int(e["iteration"])): e["start_us"] for e in timeline}
+    end = {(int(e["task"]), int(e["iteration"])): e["end_us"] for e in timeline}
+    assert len(start) == len(timeline), "a task ran twice in one iteration"
+    index = built.task_index
+    for it in range(iterations):
+        for t, deps in enumerate(dag.deps):
+            for d in deps:
+                assert end[index[d], it] <= start[index[t], it]

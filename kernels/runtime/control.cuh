@@ -16,6 +16,8 @@ struct Control {
   uint64_t* worker_ready;
   uint64_t* worker_consumed;
   uint64_t* worker_queues;
+  uint64_t* profile_counts;
+  ProfileEntry* profile;
 
   __device__ explicit Control(const LaunchParams& p) {
     uint8_t* w = p.workspace;
@@ -27,6 +29,8 @@ struct Control {
     worker_ready = reinterpret_cast<uint64_t*>(w + p.control.worker_ready);
     worker_consumed = reinterpret_cast<uint64_t*>(w + p.control.worker_consumed);
     worker_queues = reinterpret_cast<uint64_t*>(w + p.control.worker_queues);
+    profile_counts = reinterpret_cast<uint64_t*>(w + p.control.profile_counts);
+    profile = reinterpret_cast<ProfileEntry*>(w + p.control.profile);
   }
 };
 

@@ -24,6 +24,7 @@ struct LaunchParams {
   uint32_t end_event;
   uint32_t num_slots;
   uint32_t schedule;
+  uint32_t profile_capacity;
   ControlLayout control;
   uint8_t* slots[kMaxSlots];
 };

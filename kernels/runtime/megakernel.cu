@@ -138,6 +138,7 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   params.worker_task_begin = reinterpret_cast<const uint32_t*>(device_blob_ + layout_.worker_task_begin);
   params.worker_tasks = reinterpret_cast<const WorkerTask*>(device_blob_ + layout_.worker_tasks);
   params.schedule = h.schedule;
+  params.profile_capacity = h.profile_capacity;
   params.workspace = static_cast<uint8_t*>(workspace.data);
   params.watchdog_ns = h.watchdog_ns;
   params.num_workers = h.num_workers;

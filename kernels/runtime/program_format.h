@@ -91,7 +91,9 @@ struct ProgramHeader {
   uint64_t constant_bytes;
   uint32_t schedule;               // Schedule
   uint32_t num_worker_tasks;       // static: num_tasks; dynamic: 0
-  uint64_t reserved[3];
+  uint32_t profile_capacity;       // ProfileEntry slots per worker; 0: no timeline
+  uint32_t pad;
+  uint64_t reserved[2];
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
@@ -142,6 +144,15 @@ struct WorkerTask {
 };
 static_assert(sizeof(WorkerTask) == 8, "WorkerTask is 8 bytes");
 
+// One task's run on one worker, for the timeline (globaltimer nanoseconds).
+struct ProfileEntry {
+  uint64_t start_ns;
+  uint64_t end_ns;
+  uint32_t task;
+  uint32_t iteration;
+};
+static_assert(sizeof(ProfileEntry) == 24, "ProfileEntry is 24 bytes");
+
 // Written by the first block that fails; read by the host after the launch.
 struct ErrorRecord {
   uint32_t abort;      // set by any failing block; every spin-wait polls it
@@ -179,6 +190,8 @@ struct ControlLayout {
   uint64_t worker_ready;     // uint64[num_workers]: entries published (the scheduler)
   uint64_t worker_consumed;  // uint64[num_workers]: entries taken (the worker)
   uint64_t worker_queues;    // uint64[num_workers][worker_queue_capacity]
+  uint64_t profile_counts;   // uint64[num_workers]: entries recorded (may exceed capacity)
+  uint64_t profile;          // ProfileEntry[num_workers][profile_capacity]
   uint64_t total;            // rounded up to 256
 
   ControlLayout() = default;
@@ -192,6 +205,8 @@ struct ControlLayout {
     worker_ready = at;    at += 8ull * h.num_workers;
     worker_consumed = at; at += 8ull * h.num_workers;
     worker_queues = at;   at += 8ull * h.num_workers * h.worker_queue_capacity;
+    profile_counts = at;  at += 8ull * h.num_workers;
+    profile = at;         at += sizeof(ProfileEntry) * uint64_t(h.num_workers) * h.profile_capacity;
     total = align_up(at, 256);
   }
 };

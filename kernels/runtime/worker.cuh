@@ -51,12 +51,20 @@ template <Schedule kSchedule>
 __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Control& c, const TaskDesc& desc,
                                                 uint32_t task, uint32_t iteration) {
   const int thread = threadIdx.x;
+  const bool profiling = p.profile_capacity != 0 && thread == 0;
+  const uint64_t start = profiling ? global_timer_ns() : 0;
   const TaskContext ctx{p, desc, task, iteration, thread};
   if (!run_task(AllTasks{}, ctx) && thread == 0)
     report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
   // Read before the barrier: after it, other threads load the next descriptor.
   const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers, flags = desc.flags;
   __syncthreads();
+  if (profiling) {
+    const uint32_t worker = blockIdx.x;
+    const uint64_t n = c.profile_counts[worker]++;  // only this thread writes it
+    if (n < p.profile_capacity)
+      c.profile[uint64_t(worker) * p.profile_capacity + n] = ProfileEntry{start, global_timer_ns(), task, iteration};
+  }
   if (thread == 0) trigger_events<kSchedule>(p, c, first_trigger, num_triggers, flags, iteration);
 }
 

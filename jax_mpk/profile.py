@@ -1,0 +1,107 @@
+"""The task timeline of a profiled launch: which worker ran which task when.
+
+Build the program with `RuntimeConfig(profile_capacity=N)`, launch it with
+`runtime.call(..., return_workspace=True)`, then `read(program, workspace)`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from jax_mpk import program as fmt
+
+TIMELINE = np.dtype([("worker", "<u4"), ("task", "<u4"), ("iteration", "<u4"),
+                     ("kind", "<u2"), ("start_us", "<f8"), ("end_us", "<f8")])
+
+
+def read(program: fmt.Program, workspace) -> np.ndarray:
+    """Timeline entries sorted by start, times in µs from the first start."""
+    capacity = program.profile_capacity
+    if capacity == 0:
+        raise ValueError("the program was built without a timeline: set profile_capacity")
+    layout = program.control_layout()
+    raw = np.asarray(workspace).view(np.uint8)
+    workers = program.num_workers
+    counts = raw[layout.profile_counts : layout.profile_counts + 8 * workers].view(np.uint64)
+    entries = raw[layout.profile : layout.profile + fmt.PROFILE_ENTRY.itemsize * workers * capacity]
+    entries = entries.view(fmt.PROFILE_ENTRY).reshape(workers, capacity)
+    recorded = np.minimum(counts, capacity).astype(np.int64)
+    if (counts > capacity).any():
+        print(f"jax_mpk.profile: {int((counts - recorded).sum())} entries did not fit "
+              f"{capacity} per worker")
+    out = np.zeros(int(recorded.sum()), TIMELINE)
+    at = 0
+    for w in range(workers):
+        rows = entries[w, : recorded[w]]
+        out[at : at + len(rows)]["worker"] = w
+        for name in ("task", "iteration"):
+            out[at : at + len(rows)][name] = rows[name]
+        out[at : at + len(rows)]["start_us"] = rows["start_ns"] / 1e3
+        out[at : at + len(rows)]["end_us"] = rows["end_ns"] / 1e3
+        at += len(rows)
+    out["kind"] = program.tasks["kind"][out["task"]]
+    if len(out):
+        origin = out["start_us"].min()
+        out["start_us"] -= origin
+        out["end_us"] -= origin
+    return np.sort(out, order="start_us")
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return fmt.TaskKind(kind).name.lower()
+    except ValueError:
+        return f"kind {kind}"
+
+
+def write_chrome_trace(timeline: np.ndarray, path: str) -> None:
+    """A Chrome / Perfetto trace: one track per worker SM."""
+    events = [
+        {"name": _kind_name(int(e["kind"])), "ph": "X", "pid": 0, "tid": int(e["worker"]),
+         "ts": float(e["start_us"]), "dur": float(e["end_us"] - e["start_us"]),
+         "args": {"task": int(e["task"]), "iteration": int(e["iteration"])}}
+        for e in timeline
+    ]
+    with open(path, "w") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, f)
+
+
+def occupancy(timeline: np.ndarray, num_workers: int, bins: int = 400):
+    """(bin centers in µs, fraction of workers busy in each bin)."""
+    end = float(timeline["end_us"].max()) if len(timeline) else 1.0
+    edges = np.linspace(0.0, end, bins + 1)
+    busy = np.zeros(bins)
+    for e in timeline:
+        lo, hi = e["start_us"], e["end_us"]
+        overlap = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
+        busy += overlap
+    return (edges[:-1] + edges[1:]) / 2, busy / (np.diff(edges) * num_workers)
+
+
+def plot_occupancy(timeline: np.ndarray, num_workers: int, path: str) -> None:
+    """A PNG of worker occupancy over time and of each worker's tasks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centers, busy = occupancy(timeline, num_workers)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True,
+                                      gridspec_kw={"height_ratios": [1, 3]})
+    top.plot(centers, busy)
+    top.set_ylabel("workers busy")
+    top.set_ylim(0, 1.05)
+    kinds = sorted(set(timeline["kind"].tolist()))
+    colors = {k: plt.cm.tab10(i % 10) for i, k in enumerate(kinds)}
+    for k in kinds:
+        rows = timeline[timeline["kind"] == k]
+        bottom.barh(rows["worker"], rows["end_us"] - rows["start_us"], left=rows["start_us"],
+                    height=0.8, color=colors[k], label=_kind_name(k))
+    bottom.set_xlabel("µs")
+    bottom.set_ylabel("worker")
+    bottom.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

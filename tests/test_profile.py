@@ -1,0 +1,72 @@
+"""The task timeline: reading entries out of a workspace, and the trace files."""
+
+import json
+
+import numpy as np
+import pytest
+
+import random_dags
+from jax_mpk import profile
+from jax_mpk import program as fmt
+from jax_mpk import taskgraph as tg
+
+
+def profiled_program(capacity=4, workers=3):
+    dag = random_dags.random_dag(np.random.default_rng(0), 10, 2)
+    config = tg.RuntimeConfig(num_workers=workers, num_schedulers=1, profile_capacity=capacity)
+    return random_dags.build(dag, config).program
+
+
+def fake_workspace(program, counts, rng):
+    """A workspace as a launch would leave it: counts and entries per worker."""
+    layout = program.control_layout()
+    ws = np.zeros(program.workspace_bytes, np.uint8)
+    ws[layout.profile_counts : layout.profile_counts + 8 * len(counts)] = np.asarray(
+        counts, np.uint64).view(np.uint8)
+    cap = program.profile_capacity
+    entries = np.zeros((len(counts), cap), fmt.PROFILE_ENTRY)
+    entries["start_ns"] = 10_000 + rng.integers(0, 5000, entries.shape)
+    entries["end_ns"] = entries["start_ns"] + rng.integers(1, 900, entries.shape)
+    entries["task"] = rng.integers(0, program.num_tasks, entries.shape)
+    entries["iteration"] = rng.integers(0, 3, entries.shape)
+    raw = entries.reshape(-1).view(np.uint8)
+    ws[layout.profile : layout.profile + raw.size] = raw
+    return ws, entries
+
+
+def test_read_keeps_recorded_entries_only(capsys):
+    program = profiled_program()
+    rng = np.random.default_rng(1)
+    ws, entries = fake_workspace(program, [2, 0, 7], rng)  # worker 2 overflowed its 4 slots
+    timeline = profile.read(program, ws)
+    assert "3 entries did not fit" in capsys.readouterr().out
+    assert len(timeline) == 2 + 4
+    assert np.all(np.diff(timeline["start_us"]) >= 0) and timeline["start_us"][0] == 0
+    expected = np.concatenate([entries[0, :2], entries[2, :4]])
+    origin = expected["start_ns"].min()
+    got = np.sort(timeline, order=["worker", "start_us"])
+    want = np.sort(expected, order="start_ns")
+    assert sorted(got["task"].tolist()) == sorted(expected["task"].tolist())
+    np.testing.assert_allclose(np.sort(got["end_us"]), np.sort((want["end_ns"] - origin) / 1e3))
+    assert set(got["kind"].tolist()) == {int(fmt.TaskKind.COMBINE_U32)}
+
+
+def test_trace_and_occupancy(tmp_path):
+    program = profiled_program()
+    ws, _ = fake_workspace(program, [4, 4, 4], np.random.default_rng(2))
+    timeline = profile.read(program, ws)
+    path = tmp_path / "trace.json"
+    profile.write_chrome_trace(timeline, str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    assert len(events) == 12 and {e["name"] for e in events} == {"combine_u32"}
+    _, busy = profile.occupancy(timeline, program.num_workers)
+    assert 0 < busy.max() <= 1 + 1e-9
+    total = (timeline["end_us"] - timeline["start_us"]).sum()
+    centers, busy = profile.occupancy(timeline, program.num_workers, bins=50)
+    width = timeline["end_us"].max() / 50
+    assert busy.sum() * width * program.num_workers == pytest.approx(total)
+
+
+def test_unprofiled_program_is_refused():
+    with pytest.raises(ValueError, match="profile_capacity"):
+        profile.read(profiled_program(capacity=0), np.zeros(16, np.uint8))
