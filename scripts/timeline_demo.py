@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_mpk import profile
+from jax_mpk import profile, runtime
 from jax_mpk import program as fmt
-from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "."

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 import random_dags
+
 from jax_mpk import profile
 from jax_mpk import program as fmt
 from jax_mpk import taskgraph as tg

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import random_dags
 
-from jax_mpk import profile
+from jax_mpk import profile, runtime
 from jax_mpk import program as fmt
-from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
 
 pytestmark = pytest.mark.gpu
