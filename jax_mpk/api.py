@@ -12,7 +12,6 @@ import numpy as np
 
 from jax_mpk import passes, reference
 from jax_mpk.frontend import build_graph
-from jax_mpk.program import TaskKind
 from jax_mpk.report import report
 from jax_mpk.tiling import CompiledProgram, DeviceSpec, compile_graph
 
@@ -160,16 +159,10 @@ def _has_cuda() -> bool:
         return False
 
 
-# Task kinds the CUDA library implements; jax_mpk.runtime.implemented_task_kinds() takes
-# over once the task library (issue #4) provides it.
-RUNTIME_TASK_KINDS = {TaskKind.NOOP, TaskKind.COPY, TaskKind.COMBINE_U32, TaskKind.WAIT_VALUE}
-
-
 def _megakernel_call(compiled: Compiled, flat_args):
     from jax_mpk import runtime  # the compiled extension loads only here
 
-    implemented = getattr(runtime, "implemented_task_kinds", lambda: RUNTIME_TASK_KINDS)()
-    missing = sorted(k.name for k in set(compiled.task_kinds) - set(implemented))
+    missing = sorted({k.name for k in compiled.task_kinds} - runtime.implemented_task_kinds())
     if missing:
         raise NotImplementedError(
             "the megakernel has no CUDA implementation of task kinds "

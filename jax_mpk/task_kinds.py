@@ -18,15 +18,18 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
-MATMUL        operands: out, descriptor, x, w[, residual][, bias]
+MATMUL        operands: out, descriptor, x, w[, residual][, bias][, extent]
               out[b, m, n] = sum_k x[b, m, k] * w[b, k, n] (+ residual[b, m, n]) (+ bias[n])
               dims: [b_first, b_count, n_first, n_count, k_first, k_count]
               descriptor (int32): [B, M, N, K, x_dtype, w_dtype, out_dtype, flags,
                                    x_stride_b, x_stride_m, x_stride_k,
                                    w_stride_b, w_stride_k, w_stride_n,
-                                   out_stride_b, out_stride_m, out_stride_n]
+                                   out_stride_b, out_stride_m, out_stride_n, extent_axis]
               flags: 1 has residual (laid out like out), 2 has bias [N]. A task with a partial
               k range (split-K) writes float32 partial sums for its k range.
+              extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
+              are written as 0 without reading x or w there; 3 (K): the sum runs over
+              k < extent only. Attention bounds its KV-cache matmuls so to the live cache.
 GATHER_ROWS   operands: out, table, ids      table [rows, width], ids int32 [n], out [n, width]
               dims: [n, width, rows, dtype, mode, first, count]  (first, count: ids)
               mode bit 0: out-of-range ids fill the row with NaN (floats) or 0, else clamp;

@@ -281,6 +281,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     has_residual = "residual" in a
     has_bias = "bias" in a
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
+    extent_axis = EXTENT_AXES[a.get("extent_axis")]
+    extent = [pb.location(op.inputs[-1])] if extent_axis else []
     n_tiles = _tiles(N, max(1, pb.workers // B), pb.device.matmul_tile_n)
     b_tiles = [(b, 1) for b in range(B)]
     tiles = len(n_tiles) * len(b_tiles)
@@ -293,12 +295,12 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     def desc(out_dtype, flags):
         return pb.descriptor(np.array(
             [B, M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
-             flags, *a["x_strides"], *a["w_strides"], *out_strides], np.int32))
+             flags, *a["x_strides"], *a["w_strides"], *out_strides, extent_axis], np.int32))
 
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1
         locations = [pb.location(out), desc(out.dtype, flags), pb.location(x),
-                     pb.location(w)] + [pb.location(t) for t in extra]
+                     pb.location(w)] + [pb.location(t) for t in extra] + extent
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
                 pb.add(TaskKind.MATMUL, locations, [b0, bn, n0, nn, 0, K], index)
@@ -311,8 +313,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         dst = _Location(scratch, s * partial_bytes, partial_bytes)
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
-                pb.add(TaskKind.MATMUL, [dst, partial_desc, pb.location(x), pb.location(w)],
-                       [b0, bn, n0, nn, k0, kn], index)
+                pb.add(TaskKind.MATMUL, [dst, partial_desc, pb.location(x), pb.location(w)]
+                       + extent, [b0, bn, n0, nn, k0, kn], index)
     f32 = np.dtype(np.float32)
     partials = [Tensor((B * M * N,), f32, scratch, s * B * M * N) for s in range(len(k_tiles))]
     instrs = [Instr(Opcode.LOAD, f32, (), s) for s in range(len(k_tiles))]
@@ -337,6 +339,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         shaped.append(extra[-1].view((B, M, N), (0, 0, 1)))
     combine = Op("elementwise", shaped, [flat_out], {"instrs": instrs}, op.source)
     _elementwise_tasks(pb, combine, index, stage=1)
+
+
+EXTENT_AXES = {None: 0, "M": 1, "N": 2, "K": 3}
 
 
 def _gather_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:

@@ -3,6 +3,8 @@ against jax.jit of the same step on the same random inputs."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,22 @@ def test_a_decode_loop_compiles_once():
         cache = new_cache
     assert len(compiled._cache) == 1
     assert np.asarray(tokens).shape == (1, 1)
+
+
+@pytest.mark.parametrize("step_name", ["decode_b1", "prefill"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_attention_reads_only_the_live_cache(family, step_name):
+    """NaN past the live positions reaches no result: those cache rows are never read."""
+    cfg = FAMILIES[family]
+    batch, seq = STEPS[step_name]
+    step, (params, tokens, cache, _) = decode_step(cfg, "linen", batch, seq)
+    pos = jnp.int32(4)
+    live = int(pos) + seq
+    clean = [(k.at[:, live:].set(0), v.at[:, live:].set(0)) for k, v in cache]
+    poisoned = [(k.at[:, live:].set(jnp.nan), v.at[:, live:].set(jnp.nan)) for k, v in cache]
+    compiled = jax_mpk.jit(step, backend="reference", device=SMALL_DEVICE)
+    logits, new_cache = compiled(params, tokens, poisoned, pos)
+    expected_logits, _ = jax.jit(step)(params, tokens, clean, pos)
+    assert_close(logits, expected_logits, cfg.dtype)
+    report = compiled.lower(params, tokens, poisoned, pos).as_text()
+    assert re.search(rf"^  attention_extent +{cfg.layers}$", report, re.M)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jax_mpk.frontend.builder import GraphBuilder
 from jax_mpk.ir import Graph
+from jax_mpk.passes.attention import bound_attention_to_live_cache
 from jax_mpk.passes.dataflow import (
     assign_results,
     coalesce_copies,
@@ -27,4 +28,5 @@ def optimize(graph: Graph) -> Graph:
     fuse_elementwise(graph)
     remove_dead_ops(graph)
     label_layers(graph)
+    bound_attention_to_live_cache(graph)
     return graph

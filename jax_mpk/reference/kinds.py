@@ -165,13 +165,24 @@ def matmul(ctx, dims):
     desc = _words(ctx, 1)
     B, M, N, K, x_dtype, w_dtype, out_dtype, flags = (int(d) for d in desc[:8])
     xs, ws, os_ = desc[8:11], desc[11:14], desc[14:17]
+    extent_axis = int(desc[17])
+    rows, cols = M, n0 + nn
+    if extent_axis:
+        extent = int(ctx.load(ctx.num_operands - 1, I32, [0])[0])
+        limit = min(max(extent, 0), (M, N, K)[extent_axis - 1])
+        rows = limit if extent_axis == 1 else M
+        cols = min(cols, limit) if extent_axis == 2 else cols
+        kn = max(0, min(k0 + kn, limit) - k0) if extent_axis == 3 else kn
     b = np.arange(b0, b0 + bn)[:, None, None]
-    m = np.arange(M)[None, :, None]
-    n = np.arange(n0, n0 + nn)[None, None, :]
+    m = np.arange(rows)[None, :, None]
+    n = np.arange(n0, max(n0, cols))[None, None, :]
     k = np.arange(k0, k0 + kn)
     x = ctx.load(2, numpy_dtype(x_dtype), b * xs[0] + m * xs[1] + k[None, None, :] * xs[2])
     w = ctx.load(3, numpy_dtype(w_dtype), b * ws[0] + k[None, :, None] * ws[1] + n * ws[2])
-    acc = np.matmul(x.astype(F32), w.astype(F32))
+    live = np.matmul(x.astype(F32), w.astype(F32))
+    acc = np.zeros((bn, M, nn), F32)
+    acc[:, :rows, :live.shape[2]] = live
+    m, n = np.arange(M)[None, :, None], np.arange(n0, n0 + nn)[None, None, :]
     out_offsets = b * os_[0] + m * os_[1] + n * os_[2]
     extra = 4
     if flags & 1:
