@@ -165,6 +165,12 @@ NB_MODULE(_jax_mpk, m) {
     out["name"] = info.name;
     return out;
   });
+  m.def("copy_rate", [](size_t bytes, int repeats) {
+    double rate = 0;
+    std::string why = mpk::measure_copy_rate(bytes, repeats, &rate);
+    if (!why.empty()) throw std::runtime_error(why);
+    return rate;
+  }, "Device-to-device copy rate in bytes/s (read + written) on the current device.");
   m.def("build_info", []() {
     nb::dict out;
 #ifdef JAX_MPK_NVSHMEM

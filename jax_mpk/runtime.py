@@ -47,6 +47,12 @@ def device_info(device: jax.Device | None = None) -> dict:
     return extension().device_info(device.local_hardware_id)
 
 
+def hbm_copy_rate(nbytes: int = 1 << 30, repeats: int = 20) -> float:
+    """Bytes per second (read + written) of a device-to-device cudaMemcpy on
+    the current CUDA device: the ceiling bandwidth benchmarks report against."""
+    return extension().copy_rate(nbytes, repeats)
+
+
 def implemented_task_kinds() -> set[str]:
     """Names (as in program.TaskKind) of the task kinds the CUDA library implements."""
     return {fmt.TaskKind(kind).name for kind in extension().task_kinds()}

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build in place, run the GPU tests (with XLA
 # command buffers on and off), compute-sanitizer, and the benchmarks.
-# Results land in $OUT (or ./gpu_out). Usage: bash scripts/gpu_check.sh [pytest -k expr]
+# Results land in $OUT (or ./gpu_out): gpu.log with every step's output, the
+# benchmark JSON files and the timeline files. Usage: bash scripts/gpu_check.sh [pytest -k expr]
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
+trap 'cat "$LOGS"/*.log > "$OUT/gpu.log" 2>/dev/null' EXIT
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 status=0
@@ -12,31 +15,32 @@ step() { echo "== $*"; }
 
 step build
 start=$(date +%s)
-$PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-grep -h "jax_mpk:" build/*/CMakeCache.txt "$OUT/build.log" 2>/dev/null | head -2
+$PY -m pip install --no-build-isolation --no-deps -e . >"$LOGS/1_build.log" 2>&1 || { tail -50 "$LOGS/1_build.log"; exit 1; }
+grep -h "jax_mpk:" build/*/CMakeCache.txt "$LOGS/1_build.log" 2>/dev/null | head -2
 echo "build took $(( $(date +%s) - start )) s"
 $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
 
 step "gpu tests, command buffers on (XLA default)"
-$PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$OUT/pytest_gpu.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_gpu.log" | tail -15
+$PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/2_pytest_gpu.log" | tail -15
 step "gpu tests, command buffers off"
 XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
-  -k "jit or watchdog" >"$OUT/pytest_gpu_no_command_buffers.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_gpu_no_command_buffers.log" | tail -5
+  -k "jit or watchdog" >"$LOGS/3_pytest_gpu_no_command_buffers.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/3_pytest_gpu_no_command_buffers.log" | tail -5
 
 if [ -z "${SKIP_SANITIZER:-}" ]; then
   step "compute-sanitizer memcheck and racecheck on a medium random graph"
   for tool in memcheck racecheck; do
     compute-sanitizer --tool $tool --target-processes all --error-exitcode 9 \
-      $PY scripts/sanitize_graph.py >"$OUT/sanitizer_$tool.log" 2>&1
-    echo "$tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
-    tail -3 "$OUT/sanitizer_$tool.log"
+      $PY scripts/sanitize_graph.py >"$LOGS/4_sanitizer_$tool.log" 2>&1
+    echo "$tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/4_sanitizer_$tool.log" | tail -1)"
+    tail -3 "$LOGS/4_sanitizer_$tool.log"
   done
 fi
 
 step benchmarks
-$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$OUT/bench_runtime.log" | tail -8
-$PY scripts/timeline_demo.py "$OUT" 2>&1 | tail -2
-$PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$OUT/bench_copy.log" | tail -9
+$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LOGS/5_bench_runtime.log" | tail -8
+$PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
+rm -f "$OUT/timeline_dynamic.json"  # the device tool returns at most 8 files
+$PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
 exit $status

@@ -50,6 +50,29 @@ std::string query_device(int device, DeviceInfo* out) {
   return "";
 }
 
+std::string measure_copy_rate(size_t bytes, int repeats, double* bytes_per_second) {
+  void *src = nullptr, *dst = nullptr;
+  cudaEvent_t start, stop;
+  MPK_CUDA(cudaMalloc(&src, bytes));
+  MPK_CUDA(cudaMalloc(&dst, bytes));
+  MPK_CUDA(cudaMemset(src, 0x5A, bytes));
+  MPK_CUDA(cudaEventCreate(&start));
+  MPK_CUDA(cudaEventCreate(&stop));
+  MPK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));  // warm-up
+  MPK_CUDA(cudaEventRecord(start));
+  for (int i = 0; i < repeats; ++i) MPK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+  MPK_CUDA(cudaEventRecord(stop));
+  MPK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0;
+  MPK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  *bytes_per_second = 2.0 * bytes * repeats / (ms * 1e-3);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(src);
+  cudaFree(dst);
+  return "";
+}
+
 Megakernel::Megakernel(std::vector<uint8_t> blob)
     : blob_(std::move(blob)),
       header_(*reinterpret_cast<const ProgramHeader*>(blob_.data())),

@@ -37,6 +37,10 @@ struct DeviceInfo {
 };
 std::string query_device(int device, DeviceInfo* out);
 
+// The device-to-device copy rate on the current device, counting bytes read
+// plus bytes written: the HBM ceiling benchmarks report against.
+std::string measure_copy_rate(size_t bytes, int repeats, double* bytes_per_second);
+
 class Megakernel {
  public:
   // Validates the blob; the upload waits for the first run, on that run's device.
