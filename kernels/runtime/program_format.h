@@ -47,7 +47,14 @@ enum TaskKind : uint16_t {
   kTaskCopy = 1,         // dims[0..1]: byte count (lo, hi); operands: dst, src
   kTaskCombineU32 = 2,   // dims: n, mul, add; operands: dst, src...; dst = (sum src) * mul + add
   kTaskWaitValue = 3,    // dims: value (lo, hi); operands: flag (u64); spins until flag >= value
-  kNumTaskKinds
+  // The LLM kinds; dims and operands are documented in jax_mpk/task_kinds.py.
+  kTaskElementwise = 16,
+  kTaskReduce = 17,
+  kTaskMatmul = 18,
+  kTaskGatherRows = 19,
+  kTaskDynamicSlice = 20,
+  kTaskDynamicUpdateSlice = 21,
+  kNumTaskKinds  // one past the largest kind
 };
 
 enum EventKind : uint16_t {

@@ -3,6 +3,8 @@
 
 #include "combine_u32.cuh"
 #include "copy.cuh"
+#include "elementwise.cuh"
+#include "matmul.cuh"
 #include "noop.cuh"
 #include "wait_value.cuh"
 
@@ -11,6 +13,6 @@ namespace mpk {
 template <typename... Tasks>
 struct TaskList {};
 
-using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask>;
+using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, MatmulTask>;
 
 }  // namespace mpk
