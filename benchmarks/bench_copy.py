@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds
 
 from jax_mpk import program as fmt
 from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
-
-
-def median_seconds(fn, repeats=20):
-    for _ in range(3):
-        jax.block_until_ready(fn())
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def copy_program(nbytes, tile, schedule, sm_count):

@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds
 
 from jax_mpk import program as fmt
 from jax_mpk import runtime
 from jax_mpk import taskgraph as tg
-
-
-def median_seconds(fn, repeats=50, warmup=5):
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def noop_launch(num_tasks, dependent, config):
