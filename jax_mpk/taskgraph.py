@@ -61,9 +61,12 @@ class RuntimeConfig:
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
-        """One worker block per SM, with one SM's block of scheduler warps."""
+        """One worker block per SM; the dynamic schedule gives up SMs for its
+        blocks of scheduler warps, the static one runs no scheduler."""
         schedulers = overrides.pop("num_schedulers", fmt.SCHEDULERS_PER_BLOCK)
         blocks = -(-schedulers // fmt.SCHEDULERS_PER_BLOCK)
+        if overrides.get("schedule") == "static":
+            blocks = 0
         workers = overrides.pop("num_workers", max(1, sm_count - blocks))
         return cls(num_workers=workers, num_schedulers=schedulers, **overrides)
 
