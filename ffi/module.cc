@@ -90,7 +90,6 @@ nb::dict parse_program(const nb::bytes& blob) {
   control["sched_tail"] = c.sched_tail;
   control["sched_head"] = c.sched_head;
   control["sched_queues"] = c.sched_queues;
-  control["worker_ready"] = c.worker_ready;
   control["worker_consumed"] = c.worker_consumed;
   control["worker_queues"] = c.worker_queues;
   control["profile_counts"] = c.profile_counts;

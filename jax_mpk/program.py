@@ -151,7 +151,6 @@ class ControlLayout:
     sched_tail: int
     sched_head: int
     sched_queues: int
-    worker_ready: int
     worker_consumed: int
     worker_queues: int
     profile_counts: int
@@ -170,7 +169,6 @@ class ControlLayout:
             ("sched_tail", 8 * num_schedulers),
             ("sched_head", 8 * num_schedulers),
             ("sched_queues", 8 * num_schedulers * sched_queue_capacity),
-            ("worker_ready", 8 * num_workers),
             ("worker_consumed", 8 * num_workers),
             ("worker_queues", 8 * num_workers * worker_queue_capacity),
             ("profile_counts", 8 * num_workers),

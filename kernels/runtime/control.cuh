@@ -13,7 +13,6 @@ struct Control {
   uint64_t* sched_tail;
   uint64_t* sched_head;
   uint64_t* sched_queues;
-  uint64_t* worker_ready;
   uint64_t* worker_consumed;
   uint64_t* worker_queues;
   uint64_t* profile_counts;
@@ -26,7 +25,6 @@ struct Control {
     sched_tail = reinterpret_cast<uint64_t*>(w + p.control.sched_tail);
     sched_head = reinterpret_cast<uint64_t*>(w + p.control.sched_head);
     sched_queues = reinterpret_cast<uint64_t*>(w + p.control.sched_queues);
-    worker_ready = reinterpret_cast<uint64_t*>(w + p.control.worker_ready);
     worker_consumed = reinterpret_cast<uint64_t*>(w + p.control.worker_consumed);
     worker_queues = reinterpret_cast<uint64_t*>(w + p.control.worker_queues);
     profile_counts = reinterpret_cast<uint64_t*>(w + p.control.profile_counts);
@@ -36,17 +34,20 @@ struct Control {
 
 // Multi-producer ring: reserve a position, then publish the entry with its lap
 // tag so the scheduler needs no separate "ready" counter. Capacity is proven
-// by the compiler; the check turns a broken proof into an error, not an overwrite.
+// by the validator; the check turns a broken proof into an error, never a
+// silent overwrite.
 __device__ inline bool push_to_scheduler(const LaunchParams& p, const Control& c, uint32_t s,
                                          uint32_t event, uint32_t iteration) {
   const uint64_t cap = p.sched_queue_capacity;
   const uint64_t pos = atom_add_relaxed(&c.sched_tail[s], 1);
+  st_release(&c.sched_queues[s * cap + pos % cap], pack_sched_entry(pos / cap + 1, iteration, event));
+  // Checked after the store, off the scheduler's critical path: an overflow
+  // has clobbered an entry, and the launch aborts with this error.
   const uint64_t head = ld_relaxed(&c.sched_head[s]);
   if (pos - head >= cap) {
     report_error(c.error, kSchedQueueOverflow, 0xFFFFFFFFu, event, iteration, pos - head, cap);
     return false;
   }
-  st_release(&c.sched_queues[s * cap + pos % cap], pack_sched_entry(pos / cap + 1, iteration, event));
   return true;
 }
 

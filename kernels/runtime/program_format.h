@@ -194,7 +194,6 @@ struct ControlLayout {
   uint64_t sched_tail;       // uint64[num_schedulers]: next free position (producers)
   uint64_t sched_head;       // uint64[num_schedulers]: consumed position (the scheduler)
   uint64_t sched_queues;     // uint64[num_schedulers][sched_queue_capacity]
-  uint64_t worker_ready;     // uint64[num_workers]: entries published (the scheduler)
   uint64_t worker_consumed;  // uint64[num_workers]: entries taken (the worker)
   uint64_t worker_queues;    // uint64[num_workers][worker_queue_capacity]
   uint64_t profile_counts;   // uint64[num_workers]: entries recorded (may exceed capacity)
@@ -209,7 +208,6 @@ struct ControlLayout {
     sched_tail = at;      at += 8ull * h.num_schedulers;
     sched_head = at;      at += 8ull * h.num_schedulers;
     sched_queues = at;    at += 8ull * h.num_schedulers * h.sched_queue_capacity;
-    worker_ready = at;    at += 8ull * h.num_workers;
     worker_consumed = at; at += 8ull * h.num_workers;
     worker_queues = at;   at += 8ull * h.num_workers * h.worker_queue_capacity;
     profile_counts = at;  at += 8ull * h.num_workers;
@@ -241,9 +239,10 @@ struct BlobLayout {
 inline MPK_HOST_DEVICE uint64_t pack_sched_entry(uint64_t lap, uint32_t iteration, uint32_t event) {
   return ((lap & 0xFFFFFFull) << 40) | (uint64_t(iteration & 0xFFFFu) << 24) | (event & 0xFFFFFFu);
 }
-// Worker-queue entry: iteration (32) | task (32).
-inline MPK_HOST_DEVICE uint64_t pack_worker_entry(uint32_t iteration, uint32_t task) {
-  return (uint64_t(iteration) << 32) | task;
+// Worker-queue entry: lap tag (16) | iteration (16) | task (32). The tag is
+// what the worker polls for, so an entry needs no separate ready counter.
+inline MPK_HOST_DEVICE uint64_t pack_worker_entry(uint64_t lap, uint32_t iteration, uint32_t task) {
+  return ((lap & 0xFFFFull) << 48) | (uint64_t(iteration & 0xFFFFu) << 32) | task;
 }
 
 }  // namespace mpk

@@ -40,8 +40,9 @@ class Scheduler {
       const uint32_t event = uint32_t(entry & 0xFFFFFFu);
       const uint32_t iteration = uint32_t((entry >> 24) & 0xFFFFu);
       if (event == kTerminateEvent) {
+        fence_acq_rel_gpu();
         for (uint32_t w = first_worker_; w < last_worker_; ++w)
-          if (!dispatch(w, pack_worker_entry(0, kTerminateTask))) return;
+          if (!write_entry(w, 0, kTerminateTask)) return;
         return;
       }
       const EventDesc& e = p_.events[event];
@@ -65,33 +66,19 @@ class Scheduler {
   }
 
  private:
-  // Round-robin over the owned workers in rounds that touch each worker at
-  // most once: write a round's entries, one fence, then publish the counts.
+  // Round-robin over the owned workers. One fence releases everything this
+  // scheduler acquired (the tasks' inputs) to all the entries written after it.
   __device__ bool dispatch_range(uint32_t first, uint32_t last, uint32_t iteration) {
-    const uint32_t owned = last_worker_ - first_worker_;
-    while (first < last) {
-      const uint32_t round = min(last - first, owned);
-      const uint32_t start = next_worker_;
-      for (uint32_t j = 0; j < round; ++j) {
-        if (!write_entry(next_worker_, pack_worker_entry(iteration, first + j))) return false;
-        next_worker_ = next_worker_ + 1 == last_worker_ ? first_worker_ : next_worker_ + 1;
-      }
-      fence_acq_rel_gpu();
-      for (uint32_t j = 0, w = start; j < round; ++j, w = w + 1 == last_worker_ ? first_worker_ : w + 1)
-        st_relaxed(&c_.worker_ready[w], published_[w - first_worker_]);
-      first += round;
+    fence_acq_rel_gpu();
+    for (uint32_t t = first; t < last; ++t) {
+      if (!write_entry(next_worker_, iteration, t)) return false;
+      next_worker_ = next_worker_ + 1 == last_worker_ ? first_worker_ : next_worker_ + 1;
     }
     return true;
   }
 
-  __device__ bool dispatch(uint32_t worker, uint64_t entry) {
-    if (!write_entry(worker, entry)) return false;
-    st_release(&c_.worker_ready[worker], published_[worker - first_worker_]);
-    return true;
-  }
-
-  // Single producer per worker queue: the entry goes in before its count is published.
-  __device__ bool write_entry(uint32_t worker, uint64_t entry) {
+  // Single producer per worker queue; the entry's lap tag publishes it.
+  __device__ bool write_entry(uint32_t worker, uint32_t iteration, uint32_t task) {
     const uint64_t cap = p_.worker_queue_capacity;
     uint64_t& next = published_[worker - first_worker_];
     // The worker's consumed count is re-read only when the cached one says
@@ -103,13 +90,12 @@ class Scheduler {
         Watchdog::Verdict v = dog.poll();
         if (v == Watchdog::kAborted) return false;
         if (v == Watchdog::kExpired) {
-          report_error(c_.error, kWatchdogWorkerQueueFull, uint32_t(entry), 0xFFFFFFFFu,
-                       uint32_t(entry >> 32), next - consumed, cap);
+          report_error(c_.error, kWatchdogWorkerQueueFull, task, 0xFFFFFFFFu, iteration, next - consumed, cap);
           return false;
         }
       }
     }
-    st_relaxed(&c_.worker_queues[worker * cap + next % cap], entry);
+    st_relaxed(&c_.worker_queues[worker * cap + next % cap], pack_worker_entry(next / cap + 1, iteration, task));
     ++next;
     return true;
   }

@@ -130,12 +130,14 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
   uint64_t* queue = c.worker_queues + worker * cap;
   uint64_t head = 0;  // thread 0's
 
+  // An entry is ready when its lap tag matches the position's lap.
+  auto tagged = [&](uint64_t position, uint64_t entry) { return (entry >> 48) == ((position / cap + 1) & 0xFFFF); };
   while (true) {
     if (thread == 0) {
-      uint64_t ready = ld_acquire(&c.worker_ready[worker]);
+      uint64_t entry = ld_relaxed(&queue[head % cap]);
       Watchdog dog(c.error, kIdleBudgetFactor * p.watchdog_ns);
       int n = 0;
-      while (ready == head) {
+      while (!tagged(head, entry)) {
         Watchdog::Verdict v = dog.poll();
         if (v != Watchdog::kWait) {
           if (v == Watchdog::kExpired)
@@ -143,13 +145,14 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
           n = -1;
           break;
         }
-        ready = ld_acquire(&c.worker_ready[worker]);
+        entry = ld_relaxed(&queue[head % cap]);
       }
       if (n == 0) {
-        n = ready - head < kFetchBatch ? int(ready - head) : kFetchBatch;
-        for (int i = 0; i < n; ++i) batch[i] = ld_relaxed(&queue[(head + i) % cap]);
+        batch[n++] = entry;
+        while (n < kFetchBatch && tagged(head + n, entry = ld_relaxed(&queue[(head + n) % cap]))) batch[n++] = entry;
+        fence_acq_rel_gpu();  // acquires every entry read above, and orders those reads before `consumed`
         head += n;
-        st_release(&c.worker_consumed[worker], head);
+        st_relaxed(&c.worker_consumed[worker], head);
       }
       batch_size = n;
     }
@@ -158,7 +161,7 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
     if (n < 0) return;
     for (int i = 0; i < n; ++i) {
       const uint32_t task = uint32_t(batch[i]);
-      const uint32_t iteration = uint32_t(batch[i] >> 32);
+      const uint32_t iteration = uint32_t(batch[i] >> 32) & 0xFFFFu;
       if (task == kTerminateTask) return;
       load_desc(desc, p.tasks[task], thread);
       __syncthreads();
