@@ -3,9 +3,13 @@
 
 #include "combine_u32.cuh"
 #include "copy.cuh"
+#include "dynamic_slice.cuh"
+#include "dynamic_update_slice.cuh"
 #include "elementwise.cuh"
+#include "gather_rows.cuh"
 #include "matmul.cuh"
 #include "noop.cuh"
+#include "reduce.cuh"
 #include "wait_value.cuh"
 
 namespace mpk {
@@ -13,6 +17,7 @@ namespace mpk {
 template <typename... Tasks>
 struct TaskList {};
 
-using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, MatmulTask>;
+using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, ReduceTask,
+                          MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask>;
 
 }  // namespace mpk
