@@ -21,10 +21,11 @@ REDUCE        operands: out, in       in [outer, length, inner] contiguous, out 
 MATMUL        operands: out, descriptor, x, w[, residual][, bias][, extent]
               out[b, m, n] = sum_k x[b, m, k] * w[b, k, n] (+ residual[b, m, n]) (+ bias[n])
               dims: [b_first, b_count, n_first, n_count, k_first, k_count]
-              descriptor (int32): [B, M, N, K, x_dtype, w_dtype, out_dtype, flags,
-                                   x_stride_b, x_stride_m, x_stride_k,
-                                   w_stride_b, w_stride_k, w_stride_n,
+              descriptor (int32): [B, B1, M, N, K, x_dtype, w_dtype, out_dtype, flags,
+                                   x_stride_b0, x_stride_b1, x_stride_m, x_stride_k,
+                                   w_stride_b0, w_stride_b1, w_stride_k, w_stride_n,
                                    out_stride_b, out_stride_m, out_stride_n, extent_axis]
+              Batch index b splits into (b // B1, b % B1) for the x and w strides.
               flags: 1 has residual (laid out like out), 2 has bias [N]. A task with a partial
               k range (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent

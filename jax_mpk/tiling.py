@@ -294,7 +294,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 
     def desc(out_dtype, flags):
         return pb.descriptor(np.array(
-            [B, M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
+            [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
              flags, *a["x_strides"], *a["w_strides"], *out_strides, extent_axis], np.int32))
 
     if len(k_tiles) == 1:

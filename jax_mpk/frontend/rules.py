@@ -212,7 +212,7 @@ def _merge(t: Tensor, dims) -> tuple[int, int] | None:
 
 
 def _matrix(b: GraphBuilder, t: Tensor, groups) -> tuple[Tensor, list[tuple[int, int]]]:
-    """t as three merged dim groups (size, stride), copying it into that order if needed."""
+    """t as merged dim groups (size, stride), copying it into that order if needed."""
     merged = [_merge(t, g) for g in groups]
     if all(m is not None for m in merged):
         return t, merged
@@ -222,16 +222,32 @@ def _matrix(b: GraphBuilder, t: Tensor, groups) -> tuple[Tensor, list[tuple[int,
     return t, [_merge(t, range(lo, hi)) for lo, hi in zip(starts, starts[1:], strict=False)]
 
 
+def _batch_split(x: Tensor, x_batch, w: Tensor, w_batch) -> int:
+    """Where to cut the batch dims into two groups so that both operands keep their layout
+    (attention over a [B, T, H, D] cache batches over B and H, which do not merge)."""
+    def fits(t, dims, p):
+        return _merge(t, dims[:p]) is not None and _merge(t, dims[p:]) is not None
+
+    cuts = range(len(x_batch) + 1)
+    for need in ((True, True), (True, False), (False, True)):
+        for p in cuts:
+            if (not need[0] or fits(x, x_batch, p)) and (not need[1] or fits(w, w_batch, p)):
+                return p
+    return 0
+
+
 def _dot_general(b, params, inputs, avals):
     x, w = inputs
     (x_contract, w_contract), (x_batch, w_batch) = params["dimension_numbers"]
+    x_batch, w_batch = list(x_batch), list(w_batch)
     x_free = [d for d in range(len(x.shape)) if d not in x_contract and d not in x_batch]
     w_free = [d for d in range(len(w.shape)) if d not in w_contract and d not in w_batch]
-    x, (xb, xm, xk) = _matrix(b, x, [list(x_batch), x_free, list(x_contract)])
-    w, (wb, wk, wn) = _matrix(b, w, [list(w_batch), list(w_contract), w_free])
+    p = _batch_split(x, x_batch, w, w_batch)
+    x, (xb0, xb1, xm, xk) = _matrix(b, x, [x_batch[:p], x_batch[p:], x_free, list(x_contract)])
+    w, (wb0, wb1, wk, wn) = _matrix(b, w, [w_batch[:p], w_batch[p:], list(w_contract), w_free])
     out = b.new_tensor(avals[0].shape, avals[0].dtype)
-    b.emit("matmul", [x, w], [out], B=xb[0], M=xm[0], N=wn[0], K=xk[0],
-           x_strides=(xb[1], xm[1], xk[1]), w_strides=(wb[1], wk[1], wn[1]))
+    b.emit("matmul", [x, w], [out], B=xb0[0] * xb1[0], B1=xb1[0], M=xm[0], N=wn[0], K=xk[0],
+           x_strides=(xb0[1], xb1[1], xm[1], xk[1]), w_strides=(wb0[1], wb1[1], wk[1], wn[1]))
     return out
 
 

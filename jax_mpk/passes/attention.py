@@ -203,10 +203,10 @@ def _cache_axis(graph: Graph, matmul: Op, t_stride: int, t_size: int) -> str | N
     a = matmul.attrs
     M, N = a["M"], a["N"]
     if t_stride == N and M == t_size and _is_cache_rows(graph, matmul.inputs[0],
-                                                        a["x_strides"][1], t_size):
+                                                        a["x_strides"][2], t_size):
         return "M"
     if t_stride == 1 and N == t_size and _is_cache_rows(graph, matmul.inputs[1],
-                                                        a["w_strides"][2], t_size):
+                                                        a["w_strides"][3], t_size):
         return "N"
     return None
 
@@ -268,7 +268,7 @@ def _contracting(op: Op, chain_inputs, masked):
     a = op.attrs
     if value is not Masked.ZERO or "extent_axis" in a or len(op.inputs) != 2:
         return None
-    k_stride = a["x_strides"][2] if p is op.inputs[0] else a["w_strides"][1]
+    k_stride = a["x_strides"][3] if p is op.inputs[0] else a["w_strides"][2]
     return (op, "K") if k_stride == stride else None
 
 

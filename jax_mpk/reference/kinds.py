@@ -163,9 +163,9 @@ def reduce(ctx, dims):
 def matmul(ctx, dims):
     b0, bn, n0, nn, k0, kn = (int(d) for d in dims[:6])
     desc = _words(ctx, 1)
-    B, M, N, K, x_dtype, w_dtype, out_dtype, flags = (int(d) for d in desc[:8])
-    xs, ws, os_ = desc[8:11], desc[11:14], desc[14:17]
-    extent_axis = int(desc[17])
+    B, B1, M, N, K, x_dtype, w_dtype, out_dtype, flags = (int(d) for d in desc[:9])
+    xs, ws, os_ = desc[9:13], desc[13:17], desc[17:20]
+    extent_axis = int(desc[20])
     rows, cols = M, n0 + nn
     if extent_axis:
         extent = int(ctx.load(ctx.num_operands - 1, I32, [0])[0])
@@ -174,11 +174,14 @@ def matmul(ctx, dims):
         cols = min(cols, limit) if extent_axis == 2 else cols
         kn = max(0, min(k0 + kn, limit) - k0) if extent_axis == 3 else kn
     b = np.arange(b0, b0 + bn)[:, None, None]
+    outer, inner = b // B1, b % B1
     m = np.arange(rows)[None, :, None]
     n = np.arange(n0, max(n0, cols))[None, None, :]
     k = np.arange(k0, k0 + kn)
-    x = ctx.load(2, numpy_dtype(x_dtype), b * xs[0] + m * xs[1] + k[None, None, :] * xs[2])
-    w = ctx.load(3, numpy_dtype(w_dtype), b * ws[0] + k[None, :, None] * ws[1] + n * ws[2])
+    x = ctx.load(2, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1] + m * xs[2]
+                 + k[None, None, :] * xs[3])
+    w = ctx.load(3, numpy_dtype(w_dtype), outer * ws[0] + inner * ws[1]
+                 + k[None, :, None] * ws[2] + n * ws[3])
     live = np.matmul(x.astype(F32), w.astype(F32))
     acc = np.zeros((bn, M, nn), F32)
     acc[:, :rows, :live.shape[2]] = live
