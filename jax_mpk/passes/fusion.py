@@ -9,39 +9,46 @@ from jax_mpk.task_kinds import Instr, Opcode
 
 
 def fuse_elementwise(graph: Graph) -> None:
+    ops = list(graph.ops)
+    position = {id(op): i for i, op in enumerate(ops)}
+    readers: dict[int, dict[int, Op]] = {}
+    writers: dict[int, int] = {}
+    for op in ops:
+        for t in op.inputs:
+            readers.setdefault(id(t.buffer), {})[id(op)] = op
+        for t in op.outputs:
+            writers[id(t.buffer)] = writers.get(id(t.buffer), 0) + 1
+    output_buffers = {id(t.buffer) for t in graph.outputs}
+    removed: set[int] = set()
     changed = True
-    while changed:
+    while changed:  # one pass fuses whole chains; repeat until nothing changes
         changed = False
-        readers: dict[int, list[Op]] = {}
-        writers: dict[int, list[Op]] = {}
-        for op in graph.ops:
-            for t in op.inputs:
-                readers.setdefault(id(t.buffer), []).append(op)
-            for t in op.outputs:
-                writers.setdefault(id(t.buffer), []).append(op)
-        output_buffers = {id(t.buffer) for t in graph.outputs}
-        position = {id(op): i for i, op in enumerate(graph.ops)}
-        for producer in list(graph.ops):
-            if producer.kind != "elementwise":
+        for producer in ops:
+            if id(producer) in removed or producer.kind != "elementwise":
                 continue
             out = producer.outputs[0]
             key = id(out.buffer)
-            consumers = {id(op): op for op in readers.get(key, [])}
-            if (len(consumers) != 1 or len(writers[key]) != 1 or key in output_buffers
+            consumers = list(readers.get(key, {}).values())
+            if (len(consumers) != 1 or writers[key] != 1 or key in output_buffers
                     or out.buffer.role is not Role.INTERMEDIATE
                     or out.offset != 0 or out.nbytes != out.buffer.nbytes):
                 continue
-            (consumer,) = consumers.values()
+            (consumer,) = consumers
             if consumer.kind != "elementwise":
                 continue
-            between = graph.ops[position[id(producer)] + 1:position[id(consumer)]]
-            if any(overlaps(w, r) for op in between for w in op.outputs
-                   for r in producer.inputs):
+            between = ops[position[id(producer)] + 1:position[id(consumer)]]
+            if any(overlaps(w, r) for op in between if id(op) not in removed
+                   for w in op.outputs for r in producer.inputs):
                 continue
             if _fuse(producer, consumer):
-                graph.ops.remove(producer)
+                removed.add(id(producer))
+                del readers[key]
+                for t in producer.inputs:
+                    users = readers[id(t.buffer)]
+                    users.pop(id(producer), None)
+                    users[id(consumer)] = consumer
                 changed = True
-                break
+    graph.ops = [op for op in ops if id(op) not in removed]
 
 
 def _fuse(producer: Op, consumer: Op) -> bool:
