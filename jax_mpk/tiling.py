@@ -287,8 +287,11 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     b_tiles = [(b, 1) for b in range(B)]
     tiles = len(n_tiles) * len(b_tiles)
     splits = 1
-    if tiles * 2 <= pb.workers:
+    if tiles * 2 <= pb.workers:  # too few output tiles to busy the device: split K
         splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k))
+    # A task stages its rows of x, [M, k_count], in half of the shared memory.
+    staged = M * K * x.dtype.itemsize
+    splits = max(splits, -(-staged // (pb.device.smem_bytes // 2)))
     k_tiles = _tiles(K, splits)
     out_strides = (M * N, N, 1)
 

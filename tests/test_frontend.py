@@ -13,6 +13,8 @@ from jax import lax
 
 import jax_mpk
 from jax_mpk.frontend import UnsupportedError
+from jax_mpk.program import TaskKind
+from jax_mpk.tiling import DeviceSpec
 from tests.harness import SMALL_DEVICE, assert_close
 
 RNG = np.random.default_rng(0)
@@ -217,3 +219,20 @@ def test_unsupported_gather_form_is_an_error():
 
     with pytest.raises(UnsupportedError, match="gather"):
         jax_mpk.jit(fn, backend="reference")(normal(4, 4), jnp.asarray([1, 2], jnp.int32))
+
+
+def test_matmul_tiles_follow_the_device():
+    def fn(x, w):
+        return x @ w
+
+    x, w = normal(4, 512), normal(512, 64, scale=0.05)
+    lowered = {}
+    for name, device in {"many_sms": DeviceSpec(sm_count=64, min_split_k=64),
+                         "few_sms": DeviceSpec(sm_count=5, min_split_k=64),
+                         "small_smem": DeviceSpec(sm_count=5, smem_bytes=2048)}.items():
+        compiled = jax_mpk.jit(fn, backend="reference", device=device)
+        assert_close(compiled(x, w), x @ w, np.float32)
+        lowered[name] = compiled.lower(x, w).compiled.task_kinds[TaskKind.MATMUL]
+    # Four tiles of 16 columns each. 63 workers: split K in eight chunks of 64 to fill them;
+    # 4 workers: no split; x rows of 4 x 512 floats staged in 1 KiB of shared memory: eight.
+    assert (lowered["many_sms"], lowered["few_sms"], lowered["small_smem"]) == (32, 4, 32)
