@@ -13,7 +13,8 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
               Instruction i sets register i; a, b, c name earlier registers. LOAD reads input
               imm at the element's index (strides in elements, 0 for broadcast dims); CONST's
               imm is the value's bits as int32 (float32 bits for float dtypes); IOTA yields
-              the element's index along dim imm; INTEGER_POW raises a to the power imm.
+              the element's index along dim imm; INTEGER_POW raises a to the power imm;
+              ROUND rounds halves away from zero (imm 0) or to even (imm 1).
               The last register, cast to out_dtype, is stored.
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
@@ -155,7 +156,7 @@ class Opcode(enum.IntEnum):
     CLAMP = 41  # min(max(b, a), c)  (lax.clamp(a, b, c))
     IS_FINITE = 42
     SQUARE = 43
-    ROUND = 44  # half away from zero
+    ROUND = 44  # imm 0: half away from zero; 1: half to even
     TAN = 45
     CBRT = 46
     ERFC = 47

@@ -40,7 +40,9 @@ UNARY = {
     "neg_abs_sign": lambda x: -jnp.abs(x) * jnp.sign(x),
     "sin_cos": lambda x: jnp.sin(x) + jnp.cos(x),
     "floor_ceil": lambda x: jnp.floor(x) + jnp.ceil(x),
-    "round": jnp.round, "expm1_log1p": lambda x: jnp.expm1(x) + jnp.log1p(jnp.abs(x)),
+    "round_halves": lambda x: jnp.round(jnp.floor(x * 4) / 2)  # to even
+    + 10 * lax.round(jnp.floor(x * 4) / 2, lax.RoundingMethod.AWAY_FROM_ZERO),
+    "expm1_log1p": lambda x: jnp.expm1(x) + jnp.log1p(jnp.abs(x)),
     "clip": lambda x: jnp.clip(x, -0.5, 0.5), "square": jnp.square,
     "is_finite": lambda x: jnp.where(jnp.isfinite(x / (x - x[0, 0])), x, 0.0),
 }

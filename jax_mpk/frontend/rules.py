@@ -37,7 +37,7 @@ BINARY = {
     "lt": Opcode.LT, "le": Opcode.LE, "gt": Opcode.GT, "ge": Opcode.GE,
     "add_any": Opcode.ADD,
 }
-IDENTITY = {"copy", "copy_p", "stop_gradient", "optimization_barrier", "reduce_precision"}
+IDENTITY = {"copy", "copy_p", "stop_gradient", "optimization_barrier"}
 REDUCERS = {"reduce_sum": Reducer.SUM, "reduce_max": Reducer.MAX, "reduce_min": Reducer.MIN,
             "argmax": Reducer.ARGMAX, "argmin": Reducer.ARGMIN}
 
@@ -46,8 +46,6 @@ def lower_eqn(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
     name = eqn.primitive.name
     out_avals = [v.aval for v in eqn.outvars]
     if name in IDENTITY:
-        if name == "reduce_precision":
-            raise UnsupportedError("reduce_precision")
         return list(inputs)
     if name in UNARY or name in BINARY or name in ("select_n", "clamp", "integer_pow",
                                                     "convert_element_type"):
@@ -77,12 +75,14 @@ def _elementwise(b: GraphBuilder, eqn, inputs, aval) -> Tensor:
         instrs.append(Instr(Opcode.CONVERT, out_dtype, args))
     elif name == "integer_pow":
         instrs.append(Instr(Opcode.INTEGER_POW, out_dtype, args, eqn.params["y"]))
+    elif name == "round":
+        instrs.append(Instr(Opcode.ROUND, out_dtype, args, int(eqn.params["rounding_method"])))
     elif name == "select_n":
         if len(inputs) != 3:
             raise UnsupportedError("select_n with more than two cases")
-        if inputs[0].dtype != np.bool_:
-            instrs.append(Instr(Opcode.NE, np.dtype(np.bool_), (0, len(instrs))))
-            instrs.insert(-1, const_instr(0, inputs[0].dtype))
+        if inputs[0].dtype != np.bool_:  # an int32 case index: case 1 where it is nonzero
+            instrs.append(const_instr(0, inputs[0].dtype))
+            instrs.append(Instr(Opcode.NE, np.dtype(np.bool_), (0, len(instrs) - 1)))
             args = (len(instrs) - 1, 1, 2)
         instrs.append(Instr(Opcode.SELECT, out_dtype, args))
     elif name == "clamp":
@@ -380,5 +380,5 @@ SHAPE_RULES = {
 for _name, _reducer in REDUCERS.items():
     SHAPE_RULES[_name] = (lambda r: lambda b, p, i, a: _reduce(b, p, i, a, r))(_reducer)
 
-SUPPORTED = sorted(set(UNARY) | set(BINARY) | IDENTITY - {"reduce_precision"} | set(SHAPE_RULES)
+SUPPORTED = sorted(set(UNARY) | set(BINARY) | IDENTITY | set(SHAPE_RULES)
                    | {"select_n", "clamp", "integer_pow", "convert_element_type"})

@@ -62,7 +62,6 @@ _FLOAT_UNARY = {
     Opcode.ERFC: special.erfc, Opcode.SQRT: np.sqrt, Opcode.SIN: np.sin, Opcode.COS: np.cos,
     Opcode.TAN: np.tan, Opcode.CBRT: np.cbrt, Opcode.FLOOR: np.floor, Opcode.CEIL: np.ceil,
     Opcode.RSQRT: lambda x: 1 / np.sqrt(x), Opcode.LOGISTIC: lambda x: 1 / (1 + np.exp(-x)),
-    Opcode.ROUND: lambda x: np.sign(x) * np.floor(np.abs(x) + 0.5),
 }
 _ANY_UNARY = {Opcode.NEG: np.negative, Opcode.ABS: np.abs, Opcode.SIGN: np.sign,
               Opcode.SQUARE: np.square, Opcode.IS_FINITE: np.isfinite}
@@ -105,6 +104,10 @@ def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
             return _FLOAT_UNARY[op](args[0]).astype(held)
         if op in _ANY_UNARY:
             return _ANY_UNARY[op](args[0]).astype(held)
+        if op == Opcode.ROUND:
+            x = args[0]
+            rounded = np.rint(x) if instr.imm else np.sign(x) * np.floor(np.abs(x) + 0.5)
+            return rounded.astype(held)
         if op == Opcode.INTEGER_POW:
             base = args[0]
             result = np.power(base, abs(instr.imm)) if instr.imm else np.ones_like(base)
