@@ -41,10 +41,11 @@ __device__ inline bool push_to_scheduler(const LaunchParams& p, const Control& c
   const uint64_t cap = p.sched_queue_capacity;
   const uint64_t pos = atom_add_relaxed(&c.sched_tail[s], 1);
   st_release(&c.sched_queues[s * cap + pos % cap], pack_sched_entry(pos / cap + 1, iteration, event));
-  // Checked after the store, off the scheduler's critical path: an overflow
-  // has clobbered an entry, and the launch aborts with this error.
+  // Checked after the store, off the scheduler's critical path. The entry at
+  // pos - cap was unconsumed (and is now clobbered) exactly when the head has
+  // not passed it: the scheduler cannot pass a slot whose tag it never sees.
   const uint64_t head = ld_relaxed(&c.sched_head[s]);
-  if (pos - head >= cap) {
+  if (pos >= head + cap) {
     report_error(c.error, kSchedQueueOverflow, 0xFFFFFFFFu, event, iteration, pos - head, cap);
     return false;
   }

@@ -28,7 +28,7 @@ struct CopyTask {
       auto* d16 = reinterpret_cast<uint4*>(dst);
       auto* s16 = reinterpret_cast<const uint4*>(src);
       // kUnroll independent loads in flight per thread before the first store.
-      constexpr int kUnroll = 4;
+      constexpr int kUnroll = 8;
       uint64_t i = ctx.thread;
       for (; i + (kUnroll - 1) * kWorkerThreads < vectors; i += kUnroll * kWorkerThreads) {
         uint4 v[kUnroll];
