@@ -1,6 +1,7 @@
 // A reduction fed by many producers, exact so tests can compare bit for bit:
 // dst[j] = (sum_k src_k[j]) * mul + add, in wrapping uint32 arithmetic.
-// dims: n, mul, add. operands: dst, src_0 .. src_{k-1}.
+// dims: n, mul, add. operands: dst, src_0 .. src_{k-1}; dst may alias one of
+// the first eight sources.
 #pragma once
 
 #include "../runtime/task_context.cuh"
@@ -25,10 +26,25 @@ struct CombineU32Task {
     const uint32_t add = uint32_t(ctx.desc.dims[2]);
     const int sources = ctx.desc.num_operands - 1;
     uint32_t* dst = ctx.operand<uint32_t>(0);
-    for (int j = ctx.thread; j < n; j += kWorkerThreads) {
-      uint32_t sum = 0;
-      for (int k = 0; k < sources; ++k) sum += ctx.operand<const uint32_t>(k + 1)[j];
-      dst[j] = sum * mul + add;
+    if (sources == 0) {
+      for (int j = ctx.thread; j < n; j += kWorkerThreads) dst[j] = add;
+      return;
+    }
+    // Sources in groups of kGroup resolved once; dst holds the partial sum
+    // between groups, so dst may alias a source only in the first group.
+    constexpr int kGroup = 8;
+    for (int k0 = 0; k0 < sources; k0 += kGroup) {
+      const uint32_t* src[kGroup];
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) src[u] = k0 + u < sources ? ctx.operand<const uint32_t>(k0 + u + 1) : nullptr;
+      const bool last = k0 + kGroup >= sources;
+      for (int j = ctx.thread; j < n; j += kWorkerThreads) {
+        uint32_t sum = k0 == 0 ? 0u : dst[j];
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u)
+          if (src[u]) sum += src[u][j];
+        dst[j] = last ? sum * mul + add : sum;
+      }
     }
   }
 };
