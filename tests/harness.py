@@ -12,10 +12,12 @@ from tests.models import linen
 from tests.models import nnx as nnx_models
 from tests.models.config import DecoderConfig
 
-# Relative L2 error allowed against jax.jit, by the dtype the model computes in.
+# Relative L2 error allowed against jax.jit, by the dtype the model computes in. Half
+# precision is about two units in the last place (f16 eps 9.8e-4, bf16 eps 7.8e-3): XLA
+# rounds at other op boundaries than the task kinds, which keep float32 inside a task.
 TOLERANCE = {
     np.dtype(np.float32): 1e-5,
-    np.dtype(jnp.float16): 1e-3,
+    np.dtype(jnp.float16): 2e-3,
     np.dtype(jnp.bfloat16): 1e-2,
 }
 
