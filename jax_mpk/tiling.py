@@ -117,10 +117,39 @@ class ProgramBuilder:
         self.tasks.append((kind, list(locations), [int(d) for d in dims], op_index, stage))
 
     def build(self) -> CompiledProgram:
-        op_deps = _op_dependencies(self.graph.ops)
+        op_deps, ancestors = _op_dependencies(self.graph.ops)
         for i, op in enumerate(self.graph.ops):
             TILERS[op.kind](self, op, i)
+        self._plan_workspace(ancestors)
         return self._emit(op_deps)
+
+    def _plan_workspace(self, ancestors: list[int]) -> None:
+        """Offsets of intermediates; a buffer reuses the bytes of one whose every access
+        happens before each of its own accesses (through the events)."""
+        accessors: dict[int, int] = {}  # id(buffer) -> bitset of ops touching it
+        buffers: dict[int, Buffer] = {}
+        for _, locations, _, op_index, _ in self.tasks:
+            for loc in locations:
+                b = loc.buffer
+                if b != "const" and b.arg_index is None and b.role not in (Role.OUTPUT,
+                                                                         Role.CONSTANT):
+                    accessors[id(b)] = accessors.get(id(b), 0) | 1 << op_index
+                    buffers[id(b)] = b
+        blocks: list[list[int]] = []  # [offset, capacity, accessors of the occupant]
+        for key in sorted(buffers, key=lambda k: (accessors[k] & -accessors[k])):
+            size = _align(buffers[key].nbytes, ALIGN)
+            ops = [i for i in range(accessors[key].bit_length()) if accessors[key] >> i & 1]
+            before_all = ~0
+            for i in ops:
+                before_all &= ancestors[i]
+            block = next((b for b in blocks if b[1] >= size
+                          and b[2] & before_all == b[2]), None)
+            if block is None:
+                block = [self.workspace_bytes, size, 0]
+                self.workspace_bytes += size
+                blocks.append(block)
+            block[2] = accessors[key]
+            self.workspace_offsets[key] = block[0]
 
     def _emit(self, op_deps) -> CompiledProgram:
         graph = self.graph
@@ -178,8 +207,9 @@ class ProgramBuilder:
         return CompiledProgram(built.program, graph, ordered, op_tasks)
 
 
-def _op_dependencies(ops: list[Op]) -> list[list[int]]:
-    """For each op, the earlier ops it must wait for, without those implied transitively."""
+def _op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
+    """For each op, the earlier ops it must wait for, without those implied transitively;
+    and as bitsets, all the ops that happen before it."""
     history: dict[int, list[tuple[int, Tensor, bool]]] = collections.defaultdict(list)
     ancestors: list[int] = []  # bitsets
     deps_of = []
@@ -201,7 +231,7 @@ def _op_dependencies(ops: list[Op]) -> list[list[int]]:
         deps_of.append(deps)
         for t, is_write in accesses:
             history[id(t.buffer)].append((i, t, is_write))
-    return deps_of
+    return deps_of, ancestors
 
 
 # Tilers: one per op kind -------------------------------------------------------------

@@ -92,7 +92,8 @@ def test_a_graph_without_op_dependencies_is_caught(monkeypatch):
     def fn(x, w):
         return jnp.tanh(x @ w).sum(-1)
 
-    monkeypatch.setattr(tiling, "_op_dependencies", lambda ops: [[] for _ in ops])
+    monkeypatch.setattr(tiling, "_op_dependencies",
+                        lambda ops: ([[] for _ in ops], [0 for _ in ops]))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8)), jnp.float32)
     with pytest.raises(RaceError):
         jax_mpk.jit(fn, backend="reference", device=SMALL_DEVICE)(x, x.T)
@@ -113,3 +114,19 @@ def test_megakernel_backend_names_task_kinds_it_lacks(monkeypatch):
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 5)), jnp.float32)
     with pytest.raises(NotImplementedError, match="ELEMENTWISE"):
         jax_mpk.jit(lambda x: jnp.exp(x), backend="megakernel")(x)
+
+
+def test_intermediates_share_workspace_bytes_once_dead():
+    def fn(x, w):
+        for _ in range(8):
+            x = jnp.tanh(x @ w) * 2.0
+        return x
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((4, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((64, 64)) * 0.1, jnp.float32)
+    compiled = jax_mpk.jit(fn, backend="reference", device=tiling.DeviceSpec(sm_count=5))
+    assert_close(compiled(x, w), jax.jit(fn)(x, w), np.float32)
+    program = compiled.lower(x, w).program
+    one = 4 * 64 * 4  # bytes of one intermediate; 15 of them live one after another
+    assert program.workspace_bytes - program.control_bytes <= 2 * one
