@@ -162,6 +162,8 @@ struct ElementwiseTask {
         if (is_float) return f_bits(float_binary(op, bits_f(a), bits_f(b)));
         return wrap_int(uint32_t(int_binary(op, as_int64(a, dt), as_int64(b, dt), dt == kBool)), dt);
       default:  // unary
+        if (is_float && op == kOpRound)  // imm 0: halves away from zero; 1: halves to even
+          return f_bits(imm ? rintf(bits_f(a)) : float_unary(op, bits_f(a)));
         if (is_float) return f_bits(float_unary(op, bits_f(a)));
         if (op == kOpNeg) return wrap_int(uint32_t(-as_int64(a, dt)), dt);
         if (op == kOpAbs) { const int64_t x = as_int64(a, dt); return wrap_int(uint32_t(x < 0 ? -x : x), dt); }

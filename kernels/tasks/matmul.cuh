@@ -1,9 +1,10 @@
 // MATMUL: out[b, m, n] = sum_k x[b, m, k] w[b, k, n] (+ residual[b, m, n]) (+ bias[n]) over
 // the task's (b, n, k) ranges and every m, accumulated in float32.
 // operands: out, descriptor, x, w[, residual][, bias][, extent]; dims: b_first, b_count,
-// n_first, n_count, k_first, k_count; descriptor: see jax_mpk/task_kinds.py. A descriptor of
-// 18 words names an extent axis (1 M, 2 N, 3 K) bounded by the int32 last operand: rows or
-// columns past it get a zero sum (and the epilogue) without reading x or w, k stops there.
+// n_first, n_count, k_first, k_count; descriptor: see jax_mpk/task_kinds.py (batch index b
+// is (b / B1, b % B1) for the x and w strides). Its extent axis (1 M, 2 N, 3 K) is bounded by
+// the int32 last operand: rows or columns past it get a zero sum (and the epilogue) without
+// reading x or w there; k stops there.
 //
 // Weights contiguous along n: each thread owns V adjacent columns (one 16-byte load per k)
 // and a slice of k; the slices are summed through shared memory. Weights contiguous along
@@ -18,7 +19,7 @@ namespace mpk {
 struct MatmulTask {
   static constexpr TaskKind kKind = kTaskMatmul;
   static constexpr const char* kName = "matmul";
-  static constexpr int kDescWords = 17;
+  static constexpr int kDescWords = 21;
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
   static constexpr int kUnroll = 4;  // weight loads in flight per thread
@@ -26,9 +27,9 @@ struct MatmulTask {
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
 
   struct Problem {
-    int M, x_dtype, w_dtype, out_dtype, flags;
+    int B1, M, x_dtype, w_dtype, out_dtype, flags;
     int live_rows, live_end;  // rows m < live_rows and columns n < live_end are summed
-    int64_t xs[3], ws[3], os[3];
+    int64_t xs[4], ws[4], os[3];  // x, w: b0, b1, m or k, k or n
     const char* x;
     const char* w;
     char* out;
@@ -40,7 +41,7 @@ struct MatmulTask {
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 4 || d.num_operands > 7)
       return "matmul takes operands out, descriptor, x, w[, residual][, bias][, extent]";
-    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 17 int32";
+    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 21 int32";
     for (int i = 0; i < 6; ++i)
       if (d.dims[i] < 0) return "matmul dims (b, n, k first and count) must be >= 0";
     return nullptr;
@@ -48,7 +49,7 @@ struct MatmulTask {
 
   // The output element (b, m, n), its residual and bias added, stored in out's dtype.
   __device__ static void store(const Problem& p, int b, int m, int n, float acc) {
-    const int64_t at = b * p.os[0] + m * p.os[1] + n * p.os[2];
+    const int64_t at = b * p.os[0] + int64_t(m) * p.os[1] + int64_t(n) * p.os[2];
     if (p.residual) acc += load_f32(p.residual, p.out_dtype, at);
     if (p.bias) acc += load_f32(p.bias, p.out_dtype, n);
     store_f32(p.out, p.out_dtype, at, acc);
@@ -94,7 +95,7 @@ struct MatmulTask {
     const int g = ctx.thread % round_groups, s = ctx.thread / round_groups;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int kend = p.k0 + p.kn;
-    const int64_t x_b = b * p.xs[0], w_b = b * p.ws[0];
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     for (int round = 0; round < groups; round += round_groups) {
       const int n = p.n0 + (round + g) * V;  // first column of this thread
       const bool active = s < slices && round + g < groups && n < p.live_end;
@@ -108,12 +109,12 @@ struct MatmulTask {
             typename Weights::Raw w[kUnroll];
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u)
-              w[u] = Weights::load(p.w, p.w_dtype, w_b + int64_t(k + u * slices) * p.ws[1] + n * p.ws[2]);
+              w[u] = Weights::load(p.w, p.w_dtype, w_b + int64_t(k + u * slices) * p.ws[2] + n * p.ws[3]);
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) accumulate<rows, Weights>(p, acc, w[u], live, x_b, m0, k + u * slices);
           }
           for (; k < kend; k += slices)
-            accumulate<rows, Weights>(p, acc, Weights::load(p.w, p.w_dtype, w_b + int64_t(k) * p.ws[1] + n * p.ws[2]),
+            accumulate<rows, Weights>(p, acc, Weights::load(p.w, p.w_dtype, w_b + int64_t(k) * p.ws[2] + n * p.ws[3]),
                                 live, x_b, m0, k);
         }
         // Sum the slices of each row: within warps by shuffles where they share one, then
@@ -154,7 +155,7 @@ struct MatmulTask {
 #pragma unroll
     for (int r = 0; r < rows; ++r) {
       if (m0 + r < p.live_rows) {
-        const float xv = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[1] + int64_t(k) * p.xs[2]);
+        const float xv = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k) * p.xs[3]);
 #pragma unroll
         for (int v = 0; v < Weights::kWidth; ++v)
           if (v < live) acc[r][v] = fmaf(xv, Weights::get(w, v), acc[r][v]);
@@ -166,18 +167,18 @@ struct MatmulTask {
   __device__ static void by_warps(const TaskContext& ctx, const Problem& p, int b) {
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int kend = p.k0 + p.kn;
-    const int64_t x_b = b * p.xs[0], w_b = b * p.ws[0];
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     for (int c = warp; c < p.nn; c += kWarps) {
       const int n = p.n0 + c;
       for (int m0 = 0; m0 < p.M; m0 += kRows) {
         float acc[kRows] = {};
 #pragma unroll kUnroll
         for (int k = p.k0 + lane; k < kend && n < p.live_end; k += 32) {
-          const float wv = load_f32(p.w, p.w_dtype, w_b + k * p.ws[1] + n * p.ws[2]);
+          const float wv = load_f32(p.w, p.w_dtype, w_b + k * p.ws[2] + n * p.ws[3]);
 #pragma unroll
           for (int r = 0; r < kRows; ++r)
             if (m0 + r < p.live_rows)
-              acc[r] = fmaf(load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[1] + k * p.xs[2]), wv, acc[r]);
+              acc[r] = fmaf(load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + k * p.xs[3]), wv, acc[r]);
         }
 #pragma unroll
         for (int r = 0; r < kRows; ++r) {
@@ -192,23 +193,24 @@ struct MatmulTask {
   template <typename T>
   __device__ static bool vectorizable(const Problem& p, int b) {
     constexpr int V = 16 / sizeof(T);
-    const uintptr_t first = reinterpret_cast<uintptr_t>(p.w) + (b * p.ws[0] + p.n0) * sizeof(T);
-    return p.ws[2] == 1 && p.nn % V == 0 && first % 16 == 0 && (p.ws[1] * sizeof(T)) % 16 == 0;
+    const uintptr_t first = reinterpret_cast<uintptr_t>(p.w) + (b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + p.n0) * sizeof(T);
+    return p.ws[3] == 1 && p.nn % V == 0 && first % 16 == 0 && (p.ws[2] * sizeof(T)) % 16 == 0;
   }
 
   __device__ static void run(const TaskContext& ctx) {
     const int32_t* desc = ctx.operand<const int32_t>(1);
     Problem p;
-    p.M = desc[1];
-    p.x_dtype = desc[4];
-    p.w_dtype = desc[5];
-    p.out_dtype = desc[6];
-    p.flags = desc[7];
-    for (int i = 0; i < 3; ++i) {
-      p.xs[i] = desc[8 + i];
-      p.ws[i] = desc[11 + i];
-      p.os[i] = desc[14 + i];
+    p.B1 = max(desc[1], 1);
+    p.M = desc[2];
+    p.x_dtype = desc[5];
+    p.w_dtype = desc[6];
+    p.out_dtype = desc[7];
+    p.flags = desc[8];
+    for (int i = 0; i < 4; ++i) {
+      p.xs[i] = desc[9 + i];
+      p.ws[i] = desc[13 + i];
     }
+    for (int i = 0; i < 3; ++i) p.os[i] = desc[17 + i];
     p.out = ctx.operand<char>(0);
     p.x = ctx.operand<const char>(2);
     p.w = ctx.operand<const char>(3);
@@ -221,9 +223,9 @@ struct MatmulTask {
     p.kn = ctx.desc.dims[5];
     p.live_rows = p.M;
     p.live_end = p.n0 + p.nn;
-    const int extent_axis = ctx.operand_bytes(1) >= 4 * (kDescWords + 1) ? desc[kDescWords] : 0;
+    const int extent_axis = desc[20];
     if (extent_axis) {
-      const int bound = extent_axis == 1 ? p.M : extent_axis == 2 ? desc[2] : desc[3];
+      const int bound = extent_axis == 1 ? p.M : extent_axis == 2 ? desc[3] : desc[4];
       const int limit = min(max(*ctx.operand<const int32_t>(ctx.desc.num_operands - 1), 0), bound);
       if (extent_axis == 1) p.live_rows = limit;
       if (extent_axis == 2) p.live_end = min(p.live_end, limit);
@@ -238,7 +240,7 @@ struct MatmulTask {
         by_columns<VectorWeights<__half>>(ctx, p, b, partials);
       else if (p.w_dtype == kF32 && vectorizable<float>(p, b))
         by_columns<VectorWeights<float>>(ctx, p, b, partials);
-      else if (p.ws[1] == 1 && p.ws[2] != 1)
+      else if (p.ws[2] == 1 && p.ws[3] != 1)
         by_warps(ctx, p, b);
       else
         by_columns<ScalarWeights>(ctx, p, b, partials);
