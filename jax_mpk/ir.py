@@ -74,13 +74,6 @@ class Tensor:
         return Tensor(tuple(shape), self.dtype, self.buffer, self.offset + offset,
                       tuple(strides))
 
-    def reshape(self, shape) -> Tensor | None:
-        """The same elements under a new shape, or None where that needs a copy."""
-        shape = tuple(int(d) for d in shape)
-        if self.is_contiguous:
-            return self.view(shape, contiguous_strides(shape))
-        return None
-
     def __repr__(self) -> str:
         return f"Tensor({self.buffer.name}{list(self.shape)}:{self.dtype.name})"
 

@@ -14,8 +14,9 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
               imm at the element's index (strides in elements, 0 for broadcast dims); CONST's
               imm is the value's bits as int32 (float32 bits for float dtypes); IOTA yields
               the element's index along dim imm; INTEGER_POW raises a to the power imm;
-              ROUND rounds halves away from zero (imm 0) or to even (imm 1).
-              The last register, cast to out_dtype, is stored.
+              ROUND rounds halves away from zero (imm 0) or to even (imm 1). Float registers
+              hold float32 whatever their dtype; only CONVERT and the store round narrower.
+              The last register, cast to out_dtype, is stored at out_strides.
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
@@ -36,11 +37,11 @@ GATHER_ROWS   operands: out, table, ids      table [rows, width], ids int32 [n],
               dims: [n, width, rows, dtype, mode, first, count]  (first, count: ids)
               mode bit 0: out-of-range ids fill the row with NaN (floats) or 0, else clamp;
               bit 1: a negative id first gets rows added (numpy indexing).
-DYNAMIC_SLICE operands: out, src, start_0..start_3 (int32 scalars)
+DYNAMIC_SLICE operands: out, src, one int32 scalar start per dim (rank <= 4)
               dims: [rank, src_shape[4], out_shape[4], wrap_mask, itemsize]
               out = src[start_d : start_d + out_shape_d], starts clamped into range; bit d of
               wrap_mask first adds src_shape_d to a negative start_d (numpy indexing).
-DYNAMIC_UPDATE_SLICE  operands: dst, update, start_0..start_3
+DYNAMIC_UPDATE_SLICE  operands: dst, update, one int32 scalar start per dim
               dims: [rank, dst_shape[4], update_shape[4], wrap_mask, itemsize]
               dst[start : start + update_shape] = update in place, starts as above.
 """
@@ -56,7 +57,7 @@ import numpy as np
 
 from jax_mpk.program import TaskKind
 
-__all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype",
+__all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype", "is_float",
            "MAX_ELEMENTWISE_RANK", "MAX_SLICE_RANK", "ElementwiseProgram", "Instr"]
 
 MAX_ELEMENTWISE_RANK = 6
