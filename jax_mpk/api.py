@@ -19,14 +19,30 @@ BACKENDS = ("auto", "megakernel", "reference")
 
 
 def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
-        device: DeviceSpec | None = None):
-    """Like jax.jit(fn); backend "reference" runs the program with the numpy executor."""
+        device: DeviceSpec | None = None, schedule: str = "static"):
+    """Like jax.jit(fn); backend "reference" runs the program with the numpy executor.
+
+    schedule: "static" (compiled per-worker task lists) or "dynamic" (scheduler
+    warps dispatch tasks as their events fire); see README.md, The runtime.
+    """
     if fn is None:
         return functools.partial(jit, static_argnums=static_argnums,
-                                 donate_argnums=donate_argnums, backend=backend, device=device)
+                                 donate_argnums=donate_argnums, backend=backend, device=device,
+                                 schedule=schedule)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if device is None:
+        device = _default_device(backend, schedule)
     return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend, device)
+
+
+def _default_device(backend: str, schedule: str) -> DeviceSpec:
+    """The CUDA device the megakernel runs on, else an H100."""
+    if backend != "reference" and _has_cuda():
+        from jax_mpk import runtime
+
+        return DeviceSpec.of_cuda_device(runtime.device_info(), schedule=schedule)
+    return DeviceSpec(schedule=schedule)
 
 
 def _tuple(x) -> tuple[int, ...]:
@@ -121,14 +137,7 @@ class Function:
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names)
 
     def _device_spec(self) -> DeviceSpec:
-        """The given device, else the CUDA device the megakernel runs on, else an H100."""
-        if self.device is not None:
-            return self.device
-        if self.backend != "reference" and _has_cuda():
-            from jax_mpk import runtime
-
-            return DeviceSpec.of_cuda_device(runtime.device_info())
-        return DeviceSpec()
+        return self.device
 
     def lower(self, *args) -> Lowered:
         compiled, _ = self._compile(args)

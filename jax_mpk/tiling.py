@@ -35,16 +35,21 @@ class DeviceSpec:
     min_tile_elements: int = 2048  # elementwise and reduce tiles never get smaller
     matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this
     min_split_k: int = 512  # split K only into chunks at least this long
+    # The runtime schedule (taskgraph.RuntimeConfig): "static" compiled
+    # per-worker lists, the fastest; "dynamic" scheduler warps, the MPK seed.
+    schedule: str = "static"
+    profile_capacity: int = 0  # timeline entries per worker (jax_mpk.profile)
 
     @classmethod
-    def of_cuda_device(cls, info: dict) -> DeviceSpec:
+    def of_cuda_device(cls, info: dict, **overrides) -> DeviceSpec:
         """From jax_mpk.runtime.device_info()."""
         return cls(sm_count=int(info["sm_count"]),
-                   smem_bytes=int(info["shared_memory_per_block"]))
+                   smem_bytes=int(info["shared_memory_per_block"]), **overrides)
 
     @property
     def runtime_config(self) -> RuntimeConfig:
-        return RuntimeConfig.for_sm_count(self.sm_count)
+        return RuntimeConfig.for_sm_count(self.sm_count, schedule=self.schedule,
+                                          profile_capacity=self.profile_capacity)
 
     @property
     def workers(self) -> int:
