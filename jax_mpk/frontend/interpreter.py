@@ -87,11 +87,15 @@ def _inline(b: GraphBuilder, eqn, inputs):
 
 def _unroll_scan(b: GraphBuilder, eqn, inputs):
     params = eqn.params
-    body = params["jaxpr"]
-    length, num_consts, num_carry = params["length"], params["num_consts"], params["num_carry"]
-    consts = inputs[:num_consts]
-    carry = inputs[num_consts:num_consts + num_carry]
-    xs = inputs[num_consts + num_carry:]
+    body, length = params["jaxpr"], params["length"]
+    if "ft_in" in params:  # jax >= 0.11: a flat tree packs (consts, carry, xs)
+        consts, carry, xs = (list(part) for part in params["ft_in"].update(inputs).unpack())
+        num_carry = len(carry)
+    else:
+        num_consts, num_carry = params["num_consts"], params["num_carry"]
+        consts = inputs[:num_consts]
+        carry = inputs[num_consts:num_consts + num_carry]
+        xs = inputs[num_consts + num_carry:]
     ys_per_step = []
     steps = range(length - 1, -1, -1) if params["reverse"] else range(length)
     for i in steps:
