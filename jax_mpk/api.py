@@ -78,6 +78,15 @@ class Lowered:
     def as_text(self) -> str:
         return report(self.compiled, self.name)
 
+    def timeline(self, *args):
+        """Runs the program once on the GPU and returns its task timeline
+        (jax_mpk.profile.read); compile with DeviceSpec(profile_capacity=N)."""
+        from jax_mpk import profile
+
+        flat = jax.tree.leaves(args)
+        workspace = _megakernel_call(self.compiled, flat, return_workspace=True)[-1]
+        return profile.read(self.program, np.asarray(workspace))
+
 
 class Function:
     def __init__(self, fn, static_argnums, donate_argnums, backend, device):
@@ -168,7 +177,7 @@ def _has_cuda() -> bool:
         return False
 
 
-def _megakernel_call(compiled: Compiled, flat_args):
+def _megakernel_call(compiled: Compiled, flat_args, return_workspace: bool = False):
     from jax_mpk import runtime  # the compiled extension loads only here
 
     missing = sorted({k.name for k in compiled.task_kinds} - runtime.implemented_task_kinds())
@@ -180,4 +189,5 @@ def _megakernel_call(compiled: Compiled, flat_args):
         compiled.registered = runtime.RegisteredProgram(compiled.program.program)
     out_shapes = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in compiled.results]
     aliases = {arg: result for result, arg in compiled.aliases.items()}
-    return runtime.call(compiled.registered, flat_args, out_shapes, aliases)
+    return runtime.call(compiled.registered, flat_args, out_shapes, aliases,
+                        return_workspace=return_workspace)

@@ -41,6 +41,9 @@ fi
 step benchmarks
 $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LOGS/5_bench_runtime.log" | tail -8
 $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
-rm -f "$OUT/timeline_dynamic.json"  # the device tool returns at most 8 files
+rm -f "$OUT"/timeline_dynamic.json "$OUT"/timeline_static.json  # the device tool returns 8 files
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
+step "decode step, Llama-3.2-1B shape"
+timeout 300 $PY benchmarks/bench_decode.py --json "$OUT/bench_decode.json" --timeline "$OUT" 2>&1 \
+  | tee "$LOGS/8_bench_decode.log" | tail -8
 exit $status
