@@ -115,7 +115,14 @@ def _unroll_scan(b: GraphBuilder, eqn, inputs):
 
 def source_line(eqn) -> str:
     """file:line (function) of the user's code that made eqn, or "" where jax's own is."""
-    frame = source_info_util.user_frame(eqn.source_info.traceback)
-    if frame is None:
+    frames = list(source_info_util.user_frames(eqn.source_info.traceback))
+    if not frames:
         return ""
+    # jax hides its own frames; those of installed libraries (flax) it hides only
+    # when they share the interpreter's prefix, which a virtualenv does not.
+    frame = next((f for f in frames if not _installed(f.file_name)), frames[0])
     return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+
+
+def _installed(file_name: str) -> bool:
+    return "site-packages" in file_name or "dist-packages" in file_name
