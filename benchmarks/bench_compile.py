@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 import jax_mpk
-from tests.models.config import DecoderConfig
-from tests.models.linen import Decoder
+from examples.models.config import DecoderConfig
+from examples.models.linen import Decoder
 
 LLAMA_1B = DecoderConfig(family="llama", vocab=128256, dim=2048, layers=16, heads=32,
                          kv_heads=8, head_dim=64, mlp_dim=8192, max_len=2048, norm="rms",

@@ -21,10 +21,10 @@ from bench_compile import LLAMA_1B  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 import jax_mpk  # noqa: E402
+from examples.models.linen import Decoder  # noqa: E402
 from jax_mpk import profile, runtime  # noqa: E402
 from jax_mpk.tiling import DeviceSpec  # noqa: E402
 from tests.harness import relative_error  # noqa: E402
-from tests.models.linen import Decoder  # noqa: E402
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from examples.models import linen
+from examples.models import nnx as nnx_models
+from examples.models.config import DecoderConfig
 from jax_mpk.tiling import DeviceSpec
-from tests.models import linen
-from tests.models import nnx as nnx_models
-from tests.models.config import DecoderConfig
 
 # Relative L2 error allowed against jax.jit, by the dtype the model computes in. Half
 # precision is about two units in the last place (f16 eps 9.8e-4, bf16 eps 7.8e-3): XLA

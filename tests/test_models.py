@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import jax_mpk
+from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
 from tests.harness import SMALL_DEVICE, assert_close, decode_step
-from tests.models.config import FAMILIES
 
 STEPS = {"decode_b1": (1, 1), "decode_b4": (4, 1), "prefill": (2, 5)}
 

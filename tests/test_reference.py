@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import jax_mpk
+from examples.models.config import FAMILIES
 from jax_mpk import tiling
 from jax_mpk.program import TaskKind
 from jax_mpk.reference import RaceError, execute
 from jax_mpk.taskgraph import Operand, RuntimeConfig, TaskGraph
 from tests.harness import SMALL_DEVICE, assert_close, decode_step
-from tests.models.config import FAMILIES
 
 CONFIG = RuntimeConfig(num_workers=4, num_schedulers=1)
 DATA = np.arange(64, dtype=np.uint8) * 3

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 
 import jax_mpk
+from examples.models.config import FAMILIES
 from tests.harness import SMALL_DEVICE, decode_step
-from tests.models.config import FAMILIES
 
 
 def lowered_llama():
@@ -39,7 +39,7 @@ def test_report_lists_recognized_layers_and_ops_with_source_lines():
     assert {"rms_norm", "rope", "attention", "attention_softmax"} <= set(patterns)
     op_lines = [line for line in text.splitlines() if re.match(r"^ +\d+ [a-z_]+", line)]
     assert len(op_lines) == len(lowered.compiled.program.graph.ops)
-    assert all("tests/models/" in line for line in op_lines)
+    assert all("examples/models/" in line for line in op_lines)
 
 
 def test_donated_caches_are_reported_as_aliased():

@@ -15,9 +15,9 @@ import pytest
 from jax import lax
 
 import jax_mpk
+from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
 from tests.harness import SMALL_DEVICE, assert_close, decode_step
-from tests.models.config import FAMILIES
 from tests.test_models import STEPS
 
 BACKEND = os.environ.get("JAX_MPK_TEST_BACKEND", "megakernel")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tests.models.config import DecoderConfig
+from .config import DecoderConfig
 
 
 def rope_tables(cfg: DecoderConfig) -> tuple[np.ndarray, np.ndarray]:

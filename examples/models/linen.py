@@ -5,8 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tests.models.config import DecoderConfig
-from tests.models.layers import activation, apply_rope, cached_attention
+from .config import DecoderConfig
+from .layers import activation, apply_rope, cached_attention
 
 
 class RMSNorm(nn.Module):

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tests.models.config import DecoderConfig
-from tests.models.layers import activation, apply_rope, cached_attention
+from .config import DecoderConfig
+from .layers import activation, apply_rope, cached_attention
 
 
 class RMSNorm(nnx.Module):
