@@ -46,6 +46,9 @@ $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LO
 $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
 rm -f "$OUT"/timeline_dynamic.json "$OUT"/timeline_static.json  # the device tool returns 8 files
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
+step "greedy decode loop, Llama-3.2-1B size"
+timeout 300 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
+  | tee "$LOGS/9_decode_loop.log" | tail -3
 step "decode step, Llama-3.2-1B shape"
 timeout 300 $PY benchmarks/bench_decode.py --json "$OUT/bench_decode.json" --timeline "$OUT" 2>&1 \
   | tee "$LOGS/8_bench_decode.log" | tail -8
