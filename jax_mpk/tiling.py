@@ -33,7 +33,8 @@ class DeviceSpec:
     sm_count: int = 132
     smem_bytes: int = 227 * 1024
     min_tile_elements: int = 2048  # elementwise and reduce tiles never get smaller
-    matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this
+    matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this ...
+    matmul_row_bytes: int = 128  # ... and cover this many bytes of a weight row along n
     min_split_k: int = 512  # split K only into chunks at least this long
     # The runtime schedule (taskgraph.RuntimeConfig): "static" compiled
     # per-worker lists, the fastest; "dynamic" scheduler warps, the MPK seed.
@@ -311,24 +312,27 @@ def _reduce_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     x, w = op.inputs[:2]
     (out,) = op.outputs
-    a = op.attrs
-    B, M, N, K = a["B"], a["M"], a["N"], a["K"]
+    a = dict(op.attrs)
     has_residual = "residual" in a
     has_bias = "bias" in a
+    out_strides = (a["M"] * a["N"], a["N"], 1)
+    if _stream_x(a, has_bias):
+        x, w, a, out_strides = _transposed(x, w, a, out_strides)
+    B, M, N, K = a["B"], a["M"], a["N"], a["K"]
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
-    n_tiles = _tiles(N, max(1, pb.workers // B), pb.device.matmul_tile_n)
+    # Weights contiguous along n are read a row of the tile at a time: whole 128-byte lines.
+    multiple = pb.device.matmul_tile_n
+    if a["w_strides"][3] == 1:
+        multiple = max(multiple, pb.device.matmul_row_bytes // w.dtype.itemsize)
+    n_tiles = _tiles(N, max(1, pb.workers // B), multiple)
     b_tiles = [(b, 1) for b in range(B)]
     tiles = len(n_tiles) * len(b_tiles)
     splits = 1
     if tiles * 2 <= pb.workers:  # too few output tiles to busy the device: split K
         splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k))
-    # A task stages its rows of x, [M, k_count], in half of the shared memory.
-    staged = M * K * x.dtype.itemsize
-    splits = max(splits, -(-staged // (pb.device.smem_bytes // 2)))
     k_tiles = _tiles(K, splits)
-    out_strides = (M * N, N, 1)
 
     def desc(out_dtype, flags):
         return pb.descriptor(np.array(
@@ -380,6 +384,21 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 
 
 EXTENT_AXES = {None: 0, "M": 1, "N": 2, "K": 3}
+
+
+def _stream_x(a: dict, has_bias: bool) -> bool:
+    """Whether x is the operand to stream (many rows against few columns, as the scores
+    of attention over a cache are): the kernels stream w, so then the tiles swap roles."""
+    return not has_bias and a["M"] >= 64 and a["M"] >= 4 * a["N"]
+
+
+def _transposed(x: Tensor, w: Tensor, a: dict, out_strides):
+    """out^T = w^T x^T: w becomes x and x becomes w; the output is written transposed."""
+    xs, ws = a["x_strides"], a["w_strides"]
+    swapped = dict(a, M=a["N"], N=a["M"], x_strides=(ws[0], ws[1], ws[3], ws[2]),
+                   w_strides=(xs[0], xs[1], xs[3], xs[2]),
+                   extent_axis={"M": "N", "N": "M"}.get(a.get("extent_axis"), a.get("extent_axis")))
+    return w, x, swapped, (out_strides[0], out_strides[2], out_strides[1])
 
 
 def _gather_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:

@@ -46,6 +46,8 @@ $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LO
 $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
 rm -f "$OUT"/timeline_dynamic.json "$OUT"/timeline_static.json  # the device tool returns 8 files
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
+step "task kinds inside the megakernel"
+timeout 300 $PY benchmarks/bench_kinds.py --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
 step "greedy decode loop, Llama-3.2-1B size"
 timeout 300 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
   | tee "$LOGS/9_decode_loop.log" | tail -3

@@ -231,11 +231,23 @@ def test_matmul_tiles_follow_the_device():
     x, w = normal(4, 512), normal(512, 64, scale=0.05)
     lowered = {}
     for name, device in {"many_sms": DeviceSpec(sm_count=64, min_split_k=64),
-                         "few_sms": DeviceSpec(sm_count=5, min_split_k=64),
-                         "small_smem": DeviceSpec(sm_count=5, smem_bytes=2048)}.items():
+                         "few_sms": DeviceSpec(sm_count=5, min_split_k=64)}.items():
         compiled = jax_mpk.jit(fn, backend="reference", device=device)
         assert_close(compiled(x, w), x @ w, np.float32)
         lowered[name] = compiled.lower(x, w).compiled.task_kinds[TaskKind.MATMUL]
-    # Four tiles of 16 columns each. 63 workers: split K in eight chunks of 64 to fill them;
-    # 4 workers: no split; x rows of 4 x 512 floats staged in 1 KiB of shared memory: eight.
-    assert (lowered["many_sms"], lowered["few_sms"], lowered["small_smem"]) == (32, 4, 32)
+    # Two tiles of 32 float32 columns (128-byte weight rows). 63 workers: K split in eight
+    # chunks of 64 to fill them; 4 workers: in two.
+    assert (lowered["many_sms"], lowered["few_sms"]) == (16, 4)
+
+
+def test_matmul_streams_the_bigger_operand():
+    """Many rows of x against a few columns of w (attention scores over a cache): the
+    tiles swap the operands and write the output transposed."""
+    def fn(x, w, residual):
+        return x @ w + residual
+
+    x, w, residual = normal(256, 96), normal(96, 3, scale=0.1), normal(256, 3)
+    device = DeviceSpec(sm_count=16)
+    compiled = jax_mpk.jit(fn, backend="reference", device=device)
+    assert_close(compiled(x, w, residual), x @ w + residual, np.float32)
+    assert compiled.lower(x, w, residual).compiled.task_kinds[TaskKind.MATMUL] >= 8

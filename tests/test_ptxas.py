@@ -19,10 +19,11 @@ def test_megakernel_compiles_for_sm90a_without_spills(tmp_path):
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     kernel = report[report.index("_ZN3mpk10megakernel"):]
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", kernel)
+    # The kernel and the functions it calls (the task dispatcher is not inlined).
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     registers = re.search(r"Used (\d+) registers", kernel)
     assert spills and registers, report
-    assert spills.groups() == ("0", "0"), spills.group(0)
+    assert all(s == ("0", "0") for s in spills), report
     # __launch_bounds__(256, 1) allows 255 registers a thread.
     assert int(registers.group(1)) <= 255
-    print(registers.group(0), "|", spills.group(0))
+    print(registers.group(0), "| spills:", spills)

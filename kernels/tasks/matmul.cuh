@@ -6,9 +6,11 @@
 // the int32 last operand: rows or columns past it get a zero sum (and the epilogue) without
 // reading x or w there; k stops there.
 //
+// The task stages its rows of x as float32 in shared memory, a chunk of k at a time.
 // Weights contiguous along n: each thread owns V adjacent columns (one 16-byte load per k)
 // and a slice of k; the slices are summed through shared memory. Weights contiguous along
-// k: a warp per column, lanes along k, summed by shuffles. Anything else: one column per thread.
+// k: a group of lanes per column, 16 bytes of k per lane and load, summed by shuffles.
+// Otherwise one column per thread, scalar loads.
 #pragma once
 
 #include "../runtime/task_context.cuh"
@@ -21,10 +23,11 @@ struct MatmulTask {
   static constexpr const char* kName = "matmul";
   static constexpr int kDescWords = 21;
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
-  static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
-  static constexpr int kUnroll = 4;  // weight loads in flight per thread
+  static constexpr int kAccumulators = 64;  // ... unless that makes more accumulators than this
+  static constexpr int kUnroll = 8;  // weight loads in flight per thread
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
+  static constexpr int kStagedX = 4096;   // floats of x staged at a time
 
   struct Problem {
     int B1, M, x_dtype, w_dtype, out_dtype, flags;
@@ -55,13 +58,13 @@ struct MatmulTask {
     store_f32(p.out, p.out_dtype, at, acc);
   }
 
-  // 16 bytes of consecutive weights along n, kept raw until used.
+  // 16 bytes of consecutive weights, kept raw until used.
   template <typename T>
   struct VectorWeights {
     static constexpr int kWidth = 16 / sizeof(T);
     using Raw = uint4;
     __device__ static Raw load(const char* w, int32_t, int64_t at) {
-      return *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(w) + at);
+      return __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(w) + at));
     }
     __device__ static float get(const Raw& raw, int v) { return to_float(reinterpret_cast<const T*>(&raw)[v]); }
   };
@@ -77,9 +80,28 @@ struct MatmulTask {
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static float to_float(__half v) { return __half2float(v); }
 
+  // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc), as float32: staged[r * kc + (k - k0)].
+  // Rows past live_rows read as 0. Every thread calls it.
+  __device__ static void stage_x(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
+                                 int kc, float* staged) {
+    __syncthreads();  // the previous chunk is consumed
+    for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
+      const int r = i / kc, k = k0 + i % kc;
+      staged[i] = m0 + r < p.live_rows ? load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k) * p.xs[3])
+                                       : 0.0f;
+    }
+    __syncthreads();
+  }
+
+  // k values per staged chunk: all of them when they fit.
+  __device__ static int chunk_of(const Problem& p, int rows, int multiple) {
+    const int fit = max(multiple, kStagedX / rows / multiple * multiple);
+    return min(p.kn, fit);
+  }
+
   // Thread t owns V columns (group g = t % groups) and the k values k0 + s, k0 + s + slices, ...
   template <typename Weights>
-  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, float* partials) {
+  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, float* partials, float* staged) {
     constexpr int V = Weights::kWidth;
     constexpr int rows = kRows * V <= kAccumulators ? kRows : kAccumulators / V;
     const int groups = p.nn / V;
@@ -94,28 +116,33 @@ struct MatmulTask {
     const int slices = kWorkerThreads / round_groups;
     const int g = ctx.thread % round_groups, s = ctx.thread / round_groups;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
-    const int kend = p.k0 + p.kn;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
-    for (int round = 0; round < groups; round += round_groups) {
-      const int n = p.n0 + (round + g) * V;  // first column of this thread
-      const bool active = s < slices && round + g < groups && n < p.live_end;
-      // Columns past the live extent read as 0 (the loaded bytes may be stale).
-      const int live = min(V, p.live_end - n);
-      for (int m0 = 0; m0 < p.M; m0 += rows) {
+    const int kc_max = chunk_of(p, rows, 1);
+    for (int m0 = 0; m0 < p.M; m0 += rows) {
+      const int live_rows = min(rows, max(0, p.live_rows - m0));
+      for (int round = 0; round < groups; round += round_groups) {
+        const int n = p.n0 + (round + g) * V;  // first column of this thread
+        const bool active = s < slices && round + g < groups && n < p.live_end;
+        // Columns past the live extent read as 0 (the loaded bytes may be stale).
+        const int live = min(V, p.live_end - n);
         float acc[rows][V] = {};
-        if (active) {
-          int k = p.k0 + s;
-          for (; k + (kUnroll - 1) * slices < kend; k += kUnroll * slices) {
-            typename Weights::Raw w[kUnroll];
+        for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
+          const int kc = min(kc_max, p.k0 + p.kn - kc0);
+          stage_x(ctx, p, x_b, m0, live_rows, kc0, kc, staged);
+          if (!active || live_rows == 0) continue;
+          const char* w = p.w;
+          const int64_t w_col = w_b + int64_t(n) * p.ws[3];
+          int k = s;
+          for (; k + (kUnroll - 1) * slices < kc; k += kUnroll * slices) {
+            typename Weights::Raw raw[kUnroll];
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u)
-              w[u] = Weights::load(p.w, p.w_dtype, w_b + int64_t(k + u * slices) * p.ws[2] + n * p.ws[3]);
+            for (int u = 0; u < kUnroll; ++u) raw[u] = Weights::load(w, p.w_dtype, w_col + int64_t(kc0 + k + u * slices) * p.ws[2]);
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) accumulate<rows, Weights>(p, acc, w[u], live, x_b, m0, k + u * slices);
+            for (int u = 0; u < kUnroll; ++u) accumulate<rows, Weights>(acc, raw[u], live, live_rows, staged + k + u * slices, kc);
           }
-          for (; k < kend; k += slices)
-            accumulate<rows, Weights>(p, acc, Weights::load(p.w, p.w_dtype, w_b + int64_t(k) * p.ws[2] + n * p.ws[3]),
-                                live, x_b, m0, k);
+          for (; k < kc; k += slices)
+            accumulate<rows, Weights>(acc, Weights::load(w, p.w_dtype, w_col + int64_t(kc0 + k) * p.ws[2]), live, live_rows,
+                                      staged + k, kc);
         }
         // Sum the slices of each row: within warps by shuffles where they share one, then
         // across (warps or slices) through shared memory.
@@ -148,14 +175,14 @@ struct MatmulTask {
     }
   }
 
-  // acc[r][v] += x[b, m0 + r, k] * w[k, n + v] for the live rows and columns.
+  // acc[r][v] += x[m0 + r, k] * w[k, n + v] for the live rows and columns; x[r] = xk[r * stride].
   template <int rows, typename Weights>
-  __device__ static void accumulate(const Problem& p, float (&acc)[rows][Weights::kWidth],
-                                    const typename Weights::Raw& w, int live, int64_t x_b, int m0, int k) {
+  __device__ static void accumulate(float (&acc)[rows][Weights::kWidth], const typename Weights::Raw& w, int live,
+                                    int live_rows, const float* xk, int stride) {
 #pragma unroll
     for (int r = 0; r < rows; ++r) {
-      if (m0 + r < p.live_rows) {
-        const float xv = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k) * p.xs[3]);
+      if (r < live_rows) {
+        const float xv = xk[r * stride];
 #pragma unroll
         for (int v = 0; v < Weights::kWidth; ++v)
           if (v < live) acc[r][v] = fmaf(xv, Weights::get(w, v), acc[r][v]);
@@ -163,38 +190,92 @@ struct MatmulTask {
     }
   }
 
-  // Weights contiguous along k: warp per column, lanes along k.
-  __device__ static void by_warps(const TaskContext& ctx, const Problem& p, int b) {
+  // Weights contiguous along k: L lanes per column (fewer when k is short), each lane
+  // V consecutive k per load; the lanes' sums meet by shuffles.
+  template <typename Weights>
+  __device__ static void by_k(const TaskContext& ctx, const Problem& p, int b, float* staged) {
+    constexpr int V = Weights::kWidth;
+    constexpr int rows = kRows;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
-    const int kend = p.k0 + p.kn;
+    int L = 32;
+    while (L > 1 && (L / 2) * V >= p.kn) L /= 2;
+    const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
-    for (int c = warp; c < p.nn; c += kWarps) {
-      const int n = p.n0 + c;
-      for (int m0 = 0; m0 < p.M; m0 += kRows) {
-        float acc[kRows] = {};
-#pragma unroll kUnroll
-        for (int k = p.k0 + lane; k < kend && n < p.live_end; k += 32) {
-          const float wv = load_f32(p.w, p.w_dtype, w_b + k * p.ws[2] + n * p.ws[3]);
+    const int kc_max = chunk_of(p, rows, 32 * V);
+    for (int m0 = 0; m0 < p.M; m0 += rows) {
+      const int live_rows = min(rows, max(0, p.live_rows - m0));
+      // Columns in block-uniform steps: every thread meets every barrier, every lane every shuffle.
+      for (int cb = 0; cb < p.nn; cb += kWarps * per_warp) {
+        const int c = cb + warp * per_warp + sub, n = p.n0 + c;
+        const bool active = c < p.nn && n < p.live_end && live_rows > 0;
+        float acc[rows] = {};
+        for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
+          const int kc = min(kc_max, p.k0 + p.kn - kc0);
+          if (kc_max < p.kn || cb == 0) stage_x(ctx, p, x_b, m0, live_rows, kc0, kc, staged);
+          if (!active) continue;
+          const int64_t w_col = w_b + int64_t(n) * p.ws[3] + kc0;
+          const int vectors = kc / V;
+          int i = sl;
+          for (; i + (kUnroll / 2 - 1) * L < vectors; i += kUnroll / 2 * L) {
+            typename Weights::Raw raw[kUnroll / 2];
 #pragma unroll
-          for (int r = 0; r < kRows; ++r)
-            if (m0 + r < p.live_rows)
-              acc[r] = fmaf(load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + k * p.xs[3]), wv, acc[r]);
+            for (int u = 0; u < kUnroll / 2; ++u) raw[u] = Weights::load(p.w, p.w_dtype, w_col + (i + u * L) * V);
+#pragma unroll
+            for (int u = 0; u < kUnroll / 2; ++u) dot<rows, Weights>(acc, raw[u], live_rows, staged + (i + u * L) * V, kc);
+          }
+          for (; i < vectors; i += L) dot<rows, Weights>(acc, Weights::load(p.w, p.w_dtype, w_col + i * V), live_rows, staged + i * V, kc);
+          for (int k = vectors * V + sl; k < kc; k += L) {  // the tail shorter than V
+            const float wv = load_f32(p.w, p.w_dtype, w_col + k);
+#pragma unroll
+            for (int r = 0; r < rows; ++r)
+              if (r < live_rows) acc[r] = fmaf(staged[r * kc + k], wv, acc[r]);
+          }
         }
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
+        for (int r = 0; r < rows; ++r) {
+          if (m0 + r >= p.M) break;
           float sum = acc[r];
-          for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
-          if (lane == 0 && m0 + r < p.M) store(p, b, m0 + r, n, sum);
+          for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+          if (sl == 0 && c < p.nn) store(p, b, m0 + r, n, sum);
         }
       }
     }
   }
 
+  // acc[r] += sum_v x[m0 + r, k + v] * w[k + v]; x[r] = xk[r * stride + v].
+  template <int rows, typename Weights>
+  __device__ static void dot(float (&acc)[rows], const typename Weights::Raw& w, int live_rows, const float* xk,
+                             int stride) {
+#pragma unroll
+    for (int r = 0; r < rows; ++r) {
+      if (r < live_rows) {
+#pragma unroll
+        for (int v = 0; v < Weights::kWidth; ++v) acc[r] = fmaf(xk[r * stride + v], Weights::get(w, v), acc[r]);
+      }
+    }
+  }
+
+  // 16-byte weight loads: along n (axis 3) or along k (axis 2) from every column's start.
   template <typename T>
-  __device__ static bool vectorizable(const Problem& p, int b) {
+  __device__ static bool vectorizable(const Problem& p, int b, int along) {
     constexpr int V = 16 / sizeof(T);
-    const uintptr_t first = reinterpret_cast<uintptr_t>(p.w) + (b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + p.n0) * sizeof(T);
-    return p.ws[3] == 1 && p.nn % V == 0 && first % 16 == 0 && (p.ws[2] * sizeof(T)) % 16 == 0;
+    const int other = along == 3 ? 2 : 3;
+    const int64_t first = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(along == 3 ? p.n0 : p.k0);
+    const int span = along == 3 ? p.nn : 0;  // along k a scalar tail finishes each column
+    return p.ws[along] == 1 && span % V == 0 && (reinterpret_cast<uintptr_t>(p.w) + first * sizeof(T)) % 16 == 0 &&
+           (p.ws[other] * sizeof(T)) % 16 == 0;
+  }
+
+  template <typename T>
+  __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, float* partials, float* staged) {
+    if (vectorizable<T>(p, b, 3))
+      by_columns<VectorWeights<T>>(ctx, p, b, partials, staged);
+    else if (vectorizable<T>(p, b, 2))
+      by_k<VectorWeights<T>>(ctx, p, b, staged);
+    else if (p.ws[2] == 1 && p.ws[3] != 1)
+      by_k<ScalarWeights>(ctx, p, b, staged);
+    else
+      by_columns<ScalarWeights>(ctx, p, b, partials, staged);
   }
 
   __device__ static void run(const TaskContext& ctx) {
@@ -232,18 +313,15 @@ struct MatmulTask {
       if (extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
     }
     __shared__ float partials[kPartials];
+    __shared__ __align__(16) float staged[kStagedX];
     const int b_end = ctx.desc.dims[0] + ctx.desc.dims[1];
     for (int b = ctx.desc.dims[0]; b < b_end; ++b) {
-      if (p.w_dtype == kBF16 && vectorizable<__nv_bfloat16>(p, b))
-        by_columns<VectorWeights<__nv_bfloat16>>(ctx, p, b, partials);
-      else if (p.w_dtype == kF16 && vectorizable<__half>(p, b))
-        by_columns<VectorWeights<__half>>(ctx, p, b, partials);
-      else if (p.w_dtype == kF32 && vectorizable<float>(p, b))
-        by_columns<VectorWeights<float>>(ctx, p, b, partials);
-      else if (p.ws[2] == 1 && p.ws[3] != 1)
-        by_warps(ctx, p, b);
+      if (p.w_dtype == kBF16)
+        dispatch<__nv_bfloat16>(ctx, p, b, partials, staged);
+      else if (p.w_dtype == kF16)
+        dispatch<__half>(ctx, p, b, partials, staged);
       else
-        by_columns<ScalarWeights>(ctx, p, b, partials);
+        dispatch<float>(ctx, p, b, partials, staged);
     }
   }
 };

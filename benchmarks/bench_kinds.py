@@ -1,0 +1,131 @@
+"""Each task kind as tasks inside the megakernel, beside the HBM copy rate of the same run.
+
+A case is a small JAX function compiled by jax_mpk.jit. Its time is the span of its tasks
+in the megakernel's own timeline (first task start to last task end, the median of several
+launches), so host launch latency is not counted; its bytes are what it must read and
+write at least. jax.jit of the same function is timed from the host for reference.
+
+    python benchmarks/bench_kinds.py [--json PATH] [--only SUBSTRING]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from timing import median_seconds  # noqa: E402
+
+import jax_mpk  # noqa: E402
+from examples.models import layers  # noqa: E402
+from bench_compile import LLAMA_1B  # noqa: E402
+from jax_mpk import runtime  # noqa: E402
+from jax_mpk.tiling import DeviceSpec  # noqa: E402
+
+BF16 = jnp.bfloat16
+LAUNCHES = 5
+
+
+def normal(rng, shape, scale=1.0, dtype=BF16):
+    return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
+
+
+def linear_cases(rng):
+    for m in (1, 8):
+        for k, n in ((2048, 2048), (2048, 8192), (8192, 2048), (4096, 14336)):
+            x, w = normal(rng, (m, k)), normal(rng, (k, n), k ** -0.5)
+            yield (f"linear M={m} {k}x{n}", lambda x, w: x @ w, (x, w),
+                   w.nbytes + x.nbytes + m * n * 2)
+        # Tied embeddings: the LM head reads the table contiguous along k.
+        table = normal(rng, (32768, 2048), 0.02)
+        x = normal(rng, (m, 2048))
+        yield (f"lm_head M={m} 2048x32768 (k-contiguous)", lambda x, e: x @ e.T, (x, table),
+               table.nbytes + x.nbytes + m * 32768 * 2)
+
+
+def rms_norm(x, scale):
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + 1e-6)
+    return (y * scale).astype(x.dtype)
+
+
+def elementwise_cases(rng):
+    x, scale = normal(rng, (64, 8192)), normal(rng, (8192,), 0.1, jnp.float32)
+    yield "rmsnorm 64x8192", rms_norm, (x, scale), 2 * x.nbytes + scale.nbytes
+    g, u = normal(rng, (64, 8192)), normal(rng, (64, 8192))
+    yield "silu gating 64x8192", lambda g, u: jax.nn.silu(g) * u, (g, u), 3 * g.nbytes
+    cfg = LLAMA_1B
+    q = normal(rng, (8, 1, 32, 64))
+    positions = jnp.arange(1, dtype=jnp.int32) + 17
+    yield ("rope 8x32x64", lambda q, p: layers.apply_rope(q, p, cfg), (q, positions),
+           2 * q.nbytes)
+
+
+def attention_cases(rng):
+    for context in (512, 2048):
+        cfg = LLAMA_1B.replace(max_len=context)
+        shape = cfg.cache_shape(1)
+        q, k, v = (normal(rng, (1, 1, h, 64)) for h in (32, 8, 8))
+        ck, cv = normal(rng, shape), normal(rng, shape)
+        pos = jnp.int32(context - 1)
+
+        def attend(q, k, v, ck, cv, pos, cfg=cfg):
+            out, _, _ = layers.cached_attention(q, k, v, ck, cv, pos, cfg)
+            return out
+
+        yield (f"attention GQA 32/8x64 context {context}", attend, (q, k, v, ck, cv, pos),
+               ck.nbytes + cv.nbytes)
+
+
+def in_kernel_us(fn, args, spec):
+    lowered = jax_mpk.jit(fn, device=spec).lower(*args)
+    spans = []
+    for _ in range(LAUNCHES):
+        timeline = lowered.timeline(*args)
+        spans.append(float(timeline["end_us"].max() - timeline["start_us"].min()))
+    return statistics.median(spans), lowered.program.num_tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json")
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    info = runtime.device_info()
+    spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024)
+    hbm = runtime.hbm_copy_rate()
+    print(f"{info['name']}: HBM copy rate {hbm / 1e9:.0f} GB/s (read + write)")
+    rng = np.random.default_rng(0)
+    rows = []
+    for cases in (linear_cases, elementwise_cases, attention_cases):
+        for name, fn, inputs, nbytes in cases(rng):
+            if args.only not in name:
+                continue
+            expected = jax.jit(fn)(*inputs)
+            got = jax_mpk.jit(fn)(*inputs)
+            error = float(jnp.linalg.norm((got - expected).astype(jnp.float32))
+                          / jnp.linalg.norm(expected.astype(jnp.float32)))
+            us, tasks = in_kernel_us(fn, inputs, spec)
+            jit_us = median_seconds(lambda f=jax.jit(fn): f(*inputs)) * 1e6
+            row = {"case": name, "tasks": tasks, "bytes": nbytes, "us": us,
+                   "GBps": nbytes / us / 1e3, "fraction_of_hbm": nbytes / us / 1e3 / (hbm / 1e9),
+                   "jax_jit_host_us": jit_us, "relative_error": error}
+            rows.append(row)
+            print(f"{name:44} {tasks:5} tasks {us:9.1f} µs {row['GBps']:7.0f} GB/s "
+                  f"{row['fraction_of_hbm']:5.2f} of HBM | jax.jit {jit_us:8.1f} µs (host) "
+                  f"| rel err {error:.1e}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": info["name"], "hbm_copy_GBps": hbm / 1e9, "cases": rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
