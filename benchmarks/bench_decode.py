@@ -77,6 +77,17 @@ def main() -> None:
         _, busy = profile.occupancy(timeline, lowered.program.num_workers)
         print(f"timeline: {len(timeline)} tasks in {timeline['end_us'].max():.0f} µs, "
               f"mean occupancy {busy.mean():.2f}; wrote {base}.json and .png")
+        table = profile.op_table(timeline, lowered.compiled.program)
+        by_kind: dict[str, list[float]] = {}
+        for row in table:
+            by_kind.setdefault(row["what"], []).append(row["span_us"])
+        print("op kind                        ops   span µs (sum)  mean")
+        for what, spans in sorted(by_kind.items(), key=lambda kv: -sum(kv[1])):
+            print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f}")
+        print("first layer's ops (start, span µs, tasks):")
+        for row in table[:60]:
+            print(f"  {row['start_us']:8.1f} {row['span_us']:7.1f} {row['tasks']:4}  {row['what']:28} "
+                  f"{row['source']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

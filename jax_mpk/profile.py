@@ -105,3 +105,21 @@ def plot_occupancy(timeline: np.ndarray, num_workers: int, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def op_table(timeline: np.ndarray, compiled_program) -> list[dict]:
+    """Per op of a compiled model step (tiling.CompiledProgram): its tasks, the µs from its
+    first task's start to its last task's end, and the µs its tasks kept workers busy;
+    ordered by the op's first start."""
+    ops = np.array([record.op for record in compiled_program.tasks])[timeline["task"]]
+    graph = compiled_program.graph
+    rows = []
+    for op in np.unique(ops):
+        mine = timeline[ops == op]
+        node = graph.ops[int(op)]
+        rows.append({"op": int(op), "what": node.kind + (f" [{node.label}]" if node.label else ""),
+                     "source": node.source, "tasks": len(mine),
+                     "start_us": float(mine["start_us"].min()),
+                     "span_us": float(mine["end_us"].max() - mine["start_us"].min()),
+                     "busy_us": float((mine["end_us"] - mine["start_us"]).sum())})
+    return sorted(rows, key=lambda r: r["start_us"])

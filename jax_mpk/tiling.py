@@ -34,8 +34,9 @@ class DeviceSpec:
     smem_bytes: int = 227 * 1024
     min_tile_elements: int = 2048  # elementwise and reduce tiles never get smaller
     matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this ...
-    matmul_row_bytes: int = 128  # ... and cover this many bytes of a weight row along n
-    min_split_k: int = 512  # split K only into chunks at least this long
+    matmul_row_bytes: int = 512  # ... and cover this many bytes of a weight row along n
+    min_split_k: int = 64  # split K only into chunks at least this long ...
+    max_split_k: int = 16  # ... and into at most this many
     # The runtime schedule (taskgraph.RuntimeConfig): "static" compiled
     # per-worker lists, the fastest; "dynamic" scheduler warps, the MPK seed.
     schedule: str = "static"
@@ -267,7 +268,8 @@ def _collapse(shape, tensors_strides, keep_dims: bool):
     return new_shape, new_strides
 
 
-def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0) -> None:
+def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
+                       min_tile: int | None = None) -> None:
     out = op.outputs[0]
     instrs = op.attrs["instrs"]
     if _is_byte_copy(op, instrs):
@@ -288,7 +290,7 @@ def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0) -
     words = program.encode(shape, strides[0], [t.dtype for t in op.inputs], strides[1:])
     desc = pb.descriptor(words)
     locations = [pb.location(out), desc] + [pb.location(t) for t in op.inputs]
-    for start, count in _tiles(out.size, pb.workers, pb.device.min_tile_elements):
+    for start, count in _tiles(out.size, pb.workers, min_tile or pb.device.min_tile_elements):
         pb.add(TaskKind.ELEMENTWISE, locations, [start, count], index, stage)
 
 
@@ -322,16 +324,19 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
-    # Weights contiguous along n are read a row of the tile at a time: whole 128-byte lines.
-    multiple = pb.device.matmul_tile_n
     if a["w_strides"][3] == 1:
-        multiple = max(multiple, pb.device.matmul_row_bytes // w.dtype.itemsize)
-    n_tiles = _tiles(N, max(1, pb.workers // B), multiple)
+        # Weights contiguous along n: a tile reads long runs of each weight row (DRAM
+        # pages reward that) and K is split to give every worker a tile.
+        row = max(pb.device.matmul_tile_n, pb.device.matmul_row_bytes // w.dtype.itemsize)
+        n_tiles = _tiles(N, -(-N // row), pb.device.matmul_tile_n)
+    else:
+        n_tiles = _tiles(N, max(1, pb.workers // B), pb.device.matmul_tile_n)
     b_tiles = [(b, 1) for b in range(B)]
     tiles = len(n_tiles) * len(b_tiles)
     splits = 1
     if tiles * 2 <= pb.workers:  # too few output tiles to busy the device: split K
-        splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k))
+        splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k,
+                            pb.device.max_split_k))
     k_tiles = _tiles(K, splits)
 
     def desc(out_dtype, flags):
@@ -380,7 +385,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     if has_bias:
         shaped.append(extra[-1].view((B, M, N), (0, 0, 1)))
     combine = Op("elementwise", shaped, [flat_out], {"instrs": instrs}, op.source)
-    _elementwise_tasks(pb, combine, index, stage=1)
+    # Small tiles: the sum sits on the critical path between two matmuls.
+    _elementwise_tasks(pb, combine, index, stage=1, min_tile=256)
 
 
 EXTENT_AXES = {None: 0, "M": 1, "N": 2, "K": 3}

@@ -22,7 +22,7 @@ $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), 
 
 if [ -z "${SKIP_TESTS:-}" ]; then
 step "gpu tests, command buffers on (XLA default)"
-timeout ${TEST_TIMEOUT:-420} $PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
+timeout -s USR1 -k 20 ${TEST_TIMEOUT:-420} $PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
 grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/2_pytest_gpu.log" | tail -15
 step "gpu tests, command buffers off"
 XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
@@ -40,7 +40,10 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
   done
 fi
 
-[ -n "${SKIP_BENCH:-}" ] && exit $status
+[ -n "${SKIP_BENCH:-}" ] && step "greedy decode loop, Llama-3.2-1B size"
+timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
+  | tee "$LOGS/9_decode_loop.log" | tail -3
+exit $status
 step benchmarks
 $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LOGS/5_bench_runtime.log" | tail -8
 $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
@@ -48,10 +51,10 @@ rm -f "$OUT"/timeline_dynamic.json "$OUT"/timeline_static.json  # the device too
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
 step "task kinds inside the megakernel"
 timeout 300 $PY benchmarks/bench_kinds.py --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
-step "greedy decode loop, Llama-3.2-1B size"
-timeout 300 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
-  | tee "$LOGS/9_decode_loop.log" | tail -3
 step "decode step, Llama-3.2-1B shape"
 timeout 300 $PY benchmarks/bench_decode.py --json "$OUT/bench_decode.json" --timeline "$OUT" 2>&1 \
   | tee "$LOGS/8_bench_decode.log" | tail -8
+step "greedy decode loop, Llama-3.2-1B size"
+timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
+  | tee "$LOGS/9_decode_loop.log" | tail -3
 exit $status

@@ -1,7 +1,12 @@
+import faulthandler
 import os
+import signal
 import sys
 
 import pytest
+
+# `timeout -s USR1` (scripts/gpu_check.sh) makes a stuck run print every thread's stack.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 # Test helpers (random_dags, models/) import as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))

@@ -235,9 +235,9 @@ def test_matmul_tiles_follow_the_device():
         compiled = jax_mpk.jit(fn, backend="reference", device=device)
         assert_close(compiled(x, w), x @ w, np.float32)
         lowered[name] = compiled.lower(x, w).compiled.task_kinds[TaskKind.MATMUL]
-    # Two tiles of 32 float32 columns (128-byte weight rows). 63 workers: K split in eight
-    # chunks of 64 to fill them; 4 workers: in two.
-    assert (lowered["many_sms"], lowered["few_sms"]) == (16, 4)
+    # One tile of the 64 float32 columns (a tile spans up to 512 bytes of a weight row).
+    # 64 workers: K split in eight chunks of 64 (min_split_k); 5 workers: in five.
+    assert (lowered["many_sms"], lowered["few_sms"]) == (8, 5)
 
 
 def test_matmul_streams_the_bigger_operand():

@@ -80,20 +80,22 @@ struct MatmulTask {
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static float to_float(__half v) { return __half2float(v); }
 
-  // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc), as float32: staged[r * kc + (k - k0)].
-  // Rows past live_rows read as 0. Every thread calls it.
+  // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc), as float32: staged[r * stride + (k - k0)],
+  // stride = padded(kc) keeps rows 16-byte aligned. Every thread calls it.
+  __device__ static int padded(int kc) { return (kc + 3) & ~3; }
+
   __device__ static void stage_x(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
                                  int kc, float* staged) {
     __syncthreads();  // the previous chunk is consumed
+    const int stride = padded(kc);
     for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
-      const int r = i / kc, k = k0 + i % kc;
-      staged[i] = m0 + r < p.live_rows ? load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k) * p.xs[3])
-                                       : 0.0f;
+      const int r = i / kc, k = i % kc;
+      staged[r * stride + k] = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3]);
     }
     __syncthreads();
   }
 
-  // k values per staged chunk: all of them when they fit.
+  // k values per staged chunk (a multiple of 4 and of `multiple`): all of them when they fit.
   __device__ static int chunk_of(const Problem& p, int rows, int multiple) {
     const int fit = max(multiple, kStagedX / rows / multiple * multiple);
     return min(p.kn, fit);
@@ -117,7 +119,7 @@ struct MatmulTask {
     const int g = ctx.thread % round_groups, s = ctx.thread / round_groups;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
-    const int kc_max = chunk_of(p, rows, 1);
+    const int kc_max = chunk_of(p, rows, 4);
     for (int m0 = 0; m0 < p.M; m0 += rows) {
       const int live_rows = min(rows, max(0, p.live_rows - m0));
       for (int round = 0; round < groups; round += round_groups) {
@@ -138,11 +140,12 @@ struct MatmulTask {
 #pragma unroll
             for (int u = 0; u < kUnroll; ++u) raw[u] = Weights::load(w, p.w_dtype, w_col + int64_t(kc0 + k + u * slices) * p.ws[2]);
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) accumulate<rows, Weights>(acc, raw[u], live, live_rows, staged + k + u * slices, kc);
+            for (int u = 0; u < kUnroll; ++u)
+              accumulate<rows, Weights>(acc, raw[u], live, live_rows, staged + k + u * slices, padded(kc));
           }
           for (; k < kc; k += slices)
             accumulate<rows, Weights>(acc, Weights::load(w, p.w_dtype, w_col + int64_t(kc0 + k) * p.ws[2]), live, live_rows,
-                                      staged + k, kc);
+                                      staged + k, padded(kc));
         }
         // Sum the slices of each row: within warps by shuffles where they share one, then
         // across (warps or slices) through shared memory.
@@ -215,20 +218,22 @@ struct MatmulTask {
           if (!active) continue;
           const int64_t w_col = w_b + int64_t(n) * p.ws[3] + kc0;
           const int vectors = kc / V;
+          const int stride = padded(kc);
           int i = sl;
-          for (; i + (kUnroll / 2 - 1) * L < vectors; i += kUnroll / 2 * L) {
-            typename Weights::Raw raw[kUnroll / 2];
+          for (; i + (kUnroll - 1) * L < vectors; i += kUnroll * L) {
+            typename Weights::Raw raw[kUnroll];
 #pragma unroll
-            for (int u = 0; u < kUnroll / 2; ++u) raw[u] = Weights::load(p.w, p.w_dtype, w_col + (i + u * L) * V);
+            for (int u = 0; u < kUnroll; ++u) raw[u] = Weights::load(p.w, p.w_dtype, w_col + (i + u * L) * V);
 #pragma unroll
-            for (int u = 0; u < kUnroll / 2; ++u) dot<rows, Weights>(acc, raw[u], live_rows, staged + (i + u * L) * V, kc);
+            for (int u = 0; u < kUnroll; ++u) dot<rows, Weights>(acc, raw[u], live_rows, staged + (i + u * L) * V, stride);
           }
-          for (; i < vectors; i += L) dot<rows, Weights>(acc, Weights::load(p.w, p.w_dtype, w_col + i * V), live_rows, staged + i * V, kc);
+          for (; i < vectors; i += L)
+            dot<rows, Weights>(acc, Weights::load(p.w, p.w_dtype, w_col + i * V), live_rows, staged + i * V, stride);
           for (int k = vectors * V + sl; k < kc; k += L) {  // the tail shorter than V
             const float wv = load_f32(p.w, p.w_dtype, w_col + k);
 #pragma unroll
             for (int r = 0; r < rows; ++r)
-              if (r < live_rows) acc[r] = fmaf(staged[r * kc + k], wv, acc[r]);
+              if (r < live_rows) acc[r] = fmaf(staged[r * stride + k], wv, acc[r]);
           }
         }
 #pragma unroll
@@ -242,15 +247,25 @@ struct MatmulTask {
     }
   }
 
-  // acc[r] += sum_v x[m0 + r, k + v] * w[k + v]; x[r] = xk[r * stride + v].
+  // acc[r] += sum_v x[m0 + r, k + v] * w[k + v]; x[r] = xk[r * stride + v], 16-byte aligned
+  // when V is a multiple of 4.
   template <int rows, typename Weights>
   __device__ static void dot(float (&acc)[rows], const typename Weights::Raw& w, int live_rows, const float* xk,
                              int stride) {
+    constexpr int V = Weights::kWidth;
 #pragma unroll
     for (int r = 0; r < rows; ++r) {
       if (r < live_rows) {
+        float x[V];
+        if constexpr (V % 4 == 0) {
 #pragma unroll
-        for (int v = 0; v < Weights::kWidth; ++v) acc[r] = fmaf(xk[r * stride + v], Weights::get(w, v), acc[r]);
+          for (int v = 0; v < V; v += 4) *reinterpret_cast<float4*>(x + v) = *reinterpret_cast<const float4*>(xk + r * stride + v);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) x[v] = xk[r * stride + v];
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[r] = fmaf(x[v], Weights::get(w, v), acc[r]);
       }
     }
   }
