@@ -32,7 +32,7 @@ class DeviceSpec:
 
     sm_count: int = 132
     smem_bytes: int = 227 * 1024
-    min_tile_elements: int = 2048  # elementwise and reduce tiles never get smaller
+    min_tile_elements: int = 256  # elementwise and reduce tiles never get smaller
     matmul_tile_n: int = 16  # output columns of a matmul tile are a multiple of this ...
     matmul_row_bytes: int = 512  # ... and cover this many bytes of a weight row along n
     min_split_k: int = 64  # split K only into chunks at least this long ...

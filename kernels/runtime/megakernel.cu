@@ -97,7 +97,8 @@ std::string Megakernel::upload(cudaStream_t stream) {
   std::string why = query_device(device_, &info);
   if (!why.empty()) return why;
   int per_sm = 0;
-  MPK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, megakernel, kWorkerThreads, 0));
+  MPK_CUDA(cudaFuncSetAttribute(megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTaskSharedBytes));
+  MPK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, megakernel, kWorkerThreads, kTaskSharedBytes));
   const uint64_t grid = uint64_t(header_.num_workers) + scheduler_blocks(header_);
   if (grid > uint64_t(per_sm) * info.sm_count) {
     Message msg;
@@ -178,6 +179,7 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(h.num_workers + scheduler_blocks(h));
   config.blockDim = dim3(kWorkerThreads);
+  config.dynamicSmemBytes = kTaskSharedBytes;
   config.stream = stream;
   cudaLaunchAttribute cooperative;
   cooperative.id = cudaLaunchAttributeCooperative;

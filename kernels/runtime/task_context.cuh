@@ -9,6 +9,9 @@
 namespace mpk {
 
 constexpr int kWorkerThreads = 256;
+// Dynamic shared memory every task may use as it likes (ctx.shared): tasks run one at a
+// time on a worker, so they share one arena instead of each declaring its own arrays.
+constexpr int kTaskSharedBytes = 112 * 1024;
 
 struct TaskContext {
   const LaunchParams& params;
@@ -16,6 +19,7 @@ struct TaskContext {
   uint32_t task;
   uint32_t iteration;
   int thread;  // 0 .. kWorkerThreads-1
+  char* shared;  // kTaskSharedBytes, 16-byte aligned; contents undefined at task start
 
   template <typename T>
   __device__ __forceinline__ T* operand(int i) const {

@@ -16,10 +16,6 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   return found;
 }
 
-// One out-of-line copy of the task library, called from both worker loops:
-// inlined, it made each loop carry every task's code and registers.
-__device__ __noinline__ bool run_any_task(const TaskContext& ctx) { return run_task(AllTasks{}, ctx); }
-
 // Under the static schedule nobody dispatches: consumers poll the counters,
 // so a release reduction is all a trigger takes.
 // When every consumer runs later on this worker, the block barrier already
@@ -57,8 +53,9 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
   const int thread = threadIdx.x;
   const bool profiling = p.profile_capacity != 0 && thread == 0;
   const uint64_t start = profiling ? global_timer_ns() : 0;
-  const TaskContext ctx{p, desc, task, iteration, thread};
-  if (!run_any_task(ctx) && thread == 0)
+  extern __shared__ __align__(16) char task_shared[];
+  const TaskContext ctx{p, desc, task, iteration, thread, task_shared};
+  if (!run_task(AllTasks{}, ctx) && thread == 0)
     report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
   // Read before the barrier: after it, other threads load the next descriptor.
   const uint32_t first_trigger = desc.first_trigger, num_triggers = desc.num_triggers, flags = desc.flags;

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "../runtime/task_context.cuh"
+#include "async_copy.cuh"
 #include "dtype.cuh"
 
 namespace mpk {
@@ -23,11 +24,26 @@ struct MatmulTask {
   static constexpr const char* kName = "matmul";
   static constexpr int kDescWords = 21;
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
-  static constexpr int kAccumulators = 64;  // ... unless that makes more accumulators than this
+  static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
   static constexpr int kUnroll = 8;  // weight loads in flight per thread
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
   static constexpr int kStagedX = 4096;   // floats of x staged at a time
+  // 16-byte weight loads in flight per thread, through a ring in shared memory.
+  static constexpr int kStages = 16;
+  static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
+                "matmul's shared memory exceeds the task arena");
+
+  // The task arena (ctx.shared): partial sums, staged x, then the weight ring.
+  struct Shared {
+    float* partials;
+    float* staged;
+    uint4* ring;  // slot j of thread t: ring[(j % kStages) * kWorkerThreads + t]
+    __device__ explicit Shared(char* arena)
+        : partials(reinterpret_cast<float*>(arena)),
+          staged(reinterpret_cast<float*>(arena) + kPartials),
+          ring(reinterpret_cast<uint4*>(arena + (kPartials + kStagedX) * 4)) {}
+  };
 
   struct Problem {
     int B1, M, x_dtype, w_dtype, out_dtype, flags;
@@ -63,14 +79,17 @@ struct MatmulTask {
   struct VectorWeights {
     static constexpr int kWidth = 16 / sizeof(T);
     using Raw = uint4;
-    __device__ static Raw load(const char* w, int32_t, int64_t at) {
-      return __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(w) + at));
+    static constexpr bool kAsync = true;  // loads can go through cp.async
+    __device__ static const uint4* address(const char* w, int64_t at) {
+      return reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(w) + at);
     }
+    __device__ static Raw load(const char* w, int32_t, int64_t at) { return __ldg(address(w, at)); }
     __device__ static float get(const Raw& raw, int v) { return to_float(reinterpret_cast<const T*>(&raw)[v]); }
   };
 
   struct ScalarWeights {
     static constexpr int kWidth = 1;
+    static constexpr bool kAsync = false;
     using Raw = float;
     __device__ static Raw load(const char* w, int32_t dtype, int64_t at) { return load_f32(w, dtype, at); }
     __device__ static float get(const Raw& raw, int) { return raw; }
@@ -103,7 +122,9 @@ struct MatmulTask {
 
   // Thread t owns V columns (group g = t % groups) and the k values k0 + s, k0 + s + slices, ...
   template <typename Weights>
-  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, float* partials, float* staged) {
+  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
+    float* partials = sh.partials;
+    float* staged = sh.staged;
     constexpr int V = Weights::kWidth;
     constexpr int rows = kRows * V <= kAccumulators ? kRows : kAccumulators / V;
     const int groups = p.nn / V;
@@ -134,6 +155,25 @@ struct MatmulTask {
           if (!active || live_rows == 0) continue;
           const char* w = p.w;
           const int64_t w_col = w_b + int64_t(n) * p.ws[3];
+          if constexpr (Weights::kAsync) {
+            // This thread's loads k = s + j * slices, kStages - 1 ahead of their use.
+            const int steps = (kc - s + slices - 1) / slices;
+            uint4* mine = sh.ring + ctx.thread;
+            auto issue = [&](int j) {
+              if (j < steps)
+                copy16_async(mine + (j % kStages) * kWorkerThreads,
+                             Weights::address(w, w_col + int64_t(kc0 + s + j * slices) * p.ws[2]));
+              commit_copies();
+            };
+            for (int j = 0; j < kStages - 1; ++j) issue(j);
+            for (int j = 0; j < steps; ++j) {
+              issue(j + kStages - 1);
+              wait_copies<kStages - 1>();
+              accumulate<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], live, live_rows,
+                                        staged + s + j * slices, padded(kc));
+            }
+            continue;
+          }
           int k = s;
           for (; k + (kUnroll - 1) * slices < kc; k += kUnroll * slices) {
             typename Weights::Raw raw[kUnroll];
@@ -196,7 +236,8 @@ struct MatmulTask {
   // Weights contiguous along k: L lanes per column (fewer when k is short), each lane
   // V consecutive k per load; the lanes' sums meet by shuffles.
   template <typename Weights>
-  __device__ static void by_k(const TaskContext& ctx, const Problem& p, int b, float* staged) {
+  __device__ static void by_k(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
+    float* staged = sh.staged;
     constexpr int V = Weights::kWidth;
     constexpr int rows = kRows;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
@@ -205,6 +246,9 @@ struct MatmulTask {
     const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int kc_max = chunk_of(p, rows, 32 * V);
+    if constexpr (Weights::kAsync) {
+      if (kc_max >= p.kn) return by_k_pipelined<Weights>(ctx, p, b, sh, L);
+    }
     for (int m0 = 0; m0 < p.M; m0 += rows) {
       const int live_rows = min(rows, max(0, p.live_rows - m0));
       // Columns in block-uniform steps: every thread meets every barrier, every lane every shuffle.
@@ -247,6 +291,59 @@ struct MatmulTask {
     }
   }
 
+  // by_k when x fits the stage whole: a lane's loads over all its columns form one
+  // sequence, kept kStages - 1 ahead of use through the ring.
+  template <typename Weights>
+  __device__ static void by_k_pipelined(const TaskContext& ctx, const Problem& p, int b, const Shared& sh, int L) {
+    constexpr int V = Weights::kWidth;
+    constexpr int rows = kRows;
+    const int lane = ctx.thread % 32, warp = ctx.thread / 32;
+    const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
+    const int vectors = p.kn / V, stride = padded(p.kn);
+    const int per_column = (vectors + L - 1) / L;  // loads per lane and column, the same in a warp
+    const int column_step = kWarps * per_warp, first = warp * per_warp;
+    const int columns = first < p.nn ? (p.nn - first + column_step - 1) / column_step : 0;  // warp-uniform
+    const int steps = columns * per_column;
+    uint4* mine = sh.ring + ctx.thread;
+    for (int m0 = 0; m0 < p.M; m0 += rows) {
+      const int live_rows = min(rows, max(0, p.live_rows - m0));
+      stage_x(ctx, p, x_b, m0, live_rows, p.k0, p.kn, sh.staged);
+      auto issue = [&](int q) {
+        const int c = first + sub + q / per_column * column_step, i = sl + q % per_column * L;
+        if (q < steps && c < p.nn && p.n0 + c < p.live_end && i < vectors && live_rows > 0)
+          copy16_async(mine + (q % kStages) * kWorkerThreads,
+                       Weights::address(p.w, w_b + int64_t(p.n0 + c) * p.ws[3] + p.k0 + i * V));
+        commit_copies();
+      };
+      for (int q = 0; q < kStages - 1; ++q) issue(q);
+      float acc[rows] = {};
+      for (int q = 0; q < steps; ++q) {
+        issue(q + kStages - 1);
+        wait_copies<kStages - 1>();
+        const int c = first + sub + q / per_column * column_step, n = p.n0 + c, i = sl + q % per_column * L;
+        const bool active = c < p.nn && n < p.live_end && live_rows > 0;
+        if (active && i < vectors) dot<rows, Weights>(acc, mine[(q % kStages) * kWorkerThreads], live_rows, sh.staged + i * V, stride);
+        if (q % per_column != per_column - 1) continue;
+        // The column's last load: its scalar tail, then the lanes' sums.
+        for (int k = vectors * V + sl; active && k < p.kn; k += L) {
+          const float wv = load_f32(p.w, p.w_dtype, w_b + int64_t(n) * p.ws[3] + p.k0 + k);
+#pragma unroll
+          for (int r = 0; r < rows; ++r)
+            if (r < live_rows) acc[r] = fmaf(sh.staged[r * stride + k], wv, acc[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < rows; ++r) {
+          if (m0 + r >= p.M) break;
+          float sum = acc[r];
+          for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+          if (sl == 0 && c < p.nn) store(p, b, m0 + r, n, sum);
+          acc[r] = 0.0f;
+        }
+      }
+    }
+  }
+
   // acc[r] += sum_v x[m0 + r, k + v] * w[k + v]; x[r] = xk[r * stride + v], 16-byte aligned
   // when V is a multiple of 4.
   template <int rows, typename Weights>
@@ -282,15 +379,15 @@ struct MatmulTask {
   }
 
   template <typename T>
-  __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, float* partials, float* staged) {
+  __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
     if (vectorizable<T>(p, b, 3))
-      by_columns<VectorWeights<T>>(ctx, p, b, partials, staged);
+      by_columns<VectorWeights<T>>(ctx, p, b, sh);
     else if (vectorizable<T>(p, b, 2))
-      by_k<VectorWeights<T>>(ctx, p, b, staged);
+      by_k<VectorWeights<T>>(ctx, p, b, sh);
     else if (p.ws[2] == 1 && p.ws[3] != 1)
-      by_k<ScalarWeights>(ctx, p, b, staged);
+      by_k<ScalarWeights>(ctx, p, b, sh);
     else
-      by_columns<ScalarWeights>(ctx, p, b, partials, staged);
+      by_columns<ScalarWeights>(ctx, p, b, sh);
   }
 
   __device__ static void run(const TaskContext& ctx) {
@@ -327,16 +424,15 @@ struct MatmulTask {
       if (extent_axis == 2) p.live_end = min(p.live_end, limit);
       if (extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
     }
-    __shared__ float partials[kPartials];
-    __shared__ __align__(16) float staged[kStagedX];
+    const Shared sh(ctx.shared);
     const int b_end = ctx.desc.dims[0] + ctx.desc.dims[1];
     for (int b = ctx.desc.dims[0]; b < b_end; ++b) {
       if (p.w_dtype == kBF16)
-        dispatch<__nv_bfloat16>(ctx, p, b, partials, staged);
+        dispatch<__nv_bfloat16>(ctx, p, b, sh);
       else if (p.w_dtype == kF16)
-        dispatch<__half>(ctx, p, b, partials, staged);
+        dispatch<__half>(ctx, p, b, sh);
       else
-        dispatch<float>(ctx, p, b, partials, staged);
+        dispatch<float>(ctx, p, b, sh);
     }
   }
 };

@@ -1,0 +1,24 @@
+// Asynchronous 16-byte copies from global to shared memory (cp.async, sm_80+): a thread
+// keeps many loads in flight without holding registers for them. Each thread waits only
+// for its own copies, so a thread that reads back just what it copied needs no barrier.
+#pragma once
+
+#include <stdint.h>
+
+namespace mpk {
+
+__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
+  const uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global) : "memory");
+}
+
+// Closes the group of this thread's copies issued since the last commit (maybe none).
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most `pending` of this thread's committed groups are still in flight.
+template <int pending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
+}
+
+}  // namespace mpk
