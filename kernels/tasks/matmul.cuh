@@ -25,7 +25,7 @@ struct MatmulTask {
   static constexpr int kDescWords = 21;
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
-  static constexpr int kUnroll = 8;  // weight loads in flight per thread
+  static constexpr int kUnroll = 4;  // weight loads in flight per thread, without the ring
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
   static constexpr int kStagedX = 4096;   // floats of x staged at a time
@@ -114,8 +114,10 @@ struct MatmulTask {
     __syncthreads();
   }
 
-  // k values per staged chunk (a multiple of 4 and of `multiple`): all of them when they fit.
+  // k values per staged chunk (a multiple of 4 and of `multiple`) for `rows` rows of x at a
+  // time (fewer when M is smaller): all of them when they fit.
   __device__ static int chunk_of(const Problem& p, int rows, int multiple) {
+    rows = max(1, min(rows, p.M));
     const int fit = max(multiple, kStagedX / rows / multiple * multiple);
     return min(p.kn, fit);
   }
