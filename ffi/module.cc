@@ -6,6 +6,7 @@
 
 #include "kernels/runtime/megakernel.h"
 #include "megakernel_call.h"
+#include "nvshmem_bootstrap.h"
 #include "program_registry.h"
 
 namespace nb = nanobind;
@@ -15,6 +16,10 @@ namespace {
 template <typename T>
 nb::capsule capsule(T* fn) {
   return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+void check(const std::string& why) {
+  if (!why.empty()) throw std::runtime_error(why);
 }
 
 std::pair<const uint8_t*, size_t> view(const nb::bytes& blob) {
@@ -53,6 +58,10 @@ nb::dict parse_program(const nb::bytes& blob) {
   header["schedule"] = h.schedule;
   header["num_worker_tasks"] = h.num_worker_tasks;
   header["profile_capacity"] = h.profile_capacity;
+  header["num_pes"] = h.num_pes;
+  header["pe"] = h.pe;
+  header["signal_slot"] = h.signal_slot;
+  header["num_signals"] = h.num_signals;
 
   nb::list tasks, events, triggers, operands, slots;
   for (uint32_t i = 0; i < h.num_tasks; ++i) {
@@ -170,6 +179,41 @@ NB_MODULE(_jax_mpk, m) {
     if (!why.empty()) throw std::runtime_error(why);
     return rate;
   }, "Device-to-device copy rate in bytes/s (read + written) on the current device.");
+  m.def("nvshmem_unique_id", []() {
+    std::string id;
+    check(jax_mpk::nvshmem_unique_id(&id));
+    return nb::bytes(id.data(), id.size());
+  }, "A fresh NVSHMEM unique id (bytes) for PE 0 to share with the others.");
+  m.def("nvshmem_init", [](int device, const nb::bytes& unique_id, uint32_t pe, uint32_t num_pes,
+                           uint64_t heap_bytes) {
+    jax_mpk::NvshmemInfo info;
+    check(jax_mpk::nvshmem_initialize(device, std::string(unique_id.c_str(), unique_id.size()), pe, num_pes,
+                                      heap_bytes, &info));
+    nb::dict out;
+    out["pe"] = info.pe;
+    out["num_pes"] = info.num_pes;
+    out["heap_bytes"] = info.heap_bytes;
+    out["status"] = info.status;
+    return out;
+  }, "Initializes NVSHMEM on a CUDA device (collective over num_pes processes).");
+  m.def("symmetric_allocate", [](uint64_t bytes) {
+    uint32_t id = 0;
+    uint64_t address = 0;
+    check(jax_mpk::symmetric_allocate(bytes, &id, &address));
+    return nb::make_tuple(id, address);
+  }, "Allocates a zeroed symmetric buffer (collective); returns (id, device address).");
+  m.def("symmetric_free", [](uint32_t id) { check(jax_mpk::symmetric_free(id)); });
+  m.def("symmetric_zero", [](uint32_t id) { check(jax_mpk::symmetric_zero(id)); });
+  m.def("symmetric_read", [](uint32_t id, uint64_t offset, uint64_t bytes) {
+    std::string host(bytes, '\0');
+    check(jax_mpk::symmetric_copy(id, offset, host.data(), bytes, false));
+    return nb::bytes(host.data(), host.size());
+  });
+  m.def("symmetric_write", [](uint32_t id, uint64_t offset, const nb::bytes& data) {
+    std::string host(data.c_str(), data.size());
+    check(jax_mpk::symmetric_copy(id, offset, host.data(), host.size(), true));
+  });
+  m.def("nvshmem_finalize", []() { check(jax_mpk::nvshmem_finalize()); });
   m.def("build_info", []() {
     nb::dict out;
 #ifdef JAX_MPK_NVSHMEM
@@ -178,6 +222,7 @@ NB_MODULE(_jax_mpk, m) {
     out["nvshmem"] = false;
 #endif
     out["cuda_version"] = CUDART_VERSION;
+    out["nvshmem_callable"] = jax_mpk::nvshmem_built();
     return out;
   });
 }

@@ -20,6 +20,29 @@ MAX_TASK_DIMS = 12
 SCHEDULERS_PER_BLOCK = 4
 TASK_RELAXED_TRIGGERS = 1  # TaskDesc.flags: every consumer runs later on this worker
 NO_WAIT = 0xFFFFFFFF  # static list entry: every producer ran earlier on this worker
+NVSHMEM_EVENT_TAG = 0x80000000  # a trigger id naming a signal word on a PE (see nvshmem_event)
+MAX_PES = 8
+MAX_SIGNALS = 1 << 24
+
+
+def nvshmem_event(pe: int, word: int) -> int:
+    """The tagged event id of signal word `word` in PE `pe`'s copy of the signal buffer."""
+    if not 0 <= pe < MAX_PES or not 0 <= word < MAX_SIGNALS:
+        raise ValueError(f"NVSHMEM event (PE {pe}, word {word}) is outside PEs [0, {MAX_PES}) "
+                         f"and words [0, {MAX_SIGNALS})")
+    return NVSHMEM_EVENT_TAG | pe << 24 | word
+
+
+def is_nvshmem_event(event: int) -> bool:
+    return bool(int(event) & NVSHMEM_EVENT_TAG)
+
+
+def nvshmem_event_pe(event: int) -> int:
+    return (int(event) >> 24) & 0x7F
+
+
+def nvshmem_event_word(event: int) -> int:
+    return int(event) & 0xFFFFFF
 
 
 class TaskKind(enum.IntEnum):
@@ -27,6 +50,9 @@ class TaskKind(enum.IntEnum):
     COPY = 1
     COMBINE_U32 = 2
     WAIT_VALUE = 3
+    # NVSHMEM kinds (kernels/tasks/nvshmem_*.cuh).
+    PUT = 8  # dims: bytes (lo, hi), pe; operands: dst (symmetric), src
+    SIGNAL_WAIT = 9  # dims: tagged event id (as int32), threshold per iteration, lag (0 or 1)
     # LLM task kinds; dims and operands are documented in jax_mpk/task_kinds.py.
     ELEMENTWISE = 16
     REDUCE = 17
@@ -52,6 +78,7 @@ class SlotSource(enum.IntEnum):
     RET = 1
     WORKSPACE = 2
     CONSTANT = 3
+    SYMMETRIC = 4  # index: symmetric buffer id (jax_mpk.distributed.allocate)
 
 
 class ErrorCode(enum.IntEnum):
@@ -63,6 +90,7 @@ class ErrorCode(enum.IntEnum):
     SCHED_QUEUE_OVERFLOW = 5
     BAD_TASK_KIND = 6
     WATCHDOG_TASK_INPUTS = 7
+    WATCHDOG_SIGNAL_WAIT = 8
 
 
 HEADER = np.dtype(
@@ -90,8 +118,11 @@ HEADER = np.dtype(
         ("schedule", "<u4"),
         ("num_worker_tasks", "<u4"),
         ("profile_capacity", "<u4"),
-        ("pad", "<u4"),
-        ("reserved", "<u8", (2,)),
+        ("num_pes", "<u2"),
+        ("pe", "<u2"),
+        ("signal_slot", "<u4"),
+        ("num_signals", "<u4"),
+        ("reserved", "<u8"),
     ]
 )
 TASK = np.dtype(

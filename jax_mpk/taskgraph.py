@@ -39,6 +39,7 @@ class _Task:
     dims: list[int]
     deps: list[int]
     name: str
+    signals: list[int]  # tagged NVSHMEM event ids it signals after it ran
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,9 @@ class TaskGraph:
         self._slots: list[tuple[int, int, int, int]] = []  # source, index, offset, bytes
         self._workspace_bytes = 0
         self._constants = bytearray()
+        self._pe, self._num_pes = 0, 0
+        self._signal_slot, self._num_signals = 0, 0
+        self._next_signal = 0
 
     # Slots -----------------------------------------------------------------
     def arg(self, index: int, nbytes: int) -> int:
@@ -99,6 +103,48 @@ class TaskGraph:
         self._constants.extend(raw)
         return self._add_slot(fmt.SlotSource.CONSTANT, 0, offset, len(raw))
 
+    def symmetric(self, buffer_id: int, nbytes: int, offset: int = 0) -> int:
+        """Bytes [offset, offset + nbytes) of symmetric buffer `buffer_id`; needs `nvshmem`."""
+        return self._add_slot(fmt.SlotSource.SYMMETRIC, buffer_id, offset, nbytes)
+
+    # NVSHMEM ---------------------------------------------------------------
+    def nvshmem(self, pe: int, num_pes: int) -> None:
+        """The program runs on PE `pe` of an NVSHMEM job of `num_pes` PEs."""
+        if not 0 <= pe < num_pes <= fmt.MAX_PES:
+            raise GraphError(f"PE {pe} of {num_pes}: a program addresses 1 to {fmt.MAX_PES} PEs")
+        self._pe, self._num_pes = pe, num_pes
+
+    @property
+    def pe(self) -> int:
+        return self._pe
+
+    @property
+    def num_pes(self) -> int:
+        return self._num_pes
+
+    def signal_words(self, buffer_id: int, count: int, offset: int = 0) -> int:
+        """Uses `count` uint64 words of symmetric buffer `buffer_id` from byte `offset` as the
+        signal words NVSHMEM events name (fmt.nvshmem_event(pe, word)); returns their slot.
+        Every PE's program must name the same words, and a signal buffer serves one program:
+        its words count signals across launches."""
+        if not self._num_pes:
+            raise GraphError("declare the NVSHMEM job (TaskGraph.nvshmem) before its signal words")
+        if not 0 < count <= fmt.MAX_SIGNALS or offset % 8:
+            raise GraphError(f"{count} signal words at byte {offset}: need 1 to {fmt.MAX_SIGNALS}, "
+                             "8-byte aligned")
+        self._signal_slot = self.symmetric(buffer_id, 8 * count, offset)
+        self._num_signals = count
+        return self._signal_slot
+
+    def take_signal_words(self, count: int) -> int:
+        """The first of `count` signal words no earlier caller took."""
+        first = self._next_signal
+        if first + count > self._num_signals:
+            raise GraphError(f"the program's {self._num_signals} signal words are used up: "
+                             f"{first} taken, {count} more asked for (TaskGraph.signal_words)")
+        self._next_signal = first + count
+        return first
+
     def _add_slot(self, source, index, offset, nbytes) -> int:
         if len(self._slots) == fmt.MAX_SLOTS:
             raise GraphError(f"the graph needs more than {fmt.MAX_SLOTS} buffer slots")
@@ -107,15 +153,22 @@ class TaskGraph:
 
     # Tasks -----------------------------------------------------------------
     def add_task(self, kind: int, operands: Sequence[Operand] = (), dims: Sequence[int] = (),
-                 deps: Sequence[int] = (), name: str = "") -> int:
+                 deps: Sequence[int] = (), name: str = "", signals: Sequence[int] = ()) -> int:
+        """A task; `signals` are NVSHMEM events (fmt.nvshmem_event) it signals once it ran."""
         if len(dims) > fmt.MAX_TASK_DIMS:
             raise GraphError(f"task {name or kind} has {len(dims)} dims; at most "
                              f"{fmt.MAX_TASK_DIMS} fit a task descriptor")
         for d in deps:
             if not 0 <= d < len(self._tasks):
                 raise GraphError(f"task {name or kind} depends on unknown task {d}")
-        self._tasks.append(_Task(int(kind), list(operands), [int(d) for d in dims],
-                                 sorted(set(deps)), name))
+        for e in signals:
+            if not fmt.is_nvshmem_event(e):
+                raise GraphError(f"task {name or kind} signals {e}, which is not an NVSHMEM "
+                                 "event id")
+        # Dims are 32-bit words: a value in [2^31, 2^32) (a tagged event id) is stored as int32.
+        words = [int(d) - (1 << 32) if 1 << 31 <= int(d) < 1 << 32 else int(d) for d in dims]
+        self._tasks.append(_Task(int(kind), list(operands), words, sorted(set(deps)), name,
+                                 [int(e) for e in signals]))
         return len(self._tasks) - 1
 
     @property
@@ -212,9 +265,10 @@ class TaskGraph:
             tasks[i]["num_operands"] = len(task.operands)
             tasks[i]["first_operand"] = len(operands)
             tasks[i]["first_trigger"] = len(triggers)
-            tasks[i]["num_triggers"] = len(fired)
+            tasks[i]["num_triggers"] = len(fired) + len(task.signals)
             tasks[i]["dims"][: len(task.dims)] = task.dims
             triggers.extend(fired)
+            triggers.extend(task.signals)
             operands.extend((o.slot, 0, o.offset, o.iteration_stride, o.nbytes)
                             for o in task.operands)
 
@@ -248,6 +302,8 @@ class TaskGraph:
         header["constant_bytes"] = len(self._constants)
         header["schedule"] = fmt.Schedule.STATIC if static else fmt.Schedule.DYNAMIC
         header["profile_capacity"] = config.profile_capacity
+        header["num_pes"], header["pe"] = self._num_pes, self._pe
+        header["signal_slot"], header["num_signals"] = self._signal_slot, self._num_signals
 
         # Static lists: program order is topological, so lists in increasing
         # order never wait on a task queued behind them.
@@ -267,7 +323,7 @@ class TaskGraph:
             local = np.array([all(waits[index_of[u]] == fmt.NO_WAIT for u in group)
                               for group in members] + [False])
             for t, fired in fired_by.items():
-                if local[fired].all():
+                if local[fired].all() and not self._tasks[t].signals:
                     tasks[index_of[t]]["flags"] |= fmt.TASK_RELAXED_TRIGGERS
             owner_by_index = owner[program_order]
             order = np.argsort(owner_by_index, kind="stable")

@@ -55,6 +55,19 @@ def wait_value(ctx, dims):
                         "on a device it would spin until the watchdog fires")
 
 
+# NVSHMEM ----------------------------------------------------------------------------------
+def put(ctx, dims):
+    """dst (a symmetric buffer) in PE dims[2]'s copy = src."""
+    n = (int(dims[0]) & 0xFFFFFFFF) | (int(dims[1]) & 0xFFFFFFFF) << 32
+    data = ctx.load(1, np.uint8, _bytes(n))
+    ctx.on_pe(0, int(dims[2])).store(0, np.uint8, _bytes(n), data)
+
+
+def signal_wait(ctx, dims):
+    """Nothing to compute: the executor runs it only once its signal word counted
+    dims[1] signals, and orders it after the tasks that signalled."""
+
+
 # Elementwise -----------------------------------------------------------------------------
 _FLOAT_UNARY = {
     Opcode.EXP: np.exp, Opcode.EXP2: np.exp2, Opcode.LOG: np.log, Opcode.LOG1P: np.log1p,
@@ -255,6 +268,8 @@ SEMANTICS = {
     TaskKind.COPY: copy,
     TaskKind.COMBINE_U32: combine_u32,
     TaskKind.WAIT_VALUE: wait_value,
+    TaskKind.PUT: put,
+    TaskKind.SIGNAL_WAIT: signal_wait,
     TaskKind.ELEMENTWISE: elementwise,
     TaskKind.REDUCE: reduce,
     TaskKind.MATMUL: matmul,

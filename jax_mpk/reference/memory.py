@@ -29,8 +29,13 @@ class Region:
 
 
 class Memory:
+    """One PE's memory. `symmetric` gives initial bytes of symmetric buffers by id (others
+    start zeroed, as jax_mpk.distributed.allocate leaves them); `ancestors` is shared by the
+    PEs of a job, whose task ids are then global."""
+
     def __init__(self, program: fmt.Program, args: list[np.ndarray],
-                 aliases: dict[int, int]):
+                 aliases: dict[int, int], symmetric: dict[int, np.ndarray] | None = None,
+                 ancestors: dict[int, int] | None = None):
         self.program = program
         self.args = [Region(f"argument {i}", np.frombuffer(bytearray(np.ascontiguousarray(a)
                                                                      .tobytes()), np.uint8),
@@ -47,7 +52,19 @@ class Memory:
         self.workspace = Region("workspace", np.zeros(program.workspace_bytes, np.uint8),
                                 UNWRITTEN)
         self.constants = Region("constants", program.constants.copy(), GIVEN)
-        self.ancestors: dict[int, int] = {}  # task -> bitset of tasks that happen before it
+        self.symmetric: dict[int, Region] = {}
+        symmetric = symmetric or {}
+        for s in slots[slots["source"] == fmt.SlotSource.SYMMETRIC]:
+            i, end = int(s["index"]), int(s["offset"]) + int(s["bytes"])
+            given = np.frombuffer(np.ascontiguousarray(symmetric.get(i, np.zeros(0, np.uint8)))
+                                  .tobytes(), np.uint8)
+            size = max(end, given.size, self.symmetric[i].data.size if i in self.symmetric else 0)
+            data = np.zeros(size, np.uint8)
+            data[:given.size] = given
+            self.symmetric[i] = Region(f"symmetric buffer {i} of PE {program.pe}", data, GIVEN)
+        # task -> bitset of tasks that happen before it
+        self.ancestors: dict[int, int] = {} if ancestors is None else ancestors
+        self.peers: list[Memory] = [self]  # by PE, for puts
 
     def locate(self, operand) -> tuple[Region, int, int]:
         """(region, first byte, byte count) of a program operand."""
@@ -59,6 +76,8 @@ class Memory:
             region = self.rets[int(slot["index"])]
         elif source == fmt.SlotSource.WORKSPACE:
             region = self.workspace
+        elif source == fmt.SlotSource.SYMMETRIC:
+            region = self.symmetric[int(slot["index"])]
         else:
             region = self.constants
         start = int(slot["offset"]) + int(operand["offset"])
@@ -73,6 +92,22 @@ class TaskAccess:
         self.task = task_id
         self.operands = [memory.locate(o) for o in operands]
         self.label = label
+
+    def on_pe(self, i: int, pe: int) -> TaskAccess:
+        """This task's view with operand i (a symmetric buffer) in PE `pe`'s copy."""
+        region, start, nbytes = self.operands[i]
+        buffer = next((b for b, r in self.memory.symmetric.items() if r is region), None)
+        if buffer is None:
+            raise RaceError(f"{self.label} addresses operand {i} on PE {pe}, but it is not a "
+                            "symmetric buffer")
+        if not 0 <= pe < len(self.memory.peers):
+            raise RaceError(f"{self.label} addresses PE {pe} of a job of "
+                            f"{len(self.memory.peers)} PEs")
+        view = TaskAccess.__new__(TaskAccess)
+        view.memory, view.task, view.label = self.memory, self.task, self.label
+        view.operands = list(self.operands)
+        view.operands[i] = (self.memory.peers[pe].symmetric[buffer], start, nbytes)
+        return view
 
     @property
     def num_operands(self) -> int:

@@ -32,6 +32,12 @@ std::string describe_failure(const uint8_t* blob, const ErrorRecord& err, const 
       msg << "watchdog: task " << err.task << " of iteration " << err.iteration << " waited "
           << kIdleBudgetFactor * budget_ms << " ms for event " << err.event << ": its counter reached " << err.observed << " of " << err.expected;
       break;
+    case kWatchdogSignalWait:
+      msg << "watchdog: task " << err.task << " (signal_wait) of iteration " << err.iteration << " waited "
+          << budget_ms << " ms for NVSHMEM signal word " << nvshmem_event_word(err.event) << " of PE "
+          << nvshmem_event_pe(err.event) << ": it counted " << err.observed << " signals of " << err.expected
+          << "; a peer never signalled it (is every PE running its program?)";
+      break;
     case kSchedQueueOverflow:
       msg << "scheduler queue overflow while firing event " << err.event << ": " << err.observed
           << " entries pending in a queue of " << err.expected;

@@ -26,6 +26,12 @@ struct LaunchParams {
   uint32_t schedule;
   uint32_t profile_capacity;
   ControlLayout control;
+  // NVSHMEM: a local symmetric address plus peer_delta[pe] is the same object
+  // on PE `pe` (NVSHMEM maps each peer's heap contiguously). Signal words
+  // count from signal_base iterations: earlier launches on the same buffer.
+  int64_t peer_delta[kMaxPes];
+  uint64_t signal_base;
+  uint8_t* signals;  // the program's signal words on this PE, or null
   uint8_t* slots[kMaxSlots];
 };
 

@@ -1,5 +1,6 @@
 #include "megakernel.h"
 #include "message.h"
+#include "symmetric.h"
 
 #include <cstring>
 
@@ -131,6 +132,25 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
     std::string why = upload(stream);
     if (!why.empty()) return why;
   }
+  SymmetricView view{};
+  if (h.num_pes != 0) {
+    Message msg;
+    if (!get_symmetric_view(&view)) {
+      msg << "the program runs on NVSHMEM PE " << h.pe << " of " << h.num_pes
+          << ", but NVSHMEM is not initialized in this process: call jax_mpk.distributed.init() first";
+      return msg.str();
+    }
+    if (view.pe != h.pe || view.num_pes != h.num_pes) {
+      msg << "the program was compiled for NVSHMEM PE " << h.pe << " of " << h.num_pes << "; this process is PE "
+          << view.pe << " of " << view.num_pes;
+      return msg.str();
+    }
+    if (view.device != device_) {
+      msg << "NVSHMEM was initialized on CUDA device " << view.device << ", but this launch runs on device "
+          << device_ << ": initialize it on the device of the arrays the program runs on";
+      return msg.str();
+    }
+  }
 
   LaunchParams& params = *params_;
   const auto* slots = reinterpret_cast<const SlotDesc*>(blob_.data() + layout_.slots);
@@ -143,13 +163,27 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
       case kSlotRet: base = static_cast<uint8_t*>(rets[s.index].data); available = rets[s.index].bytes; break;
       case kSlotWorkspace: base = static_cast<uint8_t*>(workspace.data); available = workspace.bytes; break;
       case kSlotConstant: base = device_blob_ + layout_.constants; available = h.constant_bytes; break;
+      case kSlotSymmetric: {
+        SymmetricBuffer b;
+        if (!find_symmetric_buffer(s.index, &b)) {
+          Message msg;
+          msg << "slot " << i << " names symmetric buffer " << s.index
+              << ", which is not allocated in this process (jax_mpk.distributed.allocate)";
+          return msg.str();
+        }
+        base = b.data;
+        available = b.bytes;
+        break;
+      }
     }
     const uint64_t need = s.source == kSlotArg || s.source == kSlotRet ? s.bytes : s.offset + s.bytes;
     if (need > available) {
       Message msg;
       msg << "slot " << i << " needs " << need << " bytes but its buffer ("
           << (s.source == kSlotArg ? "operand " : s.source == kSlotRet ? "result " : "")
-          << (s.source <= kSlotRet ? std::to_string(s.index) : std::string("workspace/constants"))
+          << (s.source <= kSlotRet ? std::to_string(s.index)
+              : s.source == kSlotSymmetric ? "symmetric buffer " + std::to_string(s.index)
+                                           : std::string("workspace/constants"))
           << ") holds " << available;
       return msg.str();
     }
@@ -174,6 +208,28 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   params.end_event = h.end_event;
   params.num_slots = h.num_slots;
   params.control = ControlLayout(h);
+  for (uint32_t pe = 0; pe < kMaxPes; ++pe) params.peer_delta[pe] = pe < view.num_pes ? view.peer_delta[pe] : 0;
+  params.signals = nullptr;
+  params.signal_base = 0;
+  if (h.num_signals == 0) return launch(stream, workspace);
+  const uint32_t signal_buffer = slots[h.signal_slot].index;
+  SymmetricBuffer signals;
+  find_symmetric_buffer(signal_buffer, &signals);  // bound above
+  if (signals.poisoned) {
+    return "symmetric buffer " + std::to_string(signal_buffer) +
+           " holds the signal words of a launch that failed, so its counts are unknown: reset it on every PE "
+           "(SymmetricBuffer.reset_signals()) before launching again";
+  }
+  params.signals = params.slots[h.signal_slot];
+  params.signal_base = signals.signal_epoch;
+  std::string why = launch(stream, workspace);
+  finish_signal_launch(signal_buffer, why.empty(), h.num_iterations);
+  return why;
+}
+
+std::string Megakernel::launch(cudaStream_t stream, Buffer workspace) {
+  const ProgramHeader& h = header_;
+  const LaunchParams& params = *params_;
 
   MPK_CUDA(cudaMemsetAsync(workspace.data, 0, h.control_bytes, stream));
   cudaLaunchConfig_t config = {};

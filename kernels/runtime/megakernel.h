@@ -58,6 +58,7 @@ class Megakernel {
  private:
   explicit Megakernel(std::vector<uint8_t> blob);
   std::string upload(cudaStream_t stream);
+  std::string launch(cudaStream_t stream, Buffer workspace);  // with params_ bound
   std::string diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const;
 
   std::vector<uint8_t> blob_;

@@ -38,6 +38,12 @@ constexpr uint32_t kSchedulersPerBlock = 4;   // one scheduler per warp
 constexpr uint32_t kTerminateTask = 0xFFFFFFFFu;
 constexpr uint32_t kTerminateEvent = kMaxEvents - 1;
 constexpr uint32_t kNoWait = 0xFFFFFFFFu;  // static list: every producer ran earlier on this worker
+// NVSHMEM (cross-GPU) events. A trigger id with this tag bit names a signal
+// word in another PE's copy of the program's symmetric signal buffer: the
+// worker adds 1 to it (system scope, after the task's stores) instead of
+// counting a local event. Bits 24..30 hold the PE, bits 0..23 the word.
+constexpr uint32_t kNvshmemEventTag = 0x80000000u;
+constexpr uint32_t kMaxPes = 8;  // PEs a program may address: one node's GPUs
 // Idle waits (a worker for a task, a scheduler for an event) get this many
 // times the watchdog budget, so the wait that caused a hang reports it first.
 constexpr uint64_t kIdleBudgetFactor = 2;
@@ -47,6 +53,9 @@ enum TaskKind : uint16_t {
   kTaskCopy = 1,         // dims[0..1]: byte count (lo, hi); operands: dst, src
   kTaskCombineU32 = 2,   // dims: n, mul, add; operands: dst, src...; dst = (sum src) * mul + add
   kTaskWaitValue = 3,    // dims: value (lo, hi); operands: flag (u64); spins until flag >= value
+  // NVSHMEM kinds (kernels/tasks/nvshmem_*.cuh).
+  kTaskPut = 8,          // dims: bytes (lo, hi), pe; operands: dst (symmetric), src; dst on `pe` = src
+  kTaskSignalWait = 9,   // dims: tagged event id, threshold per iteration, lag; waits on the own PE's signal word
   // The LLM kinds; dims and operands are documented in jax_mpk/task_kinds.py.
   kTaskElementwise = 16,
   kTaskReduce = 17,
@@ -73,6 +82,7 @@ enum SlotSource : uint32_t {
   kSlotRet = 1,        // FFI result `index` (the workspace is the last result)
   kSlotWorkspace = 2,  // workspace + offset
   kSlotConstant = 3,   // program constants + offset, uploaded once per call site
+  kSlotSymmetric = 4,  // symmetric (NVSHMEM) buffer `index` + offset, allocated beside the JAX arrays
 };
 
 struct ProgramHeader {
@@ -99,8 +109,11 @@ struct ProgramHeader {
   uint32_t schedule;               // Schedule
   uint32_t num_worker_tasks;       // static: num_tasks; dynamic: 0
   uint32_t profile_capacity;       // ProfileEntry slots per worker; 0: no timeline
-  uint32_t pad;
-  uint64_t reserved[2];
+  uint16_t num_pes;                // PEs of the NVSHMEM job the program was compiled for; 0: none
+  uint16_t pe;                     // the PE that runs this program
+  uint32_t signal_slot;            // symmetric slot of the uint64 signal words (num_signals > 0)
+  uint32_t num_signals;            // signal words NVSHMEM events name
+  uint64_t reserved;
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
@@ -183,6 +196,7 @@ enum ErrorCode : uint32_t {
   kSchedQueueOverflow = 5,
   kBadTaskKind = 6,
   kWatchdogTaskInputs = 7,      // a statically scheduled task waited too long for its event
+  kWatchdogSignalWait = 8,      // a task waited too long for an NVSHMEM signal from a peer
 };
 
 inline MPK_HOST_DEVICE uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
@@ -234,6 +248,13 @@ struct BlobLayout {
     total = at;
   }
 };
+
+inline MPK_HOST_DEVICE bool is_nvshmem_event(uint32_t id) { return (id & kNvshmemEventTag) != 0; }
+inline MPK_HOST_DEVICE uint32_t nvshmem_event(uint32_t pe, uint32_t word) {
+  return kNvshmemEventTag | ((pe & 0x7Fu) << 24) | (word & 0xFFFFFFu);
+}
+inline MPK_HOST_DEVICE uint32_t nvshmem_event_pe(uint32_t id) { return (id >> 24) & 0x7Fu; }
+inline MPK_HOST_DEVICE uint32_t nvshmem_event_word(uint32_t id) { return id & 0xFFFFFFu; }
 
 // Scheduler-queue entry: lap tag (24) | iteration (16) | event (24).
 inline MPK_HOST_DEVICE uint64_t pack_sched_entry(uint64_t lap, uint32_t iteration, uint32_t event) {

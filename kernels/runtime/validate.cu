@@ -43,7 +43,7 @@ class Checker {
     slots_ = reinterpret_cast<const SlotDesc*>(blob_ + layout.slots);
     worker_task_begin_ = reinterpret_cast<const uint32_t*>(blob_ + layout.worker_task_begin);
     worker_tasks_ = reinterpret_cast<const WorkerTask*>(blob_ + layout.worker_tasks);
-    if (!config() || !slots() || !tasks() || !events() || !thresholds() || !acyclic()) return out();
+    if (!config() || !slots() || !nvshmem() || !tasks() || !events() || !thresholds() || !acyclic()) return out();
     if (h_.schedule == kScheduleStatic ? !static_lists() : !queues()) return out();
     return "";
   }
@@ -105,6 +105,11 @@ class Checker {
           if (s.offset + s.bytes > h_.constant_bytes)
             return fail() << "slot " << i << " reads past the " << h_.constant_bytes << " bytes of constants", false;
           break;
+        case kSlotSymmetric:  // the buffer's size is checked when a launch binds it
+          if (h_.num_pes == 0)
+            return fail() << "slot " << i << " names symmetric buffer " << s.index
+                          << ", but the program declares no NVSHMEM PEs (num_pes 0)", false;
+          break;
         default:
           return fail() << "slot " << i << " has unknown source " << s.source, false;
       }
@@ -120,6 +125,44 @@ class Checker {
     return true;
   }
 
+  // The NVSHMEM header fields and the signal buffer, before any task names them.
+  bool nvshmem() {
+    if (h_.num_pes > kMaxPes)
+      return fail() << "the program addresses " << h_.num_pes << " PEs; at most " << kMaxPes << " (one node)", false;
+    if (h_.num_pes != 0 && h_.pe >= h_.num_pes)
+      return fail() << "the program runs on PE " << h_.pe << " of " << h_.num_pes, false;
+    if (h_.num_signals == 0) return true;
+    if (h_.num_pes == 0) return fail() << "the program has " << h_.num_signals << " signal words but no NVSHMEM PEs", false;
+    if (h_.num_signals > (1u << 24)) return fail() << "at most 2^24 signal words; the program has " << h_.num_signals, false;
+    if (h_.signal_slot >= h_.num_slots || slots_[h_.signal_slot].source != kSlotSymmetric)
+      return fail() << "the signal slot " << h_.signal_slot << " is not a symmetric buffer slot", false;
+    if (slots_[h_.signal_slot].bytes < 8ull * h_.num_signals || slots_[h_.signal_slot].offset % 8 != 0)
+      return fail() << "the signal slot holds " << slots_[h_.signal_slot].bytes << " bytes; "
+                    << h_.num_signals << " signal words need " << 8ull * h_.num_signals << ", 8-byte aligned", false;
+    return true;
+  }
+
+  // Why an NVSHMEM event id cannot be signalled (own: waited on by this PE), or null.
+  const char* nvshmem_event_error(uint32_t id, bool own) const {
+    if (h_.num_signals == 0) return "the program declares no signal words";
+    if (nvshmem_event_word(id) >= h_.num_signals) return "its signal word is past the program's signal words";
+    if (nvshmem_event_pe(id) >= h_.num_pes) return "its PE is past the program's PEs";
+    if (own && nvshmem_event_pe(id) != h_.pe) return "a PE waits only on its own signal words";
+    return nullptr;
+  }
+
+  // What the NVSHMEM kinds need beyond their own check: the slot table and header.
+  const char* nvshmem_task_error(const TaskDesc& d) const {
+    if (d.kind == kTaskPut) {
+      if (h_.num_pes == 0) return "put needs a program with NVSHMEM PEs";
+      if (uint32_t(d.dims[2]) >= h_.num_pes) return "put names a PE past the program's PEs";
+      if (slots_[operands_[d.first_operand].slot].source != kSlotSymmetric)
+        return "put's destination is not a symmetric buffer: peers cannot address it";
+    }
+    if (d.kind == kTaskSignalWait) return nvshmem_event_error(uint32_t(d.dims[0]), true);
+    return nullptr;
+  }
+
   bool tasks() {
     launched_.assign(h_.num_tasks, 0);
     for (uint32_t t = 0; t < h_.num_tasks; ++t) {
@@ -130,13 +173,24 @@ class Checker {
         return fail() << "task " << t << " names dangling triggers", false;
       if (d.num_triggers == 0)
         return fail() << "task " << t << " triggers no event; every task must lead to the end-of-graph event", false;
-      for (uint32_t k = 0; k < d.num_triggers; ++k)
-        if (triggers_[d.first_trigger + k] >= h_.num_events)
-          return fail() << "task " << t << " triggers dangling event " << triggers_[d.first_trigger + k], false;
+      for (uint32_t k = 0; k < d.num_triggers; ++k) {
+        const uint32_t e = triggers_[d.first_trigger + k];
+        if (is_nvshmem_event(e)) {
+          if (const char* why = nvshmem_event_error(e, false))
+            return fail() << "task " << t << " signals NVSHMEM event (PE " << nvshmem_event_pe(e) << ", word "
+                          << nvshmem_event_word(e) << "): " << why, false;
+          if (d.flags & kTaskRelaxedTriggers)
+            return fail() << "task " << t << " signals a peer, so its triggers cannot be relaxed", false;
+        } else if (e >= h_.num_events) {
+          return fail() << "task " << t << " triggers dangling event " << e, false;
+        }
+      }
       bool known;
       const char* why = check_task(AllTasks{}, d, operands_ + d.first_operand, &known);
       if (!known) return fail() << "task " << t << " has kind " << d.kind << ", which the CUDA task library lacks", false;
       if (why) return fail() << "task " << t << " (" << task_name(AllTasks{}, d.kind) << "): " << why, false;
+      if (const char* nv = nvshmem_task_error(d))
+        return fail() << "task " << t << " (" << task_name(AllTasks{}, d.kind) << "): " << nv, false;
     }
     return true;
   }
@@ -163,7 +217,8 @@ class Checker {
 
   bool thresholds() {
     triggered_.assign(h_.num_events, 0);
-    for (uint32_t k = 0; k < h_.num_triggers; ++k) ++triggered_[triggers_[k]];
+    for (uint32_t k = 0; k < h_.num_triggers; ++k)
+      if (!is_nvshmem_event(triggers_[k])) ++triggered_[triggers_[k]];  // NVSHMEM events count on the peer
     for (uint32_t e = 0; e < h_.num_events; ++e) {
       if (e == h_.start_event) {
         if (events_[e].threshold != 0 || triggered_[e] != 0)
@@ -193,7 +248,7 @@ class Checker {
       for (uint32_t t = events_[e].first_task; t < events_[e].last_task; ++t)
         for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
           const uint32_t next = triggers_[tasks_[t].first_trigger + k];
-          if (--remaining[next] == 0) ready.push_back(next);
+          if (!is_nvshmem_event(next) && --remaining[next] == 0) ready.push_back(next);
         }
     }
     if (done == h_.num_events) return true;
@@ -214,6 +269,7 @@ class Checker {
     for (uint32_t t = 0; t < h_.num_tasks; ++t)
       for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
         const uint32_t e = triggers_[tasks_[t].first_trigger + k];
+        if (is_nvshmem_event(e)) continue;
         if (e != h_.end_event && events_[e].first_task <= t)
           return fail() << "static schedule: task " << t << " feeds event " << e << ", which launches task "
                         << events_[e].first_task << " at or before it; program order must be topological", false;
@@ -227,7 +283,10 @@ class Checker {
     wait_of_.assign(h_.num_tasks, 0);
     producers_.assign(h_.num_events, {});
     for (uint32_t t = 0; t < h_.num_tasks; ++t)
-      for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) producers_[triggers_[tasks_[t].first_trigger + k]].push_back(t);
+      for (uint32_t k = 0; k < tasks_[t].num_triggers; ++k) {
+        const uint32_t e = triggers_[tasks_[t].first_trigger + k];
+        if (!is_nvshmem_event(e)) producers_[e].push_back(t);
+      }
     for (uint32_t w = 0; w < h_.num_workers; ++w) {
       const uint32_t b = worker_task_begin_[w], e = worker_task_begin_[w + 1];
       if (b > e) return fail() << "static schedule: worker " << w << " has a negative list", false;

@@ -16,6 +16,15 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   return found;
 }
 
+// An NVSHMEM event: add 1 to a signal word in a peer's copy of the signal
+// buffer. The release at system scope publishes the task's stores, which the
+// block barrier ordered before this thread's trigger, to the peer first.
+// Out of line: programs without NVSHMEM never take it.
+__device__ __noinline__ void signal_peer(const LaunchParams& p, uint32_t event) {
+  auto* words = reinterpret_cast<uint64_t*>(p.signals + p.peer_delta[nvshmem_event_pe(event)]);
+  red_add_release_sys(words + nvshmem_event_word(event), 1);
+}
+
 // Under the static schedule nobody dispatches: consumers poll the counters,
 // so a release reduction is all a trigger takes.
 // When every consumer runs later on this worker, the block barrier already
@@ -25,7 +34,12 @@ __device__ inline void trigger_events(const LaunchParams& p, const Control& c, u
                                       uint32_t num_triggers, uint32_t flags, uint32_t iteration) {
   if (kSchedule == kScheduleStatic) {
     for (uint32_t k = 0; k < num_triggers; ++k) {
-      uint64_t* counter = &c.counters[p.triggers[first_trigger + k]];
+      const uint32_t event = p.triggers[first_trigger + k];
+      if (is_nvshmem_event(event)) {
+        signal_peer(p, event);
+        continue;
+      }
+      uint64_t* counter = &c.counters[event];
       if (flags & kTaskRelaxedTriggers)
         red_add_relaxed(counter, 1);
       else
@@ -36,6 +50,10 @@ __device__ inline void trigger_events(const LaunchParams& p, const Control& c, u
   fence_acq_rel_gpu();
   for (uint32_t k = 0; k < num_triggers; ++k) {
     const uint32_t event = p.triggers[first_trigger + k];
+    if (is_nvshmem_event(event)) {
+      signal_peer(p, event);
+      continue;
+    }
     if (atom_add_acq_rel(&c.counters[event], 1) + 1 == uint64_t(p.events[event].threshold) * (iteration + 1))
       fire_event(p, c, event, iteration);
   }

@@ -9,6 +9,8 @@
 #include "gather_rows.cuh"
 #include "matmul.cuh"
 #include "noop.cuh"
+#include "nvshmem_put.cuh"
+#include "nvshmem_signal_wait.cuh"
 #include "reduce.cuh"
 #include "wait_value.cuh"
 
@@ -18,6 +20,7 @@ template <typename... Tasks>
 struct TaskList {};
 
 using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, ReduceTask,
-                          MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask>;
+                          MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask, PutTask,
+                          SignalWaitTask>;
 
 }  // namespace mpk

@@ -18,9 +18,11 @@ struct CopyTask {
   }
 
   __device__ static void run(const TaskContext& ctx) {
-    uint8_t* dst = ctx.operand<uint8_t>(0);
-    const uint8_t* src = ctx.operand<const uint8_t>(1);
-    const uint64_t n = dims_u64(ctx.desc, 0);
+    copy_block(ctx.operand<uint8_t>(0), ctx.operand<const uint8_t>(1), dims_u64(ctx.desc, 0), ctx.thread);
+  }
+
+  // n bytes from src to dst with every thread of the block; dst may be a peer's memory.
+  __device__ static void copy_block(uint8_t* dst, const uint8_t* src, uint64_t n, int thread) {
     const bool aligned = ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0;
     uint64_t done = 0;
     if (aligned) {
@@ -29,7 +31,7 @@ struct CopyTask {
       auto* s16 = reinterpret_cast<const uint4*>(src);
       // kUnroll independent loads in flight per thread before the first store.
       constexpr int kUnroll = 8;
-      uint64_t i = ctx.thread;
+      uint64_t i = thread;
       for (; i + (kUnroll - 1) * kWorkerThreads < vectors; i += kUnroll * kWorkerThreads) {
         uint4 v[kUnroll];
 #pragma unroll
@@ -40,7 +42,7 @@ struct CopyTask {
       for (; i < vectors; i += kWorkerThreads) d16[i] = s16[i];
       done = vectors * 16;
     }
-    for (uint64_t i = done + ctx.thread; i < n; i += kWorkerThreads) dst[i] = src[i];
+    for (uint64_t i = done + thread; i < n; i += kWorkerThreads) dst[i] = src[i];
   }
 };
 
