@@ -58,9 +58,11 @@ import numpy as np
 from jax_mpk.program import TaskKind
 
 __all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype", "is_float",
-           "MAX_ELEMENTWISE_RANK", "MAX_SLICE_RANK", "ElementwiseProgram", "Instr"]
+           "MAX_ELEMENTWISE_RANK", "MAX_ELEMENTWISE_INSTRS", "MAX_SLICE_RANK",
+           "ElementwiseProgram", "Instr"]
 
 MAX_ELEMENTWISE_RANK = 6
+MAX_ELEMENTWISE_INSTRS = 64  # kMaxRegisters of kernels/tasks/elementwise.cuh
 MAX_SLICE_RANK = 4
 
 

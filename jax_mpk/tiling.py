@@ -15,6 +15,7 @@ import numpy as np
 from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
 from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import (
+    MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
     ElementwiseProgram,
     Instr,
@@ -286,6 +287,9 @@ def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
     if len(shape) > MAX_ELEMENTWISE_RANK:
         raise NotImplementedError(f"elementwise op of rank {len(shape)} beyond "
                                   f"{MAX_ELEMENTWISE_RANK} after merging dims ({op.source})")
+    if len(instrs) > MAX_ELEMENTWISE_INSTRS:
+        raise NotImplementedError(f"elementwise op of {len(instrs)} instructions, beyond the "
+                                  f"task's {MAX_ELEMENTWISE_INSTRS} ({op.source})")
     program = ElementwiseProgram(instrs, len(op.inputs))
     words = program.encode(shape, strides[0], [t.dtype for t in op.inputs], strides[1:])
     desc = pb.descriptor(words)

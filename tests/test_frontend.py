@@ -251,3 +251,30 @@ def test_matmul_streams_the_bigger_operand():
     compiled = jax_mpk.jit(fn, backend="reference", device=device)
     assert_close(compiled(x, w, residual), x @ w + residual, np.float32)
     assert compiled.lower(x, w, residual).compiled.task_kinds[TaskKind.MATMUL] >= 8
+
+
+def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
+    """A convert read by two ops is computed inside both; halves of a result (a split)
+    are read in place; a long producer with two readers stays an op of its own."""
+    def norm_like(x, scale):
+        xf = x.astype(jnp.float32)
+        return (xf * lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + 1e-6) * scale).astype(x.dtype)
+
+    def rope_like(x, cos, sin):
+        x1, x2 = jnp.split(x.astype(jnp.float32) * 1.5, 2, axis=-1)
+        return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+    def shared_long(x):
+        y = jnp.tanh(jnp.exp(x) * 0.5 + jnp.sin(x))
+        return y * 2.0, y + 1.0
+
+    x, scale = normal(3, 64, dtype=jnp.bfloat16), normal(64)
+    compiled = check(norm_like, x, scale, dtype=jnp.bfloat16)
+    ops = compiled.lower(x, scale).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["elementwise", "reduce", "elementwise"]
+    q, cos, sin = normal(2, 4, 16), normal(1, 8), normal(1, 8)
+    ops = check(rope_like, q, cos, sin).lower(q, cos, sin).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["elementwise"] * 2  # the halves; their concat
+    y = normal(5, 7)
+    ops = check(shared_long, y).lower(y).compiled.program.graph.ops
+    assert len(ops) == 3

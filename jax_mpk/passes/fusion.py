@@ -1,11 +1,15 @@
-"""Elementwise fusion: an elementwise op whose only reader is another elementwise op is
-computed inside that reader, so its result never reaches memory."""
+"""Elementwise fusion: an elementwise op whose readers are all elementwise ops is computed
+inside them, so its result never reaches memory and its readers wait for one op less.
+A producer with one reader moves into it; a cheap one (a convert, a scale) is copied into
+each of several readers."""
 
 from __future__ import annotations
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.dataflow import overlaps
-from jax_mpk.task_kinds import Instr, Opcode
+from jax_mpk.task_kinds import MAX_ELEMENTWISE_INSTRS, Instr, Opcode, const_bits
+
+CHEAP_INSTRS = 4  # a producer this short is recomputed by each of its readers
 
 
 def fuse_elementwise(graph: Graph) -> None:
@@ -29,38 +33,63 @@ def fuse_elementwise(graph: Graph) -> None:
             out = producer.outputs[0]
             key = id(out.buffer)
             consumers = list(readers.get(key, {}).values())
-            if (len(consumers) != 1 or writers[key] != 1 or key in output_buffers
+            if (not consumers or writers[key] != 1 or key in output_buffers
                     or out.buffer.role is not Role.INTERMEDIATE
                     or out.offset != 0 or out.nbytes != out.buffer.nbytes):
                 continue
-            (consumer,) = consumers
-            if consumer.kind != "elementwise":
+            if len(consumers) > 1 and len(producer.attrs["instrs"]) > CHEAP_INSTRS:
                 continue
-            between = ops[position[id(producer)] + 1:position[id(consumer)]]
-            if any(overlaps(w, r) for op in between if id(op) not in removed
-                   for w in op.outputs for r in producer.inputs):
+            plans = [_plan(producer, c) for c in consumers]
+            if any(plan is None for plan in plans):
                 continue
-            if _fuse(producer, consumer):
-                removed.add(id(producer))
-                del readers[key]
-                for t in producer.inputs:
-                    users = readers[id(t.buffer)]
-                    users.pop(id(producer), None)
+            if any(overlaps(w, r) for consumer in consumers
+                   for op in ops[position[id(producer)] + 1:position[id(consumer)]]
+                   if id(op) not in removed for w in op.outputs for r in producer.inputs):
+                continue
+            for consumer, plan in zip(consumers, plans, strict=True):
+                _inline(producer, consumer, plan)
+            removed.add(id(producer))
+            del readers[key]
+            for t in producer.inputs:
+                users = readers[id(t.buffer)]
+                users.pop(id(producer), None)
+                for consumer in consumers:
                     users[id(consumer)] = consumer
-                changed = True
+            changed = True
     graph.ops = [op for op in ops if id(op) not in removed]
 
 
-def _fuse(producer: Op, consumer: Op) -> bool:
-    """Inline producer into consumer where every read of its result composes; else False."""
+def _plan(producer: Op, consumer: Op) -> dict | None:
+    """For each input of consumer that reads producer's result, how its dims walk the
+    result's; None if some read does not compose or the fused program would be too long."""
+    if consumer.kind != "elementwise":
+        return None
     out = producer.outputs[0]
     dims_of_reads = {}
     for j, t in enumerate(consumer.inputs):
         if t.buffer is out.buffer:
-            dim_map = _dim_map(t, out)
-            if dim_map is None:
-                return False
-            dims_of_reads[j] = dim_map
+            dims = _dim_map(t, out)
+            if dims is None:
+                return None
+            dim_map, starts = dims
+            for ins in producer.attrs["instrs"]:
+                if ins.opcode == Opcode.IOTA and dim_map[ins.imm] is not None and (
+                        starts[ins.imm] or dim_map[ins.imm] < 0
+                        or dim_map[ins.imm] + 1 < len(dim_map)
+                        and (dim_map[ins.imm + 1] or 0) < 0):
+                    return None  # an iota along a sliced or merged dim needs arithmetic
+                if ins.opcode == Opcode.LOAD and not _chains(producer.inputs[ins.imm], dim_map,
+                                                             out.shape):
+                    return None
+            dims_of_reads[j] = dims
+    length = (len(consumer.attrs["instrs"])
+              + len(dims_of_reads) * len(producer.attrs["instrs"]))
+    return dims_of_reads if length <= MAX_ELEMENTWISE_INSTRS else None
+
+
+def _inline(producer: Op, consumer: Op, dims_of_reads: dict) -> None:
+    """Computes producer's result inside consumer, for each read planned by _plan."""
+    out = producer.outputs[0]
     inputs = [t for t in consumer.inputs if t.buffer is not out.buffer]
     new_index = {}
     instrs: list[Instr] = []
@@ -68,17 +97,18 @@ def _fuse(producer: Op, consumer: Op) -> bool:
         if t.buffer is not out.buffer:
             new_index[j] = inputs.index(t)
     inlined_result = {}
-    for j, dim_map in dims_of_reads.items():
+    for j, dims in dims_of_reads.items():
+        dim_map, starts = dims
         base = len(instrs)
         for ins in producer.attrs["instrs"]:
             if ins.opcode == Opcode.LOAD:
-                view = _compose(producer.inputs[ins.imm], dim_map, consumer.outputs[0].shape)
+                view = _compose(producer.inputs[ins.imm], dims, consumer.outputs[0].shape)
                 inputs.append(view)
                 instrs.append(ins._replace(imm=len(inputs) - 1))
             elif ins.opcode == Opcode.IOTA:
                 dim = dim_map[ins.imm]
                 instrs.append(ins._replace(imm=dim) if dim is not None else
-                              Instr(Opcode.CONST, ins.dtype, (), 0))
+                              Instr(Opcode.CONST, ins.dtype, (), const_bits(starts[ins.imm], ins.dtype)))
             else:
                 instrs.append(ins._replace(args=tuple(a + base for a in ins.args)))
         inlined_result[j] = len(instrs) - 1
@@ -95,40 +125,57 @@ def _fuse(producer: Op, consumer: Op) -> bool:
         instrs.append(ins)
     consumer.inputs = inputs
     consumer.attrs["instrs"] = instrs
-    return True
 
 
-def _dim_map(view: Tensor, out: Tensor) -> list[int | None] | None:
-    """For each dim of out, the dim of view that walks it (None for size 1), or None where
-    view is not out broadcast into the consumer's shape."""
+def _dim_map(view: Tensor, out: Tensor):
+    """How a consumer's input `view` walks the producer's result `out`: (dim_map, starts),
+    dim_map[d] the view dim that walks out dim d (None where none does; -1 - v where out dim
+    d is merged with the next ones into view dim v, as a reshape does) and starts[d] the
+    out index where it begins. The view may slice out, transpose it, merge its dims or
+    broadcast it into the consumer's shape. None where it does not stay inside out."""
     contiguous = contiguous_strides(out.shape)
-    dim_map: list[int | None] = []
-    used = set()
-    at = 0
-    for size, stride in zip(out.shape, contiguous, strict=False):
-        if size == 1:
-            dim_map.append(None)
-            continue
-        while at < len(view.shape) and not (view.shape[at] == size
-                                            and view.strides[at] == stride):
-            if view.strides[at] != 0 and view.shape[at] != 1:
-                return None
-            at += 1
-        if at == len(view.shape):
-            return None
-        dim_map.append(at)
-        used.add(at)
-        at += 1
-    if view.offset != 0 or any(view.strides[d] != 0 and view.shape[d] != 1
-                               for d in range(len(view.shape)) if d not in used):
+    starts, rest = [], view.offset
+    for size, stride in zip(out.shape, contiguous, strict=True):
+        starts.append(rest // stride % size if size > 1 else 0)
+        rest -= starts[-1] * stride
+    if rest != 0:
         return None
-    return dim_map
+    dim_map: list[int | None] = [None] * len(out.shape)
+    for v, (size, stride) in enumerate(zip(view.shape, view.strides, strict=True)):
+        if size == 1 or stride == 0:
+            continue  # a broadcast dim of the consumer
+        walked = [d for d in range(len(out.shape))
+                  if out.shape[d] > 1 and contiguous[d] == stride and dim_map[d] is None]
+        if not walked:
+            return None
+        d = walked[0]
+        if starts[d] + size <= out.shape[d]:
+            dim_map[d] = v
+            continue
+        # Out dims d0..d merged into view dim v: whole, in order, from index 0.
+        group, span = [d], out.shape[d]
+        while span < size and group[0] > 0:
+            group.insert(0, group[0] - 1)
+            span *= out.shape[group[0]]
+        if span != size or any(starts[g] or dim_map[g] is not None for g in group):
+            return None
+        for g in group[:-1]:
+            dim_map[g] = -1 - v
+        dim_map[d] = v
+    return dim_map, starts
 
 
-def _compose(t: Tensor, dim_map, shape) -> Tensor:
+def _chains(t: Tensor, dim_map, out_shape) -> bool:
+    """Whether t's strides chain over each group of out dims merged into one view dim."""
+    return all(t.strides[d] == t.strides[d + 1] * out_shape[d + 1]
+               for d, v in enumerate(dim_map) if v is not None and v < 0)
+
+
+def _compose(t: Tensor, dims, shape) -> Tensor:
     """The producer's input t, indexed in the consumer's shape."""
+    dim_map, starts = dims
     strides = [0] * len(shape)
     for src_dim, dst_dim in enumerate(dim_map):
-        if dst_dim is not None:
+        if dst_dim is not None and dst_dim >= 0:
             strides[dst_dim] = t.strides[src_dim]
-    return t.view(shape, strides)
+    return t.view(shape, strides, sum(s * st for s, st in zip(starts, t.strides, strict=True)))
