@@ -200,12 +200,14 @@ class TaskGraph:
 
         # Group tasks by their producer set, groups in order of first appearance.
         group_of: dict[tuple[int, ...], int] = {}
+        group_of_task = [0] * len(self._tasks)
         members: list[list[int]] = []
         for t in order:
             key = tuple(self._tasks[t].deps)
             if key not in group_of:
                 group_of[key] = len(members)
                 members.append([])
+            group_of_task[t] = group_of[key]
             members[group_of[key]].append(t)
         if () not in group_of:
             raise GraphError("the graph has no source task")
@@ -257,7 +259,7 @@ class TaskGraph:
         for t in program_order:
             task = self._tasks[t]
             i = index_of[t]
-            fired = sorted({group_of[tuple(self._tasks[s].deps)] for s in succs[t]})
+            fired = sorted({group_of_task[s] for s in succs[t]})
             if not fired:
                 fired = [end_event]
             fired_by[t] = fired
