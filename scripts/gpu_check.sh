@@ -15,6 +15,7 @@ step() { echo "== $*"; }
 
 step build
 start=$(date +%s)
+touch kernels/runtime/megakernel.cu  # ninja once lost the .cuh dependencies: never build stale
 $PY -m pip install --no-build-isolation --no-deps -e . >"$LOGS/1_build.log" 2>&1 || { tail -50 "$LOGS/1_build.log"; exit 1; }
 grep -h "jax_mpk:" build/*/CMakeCache.txt "$LOGS/1_build.log" 2>/dev/null | head -2
 echo "build took $(( $(date +%s) - start )) s"
@@ -22,8 +23,12 @@ $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), 
 
 if [ -z "${SKIP_TESTS:-}" ]; then
 step "gpu tests, command buffers on (XLA default)"
-timeout -s USR1 -k 20 ${TEST_TIMEOUT:-420} $PY -m pytest -m gpu -q -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/2_pytest_gpu.log" | tail -15
+# -v: one line per test, so the counts survive a run cut off before its summary line.
+timeout -s USR1 -k 20 ${TEST_TIMEOUT:-420} $PY -m pytest -m gpu -v -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
+echo "passed $(grep -c ' PASSED' "$LOGS/2_pytest_gpu.log"), failed $(grep -c ' FAILED' "$LOGS/2_pytest_gpu.log"), errors $(grep -c ' ERROR' "$LOGS/2_pytest_gpu.log"), skipped $(grep -c ' SKIPPED' "$LOGS/2_pytest_gpu.log")"
+grep -E "^(FAILED|ERROR)|passed|failed|Thread 0x|File " "$LOGS/2_pytest_gpu.log" | tail -25
+step "two NVSHMEM PEs on one GPU"
+timeout 90 $PY scripts/nvshmem_two_pes.py >"$LOGS/3_nvshmem_two_pes.log" 2>&1; tail -2 "$LOGS/3_nvshmem_two_pes.log"
 step "gpu tests, command buffers off"
 XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
   -k "jit or watchdog" >"$LOGS/3_pytest_gpu_no_command_buffers.log" 2>&1 || status=1
