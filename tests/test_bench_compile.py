@@ -14,3 +14,14 @@ def test_llama_1b_shape_compiles_from_abstract_shapes():
     assert kinds[TaskKind.DYNAMIC_UPDATE_SLICE] == 2 * LLAMA_1B.layers
     assert len(lowered.compiled.aliases) == 2 * LLAMA_1B.layers
     assert "weights read per call: 2.30 GiB" in lowered.as_text()
+
+
+def test_llama_1b_step_needs_little_memory_besides_its_weights():
+    """Issue 5: intermediates, queues and counters (the program's workspace_bytes counts the
+    control region too) and constants stay under 2% of the weight bytes."""
+    step, inputs = abstract_step(LLAMA_1B, batch=1)
+    lowered = jax_mpk.jit(step, donate_argnums=(2,)).lower(*inputs)
+    program = lowered.program
+    weight_bytes = sum(b.nbytes for b in lowered.compiled.program.graph.args
+                       if b.role.name == "PARAM")
+    assert program.workspace_bytes + program.constant_bytes < 0.02 * weight_bytes
