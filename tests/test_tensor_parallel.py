@@ -138,3 +138,29 @@ def test_a_rank_cannot_run_alone():
 def test_rank_outside_the_job_is_rejected():
     with pytest.raises(ValueError, match="rank 2 of 2"):
         jax_mpk.TensorParallel("tp", 2, 2)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["layers", "scan"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("step_name", ["decode_b1", "prefill"])
+def test_llama_decoder_split_over_two_ranks_matches_jax_jit(step_name, dtype, scan_layers):
+    from examples.models import linen, tp
+    from examples.models.config import FAMILIES
+    from tests.harness import decode_step
+    from tests.test_models import STEPS
+
+    cfg = FAMILIES["llama"].replace(dtype=dtype, scan_layers=scan_layers)
+    step, (params, tokens, cache, pos) = decode_step(cfg, "linen", *STEPS[step_name])
+    expected_logits, expected_cache = jax.jit(step)(params, tokens, cache, pos)
+    size = 2
+    model = linen.Decoder(tp.rank_config(cfg, "tp", size))
+    fns = ranks(lambda p, t, c, pos: model.apply(p, t, c, pos), size, donate_argnums=(2,))
+    args = [(tp.shard_params(params, r, size), tokens, tp.shard_cache(cache, r, size), pos)
+            for r in range(size)]
+    graph = fns[0].compile_for(args[0])[0].program.graph
+    assert [op.kind for op in graph.ops].count("allreduce") == 2 * cfg.layers  # o and down
+    outs = run_reference(fns, args)
+    for logits, _ in outs:
+        assert_close(logits, expected_logits, dtype)
+    caches = jax.tree.map(lambda *parts: jnp.concatenate(parts, -2), *[c for _, c in outs])
+    assert_close(caches, expected_cache, dtype)
