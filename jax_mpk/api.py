@@ -13,27 +13,32 @@ import numpy as np
 from jax_mpk import passes, reference
 from jax_mpk.frontend import build_graph
 from jax_mpk.report import report
+from jax_mpk.tensor_parallel import TensorParallel
 from jax_mpk.tiling import CompiledProgram, DeviceSpec, compile_graph
 
 BACKENDS = ("auto", "megakernel", "reference")
 
 
 def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
-        device: DeviceSpec | None = None, schedule: str = "static"):
+        device: DeviceSpec | None = None, schedule: str = "static",
+        tensor_parallel: TensorParallel | None = None):
     """Like jax.jit(fn); backend "reference" runs the program with the numpy executor.
 
     schedule: "static" (compiled per-worker task lists) or "dynamic" (scheduler
     warps dispatch tasks as their events fire); see README.md, The runtime.
+    tensor_parallel: compile fn as one rank's code, its `jax.lax.psum`/`all_gather` over
+    that axis becoming NVSHMEM collectives (jax_mpk/tensor_parallel.py).
     """
     if fn is None:
         return functools.partial(jit, static_argnums=static_argnums,
                                  donate_argnums=donate_argnums, backend=backend, device=device,
-                                 schedule=schedule)
+                                 schedule=schedule, tensor_parallel=tensor_parallel)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if device is None:
         device = _default_device(backend, schedule)
-    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend, device)
+    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend, device,
+                    tensor_parallel)
 
 
 def _default_device(backend: str, schedule: str) -> DeviceSpec:
@@ -60,6 +65,12 @@ class Compiled:
     aliases: dict[int, int]  # result index -> flat argument index written in place
     names: list[str]
     registered: object = None  # the program as registered with the extension, once launched
+    tensor_parallel: TensorParallel | None = None
+
+    @property
+    def symmetric_buffers(self) -> dict[int, int]:
+        """Bytes of each symmetric buffer the program names, by id (tensor_parallel.py)."""
+        return self.program.symmetric_buffers
 
     @property
     def task_kinds(self) -> collections.Counter:
@@ -89,13 +100,15 @@ class Lowered:
 
 
 class Function:
-    def __init__(self, fn, static_argnums, donate_argnums, backend, device):
+    def __init__(self, fn, static_argnums, donate_argnums, backend, device,
+                 tensor_parallel=None):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.static_argnums = static_argnums
         self.donate_argnums = donate_argnums
         self.backend = backend
         self.device = device
+        self.tensor_parallel = tensor_parallel
         self._cache: dict = {}
         self._noticed = False
 
@@ -103,6 +116,10 @@ class Function:
         static = tuple((i, args[i]) for i in self.static_argnums)
         dynamic = [a for i, a in enumerate(args) if i not in self.static_argnums]
         return static, dynamic
+
+    def compile_for(self, args: tuple) -> tuple[Compiled, list]:
+        """The compiled program for these arguments and its flat arguments."""
+        return self._compile(args)
 
     def _compile(self, args) -> tuple[Compiled, list]:
         static, dynamic = self._split(args)
@@ -131,19 +148,23 @@ class Function:
             return self.fn(*full)
 
         flat_avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
-        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*flat_avals)
+        tp = self.tensor_parallel
+        axis_env = [(tp.axis, tp.size)] if tp else []
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True,
+                                           axis_env=axis_env)(*flat_avals)
         donated, names = [], []
         paths = jax.tree_util.tree_flatten_with_path(dynamic)[0]
         for path, _ in paths:
             position = positions[path[0].idx] if path else 0
             donated.append(position in self.donate_argnums)
             names.append(f"arg{position}{jax.tree_util.keystr(path[1:])}")
-        graph = build_graph(closed, donated, names)
+        graph = build_graph(closed, donated, names, tp)
         passes.optimize(graph)
-        program = compile_graph(graph, self._device_spec())
+        program = compile_graph(graph, self._device_spec(), tp)
         out_leaves, out_tree = jax.tree.flatten(out_shape)
         results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
-        return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names)
+        return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names,
+                        tensor_parallel=tp)
 
     def _device_spec(self) -> DeviceSpec:
         return self.device
@@ -154,6 +175,12 @@ class Function:
 
     def __call__(self, *args):
         compiled, flat = self._compile(args)
+        tp = self.tensor_parallel
+        if tp is not None and tp.size > 1:
+            raise NotImplementedError(
+                f"rank {tp.rank} of {tp.size} cannot run alone: run every rank's function "
+                "together with jax_mpk.tensor_parallel.run_reference (CPU); launching ranks on "
+                "GPUs is not wired into jax_mpk.jit yet")
         backend = self.backend
         if backend == "auto":
             backend = "megakernel" if _has_cuda() else "reference"

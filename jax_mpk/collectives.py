@@ -49,15 +49,21 @@ def _tiles(n: int, itemsize: int, tile_bytes: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
+def signal_words_needed(nbytes: int, dtype, tile_bytes: int = DEFAULT_TILE_BYTES) -> int:
+    """The signal words an allreduce or allgather of `nbytes` takes (two per tile)."""
+    itemsize = np.dtype(dtype).itemsize
+    return 2 * len(_tiles(nbytes // itemsize, itemsize, tile_bytes))
+
+
 def _exchange(g: tg.TaskGraph, x: tg.Operand, dtype, buffer: int, tile_bytes: int, deps,
-              consume) -> list[int]:
+              consume, offset: int = 0) -> list[int]:
     """Steps 1-4 above; consume(lo, hi, rows_slot, wait) adds step 4's task for a tile and
     returns its id."""
     itemsize = np.dtype(dtype).itemsize
     if x.nbytes % itemsize:
         raise tg.GraphError(f"{x.nbytes} bytes are not a whole number of {np.dtype(dtype)}")
     n, p, me = x.nbytes // itemsize, g.num_pes, g.pe
-    rows = g.symmetric(buffer, p * n * itemsize)
+    rows = g.symmetric(buffer, p * n * itemsize, offset)
     tiles = _tiles(n, itemsize, tile_bytes)
     first = g.take_signal_words(2 * len(tiles))
     ready = [first + 2 * t for t in range(len(tiles))]
@@ -78,11 +84,11 @@ def _exchange(g: tg.TaskGraph, x: tg.Operand, dtype, buffer: int, tile_bytes: in
 
 
 def allreduce(g: tg.TaskGraph, x: tg.Operand, out: tg.Operand, dtype, buffer: int,
-              tile_bytes: int = DEFAULT_TILE_BYTES, deps=()) -> list[int]:
+              tile_bytes: int = DEFAULT_TILE_BYTES, deps=(), offset: int = 0) -> list[int]:
     """out = the sum over PEs of x (a flat array of `dtype`), in float32 for float dtypes
     and in PE order, so every PE gets the same bits. `buffer` is a symmetric buffer of at
     least num_pes x x.nbytes bytes that only this collective uses. Returns the tasks that
-    write out (one per tile)."""
+    write out (one per tile). The rows start at byte `offset` of the buffer."""
     itemsize = np.dtype(dtype).itemsize
     n, p = x.nbytes // itemsize, g.num_pes
     code = int(dtype_code(dtype))
@@ -94,14 +100,14 @@ def allreduce(g: tg.TaskGraph, x: tg.Operand, out: tg.Operand, dtype, buffer: in
                           [1, p, n, int(Reducer.SUM), code, code, lo, hi - lo], [wait],
                           name=f"reduce {lo}:{hi}", signals=acks)
 
-    return _exchange(g, x, dtype, buffer, tile_bytes, deps, reduce)
+    return _exchange(g, x, dtype, buffer, tile_bytes, deps, reduce, offset)
 
 
 def allgather(g: tg.TaskGraph, x: tg.Operand, out: tg.Operand, dtype, buffer: int,
-              tile_bytes: int = DEFAULT_TILE_BYTES, deps=()) -> list[int]:
+              tile_bytes: int = DEFAULT_TILE_BYTES, deps=(), offset: int = 0) -> list[int]:
     """out[pe] = x of PE pe: out is [num_pes, x.nbytes] bytes. `buffer` is a symmetric
-    buffer of at least num_pes x x.nbytes bytes that only this collective uses. Returns
-    the tasks that write out."""
+    buffer of at least num_pes x x.nbytes bytes from byte `offset` that only this
+    collective uses. Returns the tasks that write out."""
     itemsize = np.dtype(dtype).itemsize
     n, p = x.nbytes // itemsize, g.num_pes
     if out.nbytes < p * x.nbytes:
@@ -121,7 +127,7 @@ def allgather(g: tg.TaskGraph, x: tg.Operand, out: tg.Operand, dtype, buffer: in
         return g.add_task(fmt.TaskKind.NOOP, [], [], copies, name=f"gathered {lo}:{hi}",
                           signals=acks)
 
-    return _exchange(g, x, dtype, buffer, tile_bytes, deps, copy)
+    return _exchange(g, x, dtype, buffer, tile_bytes, deps, copy, offset)
 
 
 # Numpy semantics of the collectives over every PE's input at once.

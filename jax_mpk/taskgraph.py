@@ -175,6 +175,9 @@ class TaskGraph:
     def num_tasks(self) -> int:
         return len(self._tasks)
 
+    def kind_of(self, task: int) -> int:
+        return self._tasks[task].kind
+
     # Planning --------------------------------------------------------------
     def build(self, config: RuntimeConfig, num_args: int, num_rets: int) -> BuiltProgram:
         if not self._tasks:

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from jax_mpk import collectives
 from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
 from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import (
@@ -23,6 +24,7 @@ from jax_mpk.task_kinds import (
     dtype_code,
 )
 from jax_mpk.taskgraph import Operand, RuntimeConfig, TaskGraph
+from jax_mpk.tensor_parallel import RECEIVE_BUFFER, SIGNAL_BUFFER
 
 ALIGN = 256
 
@@ -42,6 +44,7 @@ class DeviceSpec:
     # per-worker lists, the fastest; "dynamic" scheduler warps, the MPK seed.
     schedule: str = "static"
     profile_capacity: int = 0  # timeline entries per worker (jax_mpk.profile)
+    collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
     def of_cuda_device(cls, info: dict, **overrides) -> DeviceSpec:
@@ -71,6 +74,7 @@ class CompiledProgram:
     graph: Graph
     tasks: list[TaskRecord]  # by program task index
     op_tasks: list[int]  # tasks per op
+    symmetric_buffers: dict[int, int] = dataclasses.field(default_factory=dict)  # id -> bytes
 
 
 class _Location(collections.namedtuple("_Location", "buffer offset nbytes")):
@@ -78,9 +82,12 @@ class _Location(collections.namedtuple("_Location", "buffer offset nbytes")):
 
 
 class ProgramBuilder:
-    def __init__(self, graph: Graph, device: DeviceSpec):
+    def __init__(self, graph: Graph, device: DeviceSpec, tensor_parallel=None):
         self.graph = graph
         self.device = device
+        self.tensor_parallel = tensor_parallel
+        self.signal_words = 0  # NVSHMEM signal words the collectives take
+        self.receive_bytes = 0  # of the symmetric buffer the collectives receive into
         self.workers = device.workers
         self.constants = bytearray()
         self.const_offsets: dict[int, int] = {}  # id(constant buffer) -> offset in the blob
@@ -123,6 +130,11 @@ class ProgramBuilder:
     def add(self, kind: TaskKind, locations, dims, op_index: int, stage: int = 0):
         """A task of op op_index; the tasks of a stage wait for all of the stage before."""
         self.tasks.append((kind, list(locations), [int(d) for d in dims], op_index, stage))
+
+    def add_collective(self, locations, emit, op_index: int):
+        """Tasks that emit(task_graph, operand_of_location, deps) adds to the TaskGraph itself
+        (jax_mpk.collectives); it returns the tasks that later ops wait for."""
+        self.tasks.append((None, list(locations), emit, op_index, 0))
 
     def build(self) -> CompiledProgram:
         op_deps, ancestors = _op_dependencies(self.graph.ops)
@@ -169,6 +181,11 @@ class ProgramBuilder:
                 if loc.buffer != "const" and id(loc.buffer) not in placed:
                     placed[id(loc.buffer)] = self._place(loc.buffer)
         tg = TaskGraph()
+        tp = self.tensor_parallel
+        if tp is not None:
+            tg.nvshmem(tp.rank, tp.size)
+            if self.signal_words:
+                tg.signal_words(SIGNAL_BUFFER, self.signal_words)
         arg_slots = {i: tg.arg(i, b.nbytes) for i, b in enumerate(graph.args)}
         ret_slots = {i: tg.ret(i, t.buffer.nbytes) for i, t in enumerate(graph.outputs)
                      if i not in graph.aliases}
@@ -191,6 +208,7 @@ class ProgramBuilder:
         for _, _, _, op_index, stage in self.tasks:
             last_stage[op_index] = max(stage, last_stage.get(op_index, 0))
         records = []
+        op_tasks = [0] * len(graph.ops)
         dep_lists: dict[tuple[int, int], list[int]] = {}
         for kind, locations, dims, op_index, stage in self.tasks:
             key = (op_index, stage)
@@ -200,19 +218,30 @@ class ProgramBuilder:
                 else:
                     dep_lists[key] = sorted(t for d in op_deps[op_index]
                                             for t in stage_tasks[(d, last_stage[d])])
+            if kind is None:  # a collective: dims is its emit function
+                first = tg.num_tasks
+                stage_tasks[key].extend(dims(tg, operand, dep_lists[key]))
+                records.extend(TaskRecord(TaskKind(tg.kind_of(t)), op_index)
+                               for t in range(first, tg.num_tasks))
+                op_tasks[op_index] += tg.num_tasks - first
+                continue
             name = graph.ops[op_index].label or graph.ops[op_index].kind
             task = tg.add_task(kind, [operand(loc) for loc in locations], dims,
                                dep_lists[key], name)
             stage_tasks[key].append(task)
             records.append(TaskRecord(kind, op_index))
-        op_tasks = [sum(len(stage_tasks[(i, s)]) for s in range(last_stage.get(i, 0) + 1))
-                    for i in range(len(graph.ops))]
+            op_tasks[op_index] += 1
         # Result i is FFI result i; a donated one aliases its argument and tasks write that.
         built = tg.build(self.device.runtime_config, len(graph.args), len(graph.outputs))
         ordered = [None] * len(records)
         for user_id, record in enumerate(records):
             ordered[built.task_index[user_id]] = record
-        return CompiledProgram(built.program, graph, ordered, op_tasks)
+        symmetric = {}
+        if self.signal_words:
+            symmetric[SIGNAL_BUFFER] = 8 * self.signal_words
+        if self.receive_bytes:
+            symmetric[RECEIVE_BUFFER] = self.receive_bytes
+        return CompiledProgram(built.program, graph, ordered, op_tasks, symmetric)
 
 
 def _op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
@@ -446,6 +475,25 @@ def _dynamic_update_slice_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
             a["wrap_mask"], dst.dtype.itemsize], index)
 
 
+def _collective_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    """allreduce (sum) or allgather over the tensor-parallel ranks: rank r's x lands in row
+    r of a region of the receive buffer on every rank (jax_mpk/collectives.py)."""
+    (x,), (out,) = op.inputs, op.outputs
+    tp, tile = pb.tensor_parallel, pb.device.collective_tile_bytes
+    if tp is None:
+        raise NotImplementedError(f"{op.kind} outside a tensor-parallel program ({op.source})")
+    offset = pb.receive_bytes
+    pb.receive_bytes = _align(offset + tp.size * x.nbytes, ALIGN)
+    pb.signal_words += collectives.signal_words_needed(x.nbytes, x.dtype, tile)
+    build = collectives.allreduce if op.kind == "allreduce" else collectives.allgather
+    src, dst = pb.location(x), pb.location(out)
+
+    def emit(g, operand, deps):
+        return build(g, operand(src), operand(dst), x.dtype, RECEIVE_BUFFER, tile, deps, offset)
+
+    pb.add_collective([dst, src], emit, index)
+
+
 TILERS = {
     "elementwise": _elementwise_tasks,
     "reduce": _reduce_tasks,
@@ -453,11 +501,13 @@ TILERS = {
     "gather_rows": _gather_tasks,
     "dynamic_slice": _dynamic_slice_tasks,
     "dynamic_update_slice": _dynamic_update_slice_tasks,
+    "allreduce": _collective_tasks,
+    "allgather": _collective_tasks,
 }
 
 
-def compile_graph(graph: Graph, device: DeviceSpec) -> CompiledProgram:
-    return ProgramBuilder(graph, device).build()
+def compile_graph(graph: Graph, device: DeviceSpec, tensor_parallel=None) -> CompiledProgram:
+    return ProgramBuilder(graph, device, tensor_parallel).build()
 
 
 def _align(x: int, a: int) -> int:

@@ -25,6 +25,9 @@ class DecoderConfig:
     tied_embeddings: bool
     dtype: jnp.dtype = jnp.float32
     scan_layers: bool = False
+    # Tensor parallelism (examples/models/tp.py): a per-rank config of a model split over
+    # the mesh axis named here; heads, kv_heads and mlp_dim count this rank's share.
+    tp_axis: str | None = None
 
     def replace(self, **changes) -> DecoderConfig:
         return dataclasses.replace(self, **changes)

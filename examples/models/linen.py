@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from .config import DecoderConfig
@@ -28,6 +29,11 @@ def norm(cfg: DecoderConfig, name: str) -> nn.Module:
                         scale_init=nn.initializers.normal(0.1))
 
 
+def reduce_ranks(x, cfg: DecoderConfig):
+    """The sum over tensor-parallel ranks of a row-parallel linear's partial output."""
+    return jax.lax.psum(x, cfg.tp_axis) if cfg.tp_axis else x
+
+
 class Block(nn.Module):
     cfg: DecoderConfig
 
@@ -47,7 +53,7 @@ class Block(nn.Module):
             positions = pos + jnp.arange(x.shape[1])
             q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         attn, cache_k, cache_v = cached_attention(q, k, v, cache_k, cache_v, pos, cfg)
-        x = x + nn.Dense(cfg.dim, name="o", **dense)(attn)
+        x = x + reduce_ranks(nn.Dense(cfg.dim, name="o", **dense)(attn), cfg)
         h = norm(cfg, "mlp_norm")(x)
         if cfg.mlp == "swiglu":
             gate = nn.Dense(cfg.mlp_dim, name="gate", **dense)(h)
@@ -55,7 +61,7 @@ class Block(nn.Module):
             h = activation(gate, cfg) * up
         else:
             h = activation(nn.Dense(cfg.mlp_dim, name="up", **dense)(h), cfg)
-        x = x + nn.Dense(cfg.dim, name="down", **dense)(h)
+        x = x + reduce_ranks(nn.Dense(cfg.dim, name="down", **dense)(h), cfg)
         return x, (cache_k, cache_v)
 
 

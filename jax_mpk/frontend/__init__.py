@@ -16,9 +16,11 @@ def arg_role(aval, donated: bool) -> Role:
     return Role.PARAM if is_float(aval.dtype) and aval.shape else Role.INPUT
 
 
-def build_graph(closed_jaxpr, donated: list[bool], names: list[str]) -> Graph:
-    """The op graph of closed_jaxpr; donated[i] marks flat argument i as state."""
-    b = GraphBuilder()
+def build_graph(closed_jaxpr, donated: list[bool], names: list[str],
+                tensor_parallel=None) -> Graph:
+    """The op graph of closed_jaxpr; donated[i] marks flat argument i as state;
+    tensor_parallel (a jax_mpk.TensorParallel) binds the axis collectives run over."""
+    b = GraphBuilder(tensor_parallel)
     args, arg_tensors = [], []
     for i, (var, is_donated) in enumerate(zip(closed_jaxpr.jaxpr.invars, donated, strict=True)):
         aval = var.aval

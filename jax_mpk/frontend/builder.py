@@ -16,8 +16,9 @@ class UnsupportedError(NotImplementedError):
 
 
 class GraphBuilder:
-    def __init__(self) -> None:
+    def __init__(self, tensor_parallel=None) -> None:
         self.ops: list[Op] = []
+        self.tensor_parallel = tensor_parallel  # a TensorParallel, for the collective rules
         self.source = ""  # the user's source line of the eqn being lowered
         self._constants: dict[tuple, Tensor] = {}
         self._producers: dict[int, Op] = {}  # id(buffer) -> the op that wrote all of it

@@ -361,6 +361,48 @@ def _gather(b, params, inputs, avals):
     return out
 
 
+# Collectives over the tensor-parallel axis (jax_mpk/tensor_parallel.py) -----------------
+def _tp_axis(b: GraphBuilder, name: str, axes) -> None:
+    """Checks that a collective runs over exactly the tensor-parallel axis."""
+    axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+    tp = b.tensor_parallel
+    if tp is None:
+        raise UnsupportedError(f"{name} over {axes} outside jax_mpk.jit(..., tensor_parallel=...)")
+    if axes != (tp.axis,):
+        raise UnsupportedError(f"{name} over axes {axes} (only the tensor-parallel axis "
+                               f"{tp.axis!r} is)")
+
+
+def _psum(b, params, inputs, avals):
+    _tp_axis(b, "psum", params["axes"])
+    if params.get("axis_index_groups") is not None:
+        raise UnsupportedError("psum with axis_index_groups")
+    outs = []
+    for t, aval in zip(inputs, avals, strict=True):
+        out = b.new_tensor(aval.shape, aval.dtype)
+        b.emit("allreduce", [b.contiguous(t)], [out])
+        outs.append(out)
+    return outs
+
+
+def _all_gather(b, params, inputs, avals):
+    _tp_axis(b, "all_gather", params["axis_name"])
+    if params.get("axis_index_groups") is not None:
+        raise UnsupportedError("all_gather with axis_index_groups")
+    t = b.contiguous(inputs[0])
+    size, axis = params["axis_size"], params["all_gather_dimension"]
+    stacked = b.new_tensor((size, *t.shape), t.dtype)  # [rank, *x]: rank r's x in row r
+    b.emit("allgather", [t], [stacked])
+    perm = [*range(1, axis + 1), 0, *range(axis + 1, len(stacked.shape))]
+    moved = _transpose(b, {"permutation": perm}, [stacked], avals)
+    return _reshaped(b, moved, avals[0].shape) if params["tiled"] else moved
+
+
+def _axis_index(b, params, inputs, avals):
+    _tp_axis(b, "axis_index", params["axis_name"])
+    return b.constant(np.asarray(b.tensor_parallel.rank, avals[0].dtype))
+
+
 SHAPE_RULES = {
     "reshape": _reshape,
     "squeeze": _squeeze,
@@ -376,6 +418,9 @@ SHAPE_RULES = {
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice,
     "gather": _gather,
+    "psum": _psum,
+    "all_gather": _all_gather,
+    "axis_index": _axis_index,
 }
 for _name, _reducer in REDUCERS.items():
     SHAPE_RULES[_name] = (lambda r: lambda b, p, i, a: _reduce(b, p, i, a, r))(_reducer)
