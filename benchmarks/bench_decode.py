@@ -1,8 +1,14 @@
-"""One decode step of a Llama-3.2-1B-shaped Flax model (bf16, random weights)
-under jax.jit and jax_mpk.jit in one run: ms per step, their ratio, and weight
-bytes per step time as a fraction of the HBM copy rate measured in the run.
+"""Decode steps of Flax LLM shapes (bf16, random weights) under jax.jit and jax_mpk.jit in
+one run: ms per step, their ratio, and weight bytes per step time as a fraction of the HBM
+copy rate measured in the same run. The cache is donated and each step's cache feeds the
+next, as in a decode loop. Writes a JSON file and a PNG plot when asked.
 
-    python benchmarks/bench_decode.py [--batch 1] [--pos 512] [--json PATH] [--timeline DIR]
+    python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
+        [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
+
+`--timeline DIR` profiles the first case: a Chrome trace, an occupancy PNG and a table of
+where the kernel's time goes by op. Without a GPU the jax_mpk side runs on the reference
+executor (use `--models tiny`) and no HBM rate is measured.
 """
 
 from __future__ import annotations
@@ -21,33 +27,42 @@ from bench_compile import LLAMA_1B  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 import jax_mpk  # noqa: E402
+from examples.models.config import FAMILIES  # noqa: E402
 from examples.models.linen import Decoder  # noqa: E402
-from jax_mpk import profile, runtime  # noqa: E402
+from jax_mpk import profile  # noqa: E402
 from jax_mpk.tiling import DeviceSpec  # noqa: E402
 from tests.harness import relative_error  # noqa: E402
 
+QWEN3_8B = FAMILIES["qwen3"].replace(vocab=151936, dim=4096, layers=36, heads=32, kv_heads=8,
+                                     head_dim=128, mlp_dim=12288, dtype=jnp.bfloat16)
+MODELS = {"llama-1b": LLAMA_1B, "qwen3-8b": QWEN3_8B,
+          "tiny": FAMILIES["llama"].replace(dtype=jnp.bfloat16)}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--pos", type=int, default=512)
-    parser.add_argument("--json")
-    parser.add_argument("--timeline", help="write a profiled step's trace and PNG here")
-    parser.add_argument("--host-profile", action="store_true", help="cProfile 5 jax_mpk.jit calls")
-    args = parser.parse_args()
-    cfg = LLAMA_1B
+
+def has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def setup(cfg, batch: int, context: int):
+    """Model, params, tokens, a random cache (model-scaled, never zeros) and the position."""
+    cfg = cfg.replace(max_len=context)
     model = Decoder(cfg)
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, cfg.vocab, (args.batch, 1)), jnp.int32)
-    shape = cfg.cache_shape(args.batch)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab, (batch, 1)), jnp.int32)
+    shape = cfg.cache_shape(batch)
     cache = [(jnp.asarray(rng.standard_normal(shape), cfg.dtype),
               jnp.asarray(rng.standard_normal(shape), cfg.dtype)) for _ in range(cfg.layers)]
-    pos = jnp.int32(args.pos)
+    pos = jnp.int32(context - 1)
     params = jax.jit(model.init)(jax.random.key(0), tokens, cache, pos)
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    hbm = runtime.hbm_copy_rate()
+    return model, params, tokens, cache, pos
 
-    # As in a decode loop, the cache is donated and each step's cache feeds the next.
+
+def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int) -> dict:
+    model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     reference = jax.jit(model.apply, donate_argnums=(2,))
     ours = jax_mpk.jit(model.apply, donate_argnums=(2,))
 
@@ -56,66 +71,137 @@ def main() -> None:
 
     expected, _ = reference(params, tokens, fresh_cache(), pos)
     got, _ = ours(params, tokens, fresh_cache(), pos)
-    error = relative_error(got[0], expected[0])
-    results = {"device": runtime.device_info()["name"], "batch": args.batch, "pos": args.pos,
-               "weight_bytes": weight_bytes, "hbm_copy_GBps": hbm / 1e9,
-               "logits_relative_l2": error}
-    floor_ms = weight_bytes / hbm * 1e3  # bytes moved per second, reads and writes alike
-    print(f"{results['device']}: Llama-3.2-1B shape, batch {args.batch}, position {args.pos}; "
-          f"{weight_bytes / 1e9:.2f} GB of weights; HBM copy rate {hbm / 1e9:.0f} GB/s "
-          f"(read + write), so streaming the weights once takes {floor_ms:.3f} ms")
-    print(f"logits relative L2 error, jax_mpk against jax.jit: {error:.2e}")
-    for name, fn in (("jax.jit", reference), ("jax_mpk.jit", ours)):
+    row = {"model": name, "batch": batch, "context": context, "weight_bytes": weight_bytes,
+           "logits_relative_l2": relative_error(got, expected)}
+    floor_ms = weight_bytes / hbm * 1e3 if hbm else None  # bytes moved / copy rate
+    row["floor_ms"] = floor_ms
+    for label, fn in (("jax.jit", reference), ("jax_mpk.jit", ours)):
         state = {"cache": fresh_cache()}
 
         def step(fn=fn, state=state):
             logits, state["cache"] = fn(params, tokens, state["cache"], pos)
             return logits
 
-        ms = median_seconds(step, repeats=20) * 1e3
-        results[name] = {"ms": ms, "fraction_of_hbm": floor_ms / ms}
-        print(f"{name:12} {ms:8.3f} ms/step   {floor_ms / ms:5.2f} of the HBM rate")
-    if args.host_profile:  # where the host spends a jax_mpk.jit call
-        import cProfile
-        import pstats
+        ms = median_seconds(step, repeats=repeats) * 1e3
+        row[label] = {"ms": ms, "fraction_of_hbm": floor_ms / ms if floor_ms else None}
+    row["speedup_vs_jit"] = row["jax.jit"]["ms"] / row["jax_mpk.jit"]["ms"]
+    return row
 
-        state = {"cache": fresh_cache()}
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(5):
-            logits, state["cache"] = ours(params, tokens, state["cache"], pos)
-            jax.block_until_ready(logits)
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
-    ratio = results["jax.jit"]["ms"] / results["jax_mpk.jit"]["ms"]
-    results["speedup_vs_jit"] = ratio
-    print(f"jax_mpk.jit is {ratio:.2f}x jax.jit's speed (target: <= 0.92 ms, >= 0.90 of HBM)")
+
+def print_row(row: dict) -> None:
+    def fraction(r):
+        return f"{r['fraction_of_hbm']:5.2f}" if r["fraction_of_hbm"] else "  -  "
+
+    floor = f"{row['floor_ms']:7.3f}" if row["floor_ms"] else "    -  "
+    print(f"{row['model']:9} b{row['batch']:<3} ctx {row['context']:5} "
+          f"{row['weight_bytes'] / 1e9:6.2f} GB floor {floor} ms | jax.jit "
+          f"{row['jax.jit']['ms']:8.3f} ms {fraction(row['jax.jit'])} | jax_mpk.jit "
+          f"{row['jax_mpk.jit']['ms']:8.3f} ms {fraction(row['jax_mpk.jit'])} | "
+          f"{row['speedup_vs_jit']:5.2f}x | logits rel err {row['logits_relative_l2']:.1e}",
+          flush=True)
+
+
+def timeline_report(name: str, batch: int, context: int, directory: str) -> None:
+    from jax_mpk import runtime
+
+    model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
+    spec = DeviceSpec.of_cuda_device(runtime.device_info(), profile_capacity=4096)
+    lowered = jax_mpk.jit(model.apply, device=spec,
+                          donate_argnums=(2,)).lower(params, tokens, cache, pos)
+    timeline = lowered.timeline(params, tokens, cache, pos)
+    base = os.path.join(directory, "timeline_decode")
+    profile.write_chrome_trace(timeline, base + ".json")
+    profile.plot_occupancy(timeline, lowered.program.num_workers, base + ".png")
+    _, busy = profile.occupancy(timeline, lowered.program.num_workers)
+    print(f"timeline of {name} b{batch} ctx {context}: {len(timeline)} tasks in "
+          f"{timeline['end_us'].max():.0f} µs, mean occupancy {busy.mean():.2f}; wrote "
+          f"{base}.json and .png")
+    table = profile.op_table(timeline, lowered.compiled.program)
+    by_kind: dict[str, list[float]] = {}
+    for row in table:
+        by_kind.setdefault(row["what"], []).append(row["span_us"])
+    print("op kind                        ops   span µs (sum)  mean")
+    for what, spans in sorted(by_kind.items(), key=lambda kv: -sum(kv[1])):
+        print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f}")
+
+
+def host_profile(name: str, batch: int, context: int) -> None:
+    """Where the host spends five jax_mpk.jit calls."""
+    import cProfile
+    import pstats
+
+    model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
+    ours = jax_mpk.jit(model.apply, donate_argnums=(2,))
+    profiler = cProfile.Profile()
+    for i in range(6):
+        if i == 1:  # after the first call's compile
+            profiler.enable()
+        logits, cache = ours(params, tokens, cache, pos)
+        jax.block_until_ready(logits)
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['model']}\nb{r['batch']} ctx {r['context']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    ax.bar(x - 0.2, [r["jax.jit"]["ms"] for r in rows], 0.4, label="jax.jit")
+    ax.bar(x + 0.2, [r["jax_mpk.jit"]["ms"] for r in rows], 0.4, label="jax_mpk.jit")
+    if all(r["floor_ms"] for r in rows):
+        ax.scatter(x, [r["floor_ms"] for r in rows], color="k", marker="_", s=400,
+                   label="weight bytes / HBM copy rate", zorder=3)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("ms per decode step")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default="llama-1b", help=f"from {sorted(MODELS)}")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--contexts", default="512")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    parser.add_argument("--plot")
+    parser.add_argument("--timeline", help="profile the first case; write its files here")
+    parser.add_argument("--host-profile", action="store_true")
+    args = parser.parse_args()
+    cases = [(m, int(b), int(c)) for m in args.models.split(",")
+             for b in args.batches.split(",") for c in args.contexts.split(",")]
+    hbm = None
+    device = "cpu (reference executor)"
+    if has_gpu():
+        from jax_mpk import runtime
+
+        hbm = runtime.hbm_copy_rate()
+        device = runtime.device_info()["name"]
+    print(f"{device}: HBM copy rate "
+          f"{f'{hbm / 1e9:.0f} GB/s (read + write)' if hbm else 'not measured'}; floor = "
+          "weight bytes / copy rate; fractions are floor / step time")
+    rows = []
+    for case in cases:
+        rows.append(measure(*case, hbm, args.repeats))
+        print_row(rows[-1])
+    if args.host_profile:
+        host_profile(*cases[0])
     if args.timeline:
-        info = runtime.device_info()
-        spec = DeviceSpec.of_cuda_device(info, profile_capacity=4096)
-        lowered = jax_mpk.jit(model.apply, device=spec,
-                              donate_argnums=(2,)).lower(params, tokens, cache, pos)
-        timeline = lowered.timeline(params, tokens, fresh_cache(), pos)
-        base = os.path.join(args.timeline, "timeline_decode")
-        profile.write_chrome_trace(timeline, base + ".json")
-        profile.plot_occupancy(timeline, lowered.program.num_workers, base + ".png")
-        _, busy = profile.occupancy(timeline, lowered.program.num_workers)
-        print(f"timeline: {len(timeline)} tasks in {timeline['end_us'].max():.0f} µs, "
-              f"mean occupancy {busy.mean():.2f}; wrote {base}.json and .png")
-        table = profile.op_table(timeline, lowered.compiled.program)
-        by_kind: dict[str, list[float]] = {}
-        for row in table:
-            by_kind.setdefault(row["what"], []).append(row["span_us"])
-        print("op kind                        ops   span µs (sum)  mean")
-        for what, spans in sorted(by_kind.items(), key=lambda kv: -sum(kv[1])):
-            print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f}")
-        print("first layer's ops (start, span µs, tasks):")
-        for row in table[:60]:
-            print(f"  {row['start_us']:8.1f} {row['span_us']:7.1f} {row['tasks']:4}  {row['what']:28} "
-                  f"{row['source']}")
+        timeline_report(*cases[0], args.timeline)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"device": device, "hbm_copy_GBps": hbm / 1e9 if hbm else None,
+                       "cases": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

@@ -45,20 +45,19 @@ if [ -z "${SKIP_SANITIZER:-}" ]; then
   done
 fi
 
-[ -n "${SKIP_BENCH:-}" ] && step "greedy decode loop, Llama-3.2-1B size"
-timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
-  | tee "$LOGS/9_decode_loop.log" | tail -3
-exit $status
+[ -n "${SKIP_BENCH:-}" ] && exit $status
 step benchmarks
 $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LOGS/5_bench_runtime.log" | tail -8
 $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
-rm -f "$OUT"/timeline_dynamic.json "$OUT"/timeline_static.json  # the device tool returns 8 files
+rm -f "$OUT"/timeline_dynamic.* "$OUT"/timeline_static.*  # the device tool returns 8 files
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
 step "task kinds inside the megakernel"
 timeout 300 $PY benchmarks/bench_kinds.py --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
-step "decode step, Llama-3.2-1B shape"
-timeout 300 $PY benchmarks/bench_decode.py --json "$OUT/bench_decode.json" --timeline "$OUT" 2>&1 \
-  | tee "$LOGS/8_bench_decode.log" | tail -8
+step "decode steps beside jax.jit (DECODE_SWEEP=1: Qwen3-8B too, batch 32, context 2048)"
+if [ -n "${DECODE_SWEEP:-}" ]; then sweep="--models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048"
+else sweep="--models llama-1b --batches 1,8 --contexts 512"; fi
+timeout ${DECODE_TIMEOUT:-400} $PY benchmarks/bench_decode.py $sweep --json "$OUT/bench_decode.json" \
+  --plot "$OUT/bench_decode.png" --timeline "$OUT" 2>&1 | tee "$LOGS/8_bench_decode.log" | tail -30
 step "greedy decode loop, Llama-3.2-1B size"
 timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
   | tee "$LOGS/9_decode_loop.log" | tail -3

@@ -1,0 +1,28 @@
+"""The decode benchmark's sweep runs end to end on a tiny model (reference executor
+without a GPU) and its two jits agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from tests.harness import TOLERANCE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_decode_sweeps_models_batches_and_contexts(tmp_path):
+    out = tmp_path / "decode.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--models",
+                    "tiny", "--batches", "1,3", "--contexts", "16,24", "--repeats", "1",
+                    "--json", str(out)], check=True, timeout=600, cwd=tmp_path)
+    cases = json.loads(out.read_text())["cases"]
+    assert [(c["batch"], c["context"]) for c in cases] == [(1, 16), (1, 24), (3, 16), (3, 24)]
+    for c in cases:
+        assert c["logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
+        assert np.isfinite(c["jax.jit"]["ms"]) and np.isfinite(c["jax_mpk.jit"]["ms"])
