@@ -303,7 +303,9 @@ struct MatmulTask {
     const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int vectors = p.kn / V, stride = padded(p.kn);
-    const int per_column = (vectors + L - 1) / L;  // loads per lane and column, the same in a warp
+    // Loads per lane and column, the same in a warp; at least one step, where the column's
+    // scalar tail and store happen (k may be shorter than a vector, or cut to 0).
+    const int per_column = max(1, (vectors + L - 1) / L);
     const int column_step = kWarps * per_warp, first = warp * per_warp;
     const int columns = first < p.nn ? (p.nn - first + column_step - 1) / column_step : 0;  // warp-uniform
     const int steps = columns * per_column;
