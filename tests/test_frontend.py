@@ -255,7 +255,8 @@ def test_matmul_streams_the_bigger_operand():
 
 def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     """A convert read by two ops is computed inside both; halves of a result (a split)
-    are read in place; a long producer with two readers stays an op of its own."""
+    are read in place; an op reading a concatenation whole runs inside the ops writing its
+    pieces; a long producer with two readers stays an op of its own."""
     def norm_like(x, scale):
         xf = x.astype(jnp.float32)
         return (xf * lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + 1e-6) * scale).astype(x.dtype)
@@ -275,6 +276,12 @@ def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     q, cos, sin = normal(2, 4, 16), normal(1, 8), normal(1, 8)
     ops = check(rope_like, q, cos, sin).lower(q, cos, sin).compiled.program.graph.ops
     assert [op.kind for op in ops] == ["elementwise"] * 2  # the halves; their concat
+    # The cast after the concatenation happens inside the halves too.
+    q16 = q.astype(jnp.bfloat16)
+    cast = check(lambda *a: rope_like(*a).astype(jnp.bfloat16), q16, cos, sin,
+                 dtype=jnp.bfloat16)
+    ops = cast.lower(q16, cos, sin).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["elementwise"] * 2
     y = normal(5, 7)
     ops = check(shared_long, y).lower(y).compiled.program.graph.ops
     assert len(ops) == 3

@@ -11,7 +11,7 @@ from jax_mpk.passes.dataflow import (
     remove_dead_ops,
     update_in_place,
 )
-from jax_mpk.passes.fusion import fuse_elementwise
+from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
 from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
 
 __all__ = ["optimize"]
@@ -26,6 +26,7 @@ def optimize(graph: Graph) -> Graph:
     assign_results(graph, builder.copy)
     fold_linear_epilogues(graph)
     fuse_elementwise(graph)
+    fuse_into_writers(graph)
     remove_dead_ops(graph)
     label_layers(graph)
     bound_attention_to_live_cache(graph)

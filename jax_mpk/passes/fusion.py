@@ -59,6 +59,81 @@ def fuse_elementwise(graph: Graph) -> None:
     graph.ops = [op for op in ops if id(op) not in removed]
 
 
+def fuse_into_writers(graph: Graph) -> None:
+    """An elementwise op that reads, element for element, a buffer that several elementwise
+    ops write piece by piece (the halves of a concatenation) is computed inside each
+    writer, on its piece."""
+    ops = list(graph.ops)
+    output_buffers = {id(t.buffer) for t in graph.outputs}
+    removed: set[int] = set()
+    for consumer in ops:
+        if consumer.kind != "elementwise" or any(
+                ins.opcode == Opcode.IOTA for ins in consumer.attrs["instrs"]):
+            continue
+        result = consumer.outputs[0]
+        for j, read in enumerate(consumer.inputs):
+            buffer = read.buffer
+            whole = Tensor(result.shape, read.dtype, buffer)
+            if (buffer.role is not Role.INTERMEDIATE or id(buffer) in output_buffers
+                    or read.offset or read.strides != whole.strides
+                    or read.nbytes != buffer.nbytes
+                    or sum(t.buffer is buffer for t in consumer.inputs) != 1):
+                continue
+            at = ops.index(consumer)
+            touching = [i for i, op in enumerate(ops)
+                        if id(op) not in removed and op is not consumer
+                        and any(t.buffer is buffer for t in op.inputs + op.outputs)]
+            writers = [ops[i] for i in touching]
+            if (not writers or sum(op.outputs[0].size for op in writers) < whole.size
+                    or any(op.kind != "elementwise" or i > at
+                           or any(t.buffer is buffer for t in op.inputs)
+                           for i, op in zip(touching, writers, strict=True))):
+                continue
+            plans = [_dim_map(w.outputs[0], whole) for w in writers]
+            if any(p is None or len(w.attrs["instrs"]) + len(consumer.attrs["instrs"])
+                   > MAX_ELEMENTWISE_INSTRS or any(st == 0 and n > 1 for n, st in zip(
+                       w.outputs[0].shape, w.outputs[0].strides, strict=True))
+                   for p, w in zip(plans, writers, strict=True)):
+                continue
+            # Whatever the consumer reads besides the buffer must be ready when the first
+            # writer runs, and nothing in between may touch what the consumer writes.
+            first = touching[0]
+            others = [t for t in consumer.inputs if t is not read]
+            between = [op for op in ops[first + 1:at] if id(op) not in removed
+                       and op not in writers]
+            if any(overlaps(w, t) for op in between for w in op.outputs for t in others) or any(
+                    overlaps(t, result) for op in between for t in op.inputs + op.outputs):
+                continue
+            for writer, dims in zip(writers, plans, strict=True):
+                _append(writer, consumer, j, dims)
+            removed.add(id(consumer))
+            break
+    graph.ops = [op for op in ops if id(op) not in removed]
+
+
+def _append(writer: Op, consumer: Op, j: int, dims) -> None:
+    """Makes writer compute consumer on writer's piece, consumer's input j being its value."""
+    shape = writer.outputs[0].shape
+    instrs = list(writer.attrs["instrs"])
+    value = len(instrs) - 1
+    inputs = list(writer.inputs)
+    remap = {}
+    for i, ins in enumerate(consumer.attrs["instrs"]):
+        if ins.opcode == Opcode.LOAD and ins.imm == j:
+            remap[i] = value
+            continue
+        if ins.opcode == Opcode.LOAD:
+            inputs.append(_compose(consumer.inputs[ins.imm], dims, shape))
+            ins = ins._replace(imm=len(inputs) - 1)
+        else:
+            ins = ins._replace(args=tuple(remap[a] for a in ins.args))
+        remap[i] = len(instrs)
+        instrs.append(ins)
+    writer.inputs = inputs
+    writer.outputs = [_compose(consumer.outputs[0], dims, shape)]
+    writer.attrs["instrs"] = instrs
+
+
 def _plan(producer: Op, consumer: Op) -> dict | None:
     """For each input of consumer that reads producer's result, how its dims walk the
     result's; None if some read does not compose or the fused program would be too long."""
@@ -107,8 +182,9 @@ def _inline(producer: Op, consumer: Op, dims_of_reads: dict) -> None:
                 instrs.append(ins._replace(imm=len(inputs) - 1))
             elif ins.opcode == Opcode.IOTA:
                 dim = dim_map[ins.imm]
+                start = const_bits(starts[ins.imm], ins.dtype)
                 instrs.append(ins._replace(imm=dim) if dim is not None else
-                              Instr(Opcode.CONST, ins.dtype, (), const_bits(starts[ins.imm], ins.dtype)))
+                              Instr(Opcode.CONST, ins.dtype, (), start))
             else:
                 instrs.append(ins._replace(args=tuple(a + base for a in ins.args)))
         inlined_result[j] = len(instrs) - 1
