@@ -275,21 +275,37 @@ struct MatmulTask {
           }
           for (; i < vectors; i += L)
             dot<rows, Weights>(acc, Weights::load(p.w, p.w_dtype, w_col + i * V), live_rows, staged + i * V, stride);
-          for (int k = vectors * V + sl; k < kc; k += L) {  // the tail shorter than V
-            const float wv = load_f32(p.w, p.w_dtype, w_col + k);
-#pragma unroll
-            for (int r = 0; r < rows; ++r)
-              if (r < live_rows) acc[r] = fmaf(staged[r * stride + k], wv, acc[r]);
-          }
+          tail<rows>(p, acc, w_col, vectors * V + sl, kc, L, live_rows, staged, stride);
         }
-#pragma unroll
-        for (int r = 0; r < rows; ++r) {
-          if (m0 + r >= p.M) break;
-          float sum = acc[r];
-          for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
-          if (sl == 0 && c < p.nn) store(p, b, m0 + r, n, sum);
-        }
+        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && c < p.nn);
       }
+    }
+  }
+
+  // acc[r] += x[r, k] * w[w_col + k] for k = first, first + step, ... < end: the k past the
+  // last whole 16-byte load.
+  template <int rows>
+  __device__ static void tail(const Problem& p, float (&acc)[rows], int64_t w_col, int first, int end, int step,
+                              int live_rows, const float* staged, int stride) {
+    for (int k = first; k < end; k += step) {
+      const float wv = load_f32(p.w, p.w_dtype, w_col + k);
+#pragma unroll
+      for (int r = 0; r < rows; ++r)
+        if (r < live_rows) acc[r] = fmaf(staged[r * stride + k], wv, acc[r]);
+    }
+  }
+
+  // Sums acc over the column's L lanes (every lane of the warp joins) and, where `owner`,
+  // stores rows m0 + r of column n.
+  template <int rows>
+  __device__ static void store_column(const Problem& p, const float (&acc)[rows], int b, int m0, int n, int L,
+                                      bool owner) {
+#pragma unroll
+    for (int r = 0; r < rows; ++r) {
+      if (m0 + r >= p.M) break;
+      float sum = acc[r];
+      for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+      if (owner) store(p, b, m0 + r, n, sum);
     }
   }
 
@@ -330,20 +346,11 @@ struct MatmulTask {
         if (active && i < vectors) dot<rows, Weights>(acc, mine[(q % kStages) * kWorkerThreads], live_rows, sh.staged + i * V, stride);
         if (q % per_column != per_column - 1) continue;
         // The column's last load: its scalar tail, then the lanes' sums.
-        for (int k = vectors * V + sl; active && k < p.kn; k += L) {
-          const float wv = load_f32(p.w, p.w_dtype, w_b + int64_t(n) * p.ws[3] + p.k0 + k);
+        if (active)
+          tail<rows>(p, acc, w_b + int64_t(n) * p.ws[3] + p.k0, vectors * V + sl, p.kn, L, live_rows, sh.staged, stride);
+        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && c < p.nn);
 #pragma unroll
-          for (int r = 0; r < rows; ++r)
-            if (r < live_rows) acc[r] = fmaf(sh.staged[r * stride + k], wv, acc[r]);
-        }
-#pragma unroll
-        for (int r = 0; r < rows; ++r) {
-          if (m0 + r >= p.M) break;
-          float sum = acc[r];
-          for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
-          if (sl == 0 && c < p.nn) store(p, b, m0 + r, n, sum);
-          acc[r] = 0.0f;
-        }
+        for (int r = 0; r < rows; ++r) acc[r] = 0.0f;
       }
     }
   }
