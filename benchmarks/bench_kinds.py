@@ -86,11 +86,16 @@ def attention_cases(rng):
 
 def in_kernel_us(fn, args, spec):
     lowered = jax_mpk.jit(fn, device=spec).lower(*args)
-    spans = []
+    spans, durations, last_starts = [], [], []
     for _ in range(LAUNCHES):
         timeline = lowered.timeline(*args)
         spans.append(float(timeline["end_us"].max() - timeline["start_us"].min()))
-    return statistics.median(spans), lowered.program.num_tasks
+        durations.append(float(np.median(timeline["end_us"] - timeline["start_us"])))
+        last_starts.append(float(timeline["start_us"].max()))
+    # A task's own duration against the span shows whether time goes into the tasks' loads
+    # or into the hops between dependent tasks (the split-K combine waits on all partials).
+    return (statistics.median(spans), lowered.program.num_tasks, statistics.median(durations),
+            statistics.median(last_starts))
 
 
 def main() -> None:
@@ -112,15 +117,17 @@ def main() -> None:
             got = jax_mpk.jit(fn)(*inputs)
             error = float(jnp.linalg.norm((got - expected).astype(jnp.float32))
                           / jnp.linalg.norm(expected.astype(jnp.float32)))
-            us, tasks = in_kernel_us(fn, inputs, spec)
+            us, tasks, task_us, last_start_us = in_kernel_us(fn, inputs, spec)
             jitted = jax.jit(fn)
             jit_us = median_seconds(lambda f=jitted, a=inputs: f(*a)) * 1e6
             row = {"case": name, "tasks": tasks, "bytes": nbytes, "us": us,
                    "GBps": nbytes / us / 1e3, "fraction_of_hbm": nbytes / us / 1e3 / (hbm / 1e9),
+                   "median_task_us": task_us, "last_start_us": last_start_us,
                    "jax_jit_host_us": jit_us, "relative_error": error}
             rows.append(row)
             print(f"{name:44} {tasks:5} tasks {us:9.1f} µs {row['GBps']:7.0f} GB/s "
-                  f"{row['fraction_of_hbm']:5.2f} of HBM | jax.jit {jit_us:8.1f} µs (host) "
+                  f"{row['fraction_of_hbm']:5.2f} of HBM | task {task_us:6.1f} µs, last start "
+                  f"{last_start_us:6.1f} µs | jax.jit {jit_us:8.1f} µs (host) "
                   f"| rel err {error:.1e}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

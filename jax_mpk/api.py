@@ -111,6 +111,14 @@ class Function:
         self.tensor_parallel = tensor_parallel
         self._cache: dict = {}
         self._noticed = False
+        # The megakernel launch runs under jax.jit: its C++ dispatch path, and XLA aliases
+        # donated buffers to the outputs written in place instead of copying them.
+        self._launch = jax.jit(self._launch_traced, static_argnums=static_argnums,
+                               donate_argnums=donate_argnums)
+
+    def _launch_traced(self, *args):
+        compiled, flat = self._compile(args)
+        return jax.tree.unflatten(compiled.out_tree, _megakernel_call(compiled, flat))
 
     def _split(self, args):
         static = tuple((i, args[i]) for i in self.static_argnums)
@@ -174,7 +182,6 @@ class Function:
         return Lowered(compiled, getattr(self.fn, "__name__", "fn"))
 
     def __call__(self, *args):
-        compiled, flat = self._compile(args)
         tp = self.tensor_parallel
         if tp is not None and tp.size > 1:
             raise NotImplementedError(
@@ -188,13 +195,12 @@ class Function:
                 print("jax_mpk: no CUDA device; running the task graph on the numpy reference "
                       "executor", file=sys.stderr)
                 self._noticed = True
-        if backend == "reference":
-            outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
-                                     compiled.results, compiled.aliases)
-            outs = [jax.numpy.asarray(o) for o in outs]
-        else:
-            outs = _megakernel_call(compiled, flat)
-        return jax.tree.unflatten(compiled.out_tree, outs)
+        if backend != "reference":
+            return self._launch(*args)
+        compiled, flat = self._compile(args)
+        outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
+                                 compiled.results, compiled.aliases)
+        return jax.tree.unflatten(compiled.out_tree, [jax.numpy.asarray(o) for o in outs])
 
 
 def _has_cuda() -> bool:

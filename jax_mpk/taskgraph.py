@@ -40,6 +40,7 @@ class _Task:
     deps: list[int]
     name: str
     signals: list[int]  # tagged NVSHMEM event ids it signals after it ran
+    flags: int = 0  # fmt.TASK_* bits the compiler sets (TASK_PREFETCH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,8 @@ class TaskGraph:
 
     # Tasks -----------------------------------------------------------------
     def add_task(self, kind: int, operands: Sequence[Operand] = (), dims: Sequence[int] = (),
-                 deps: Sequence[int] = (), name: str = "", signals: Sequence[int] = ()) -> int:
+                 deps: Sequence[int] = (), name: str = "", signals: Sequence[int] = (),
+                 flags: int = 0) -> int:
         """A task; `signals` are NVSHMEM events (fmt.nvshmem_event) it signals once it ran."""
         if len(dims) > fmt.MAX_TASK_DIMS:
             raise GraphError(f"task {name or kind} has {len(dims)} dims; at most "
@@ -168,7 +170,7 @@ class TaskGraph:
         # Dims are 32-bit words: a value in [2^31, 2^32) (a tagged event id) is stored as int32.
         words = [int(d) - (1 << 32) if 1 << 31 <= int(d) < 1 << 32 else int(d) for d in dims]
         self._tasks.append(_Task(int(kind), list(operands), words, sorted(set(deps)), name,
-                                 [int(e) for e in signals]))
+                                 [int(e) for e in signals], int(flags)))
         return len(self._tasks) - 1
 
     @property
@@ -267,6 +269,7 @@ class TaskGraph:
                 fired = [end_event]
             fired_by[t] = fired
             tasks[i]["kind"] = task.kind
+            tasks[i]["flags"] = task.flags
             tasks[i]["num_operands"] = len(task.operands)
             tasks[i]["first_operand"] = len(operands)
             tasks[i]["first_trigger"] = len(triggers)

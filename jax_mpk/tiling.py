@@ -14,7 +14,7 @@ import numpy as np
 
 from jax_mpk import collectives
 from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
-from jax_mpk.program import TaskKind
+from jax_mpk.program import TASK_PREFETCH, TaskKind
 from jax_mpk.task_kinds import (
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
@@ -25,6 +25,9 @@ from jax_mpk.task_kinds import (
 )
 from jax_mpk.taskgraph import Operand, RuntimeConfig, TaskGraph
 from jax_mpk.tensor_parallel import RECEIVE_BUFFER, SIGNAL_BUFFER
+
+# Buffers no task of a launch writes: non-donated arguments and the program's constants.
+READ_ONLY_ROLES = (Role.PARAM, Role.INPUT, Role.CONSTANT)
 
 ALIGN = 256
 
@@ -93,7 +96,7 @@ class ProgramBuilder:
         self.const_offsets: dict[int, int] = {}  # id(constant buffer) -> offset in the blob
         self.workspace_bytes = 0
         self.workspace_offsets: dict[int, int] = {}
-        self.tasks: list[tuple] = []  # kind, [locations], dims, op index, stage
+        self.tasks: list[tuple] = []  # kind, [locations], dims, op index, stage, flags
 
     # Memory ------------------------------------------------------------------------
     def descriptor(self, words: np.ndarray) -> _Location:
@@ -127,14 +130,15 @@ class ProgramBuilder:
         return "workspace", self.workspace_offsets[id(buffer)]
 
     # Tasks ------------------------------------------------------------------------
-    def add(self, kind: TaskKind, locations, dims, op_index: int, stage: int = 0):
-        """A task of op op_index; the tasks of a stage wait for all of the stage before."""
-        self.tasks.append((kind, list(locations), [int(d) for d in dims], op_index, stage))
+    def add(self, kind: TaskKind, locations, dims, op_index: int, stage: int = 0, flags: int = 0):
+        """A task of op op_index; the tasks of a stage wait for all of the stage before.
+        flags: program.TASK_* bits the kernel reads (TASK_PREFETCH)."""
+        self.tasks.append((kind, list(locations), [int(d) for d in dims], op_index, stage, flags))
 
     def add_collective(self, locations, emit, op_index: int):
         """Tasks that emit(task_graph, operand_of_location, deps) adds to the TaskGraph itself
         (jax_mpk.collectives); it returns the tasks that later ops wait for."""
-        self.tasks.append((None, list(locations), emit, op_index, 0))
+        self.tasks.append((None, list(locations), emit, op_index, 0, 0))
 
     def build(self) -> CompiledProgram:
         op_deps, ancestors = _op_dependencies(self.graph.ops)
@@ -148,7 +152,7 @@ class ProgramBuilder:
         happens before each of its own accesses (through the events)."""
         accessors: dict[int, int] = {}  # id(buffer) -> bitset of ops touching it
         buffers: dict[int, Buffer] = {}
-        for _, locations, _, op_index, _ in self.tasks:
+        for _, locations, _, op_index, _, _ in self.tasks:
             for loc in locations:
                 b = loc.buffer
                 if b != "const" and b.arg_index is None and b.role not in (Role.OUTPUT,
@@ -176,7 +180,7 @@ class ProgramBuilder:
         results = {id(t.buffer): i for i, t in enumerate(graph.outputs)
                    if i not in graph.aliases}
         placed = {}
-        for _, locations, _, _, _ in self.tasks:
+        for _, locations, _, _, _, _ in self.tasks:
             for loc in locations:
                 if loc.buffer != "const" and id(loc.buffer) not in placed:
                     placed[id(loc.buffer)] = self._place(loc.buffer)
@@ -205,12 +209,12 @@ class ProgramBuilder:
 
         stage_tasks: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
         last_stage: dict[int, int] = {}
-        for _, _, _, op_index, stage in self.tasks:
+        for _, _, _, op_index, stage, _ in self.tasks:
             last_stage[op_index] = max(stage, last_stage.get(op_index, 0))
         records = []
         op_tasks = [0] * len(graph.ops)
         dep_lists: dict[tuple[int, int], list[int]] = {}
-        for kind, locations, dims, op_index, stage in self.tasks:
+        for kind, locations, dims, op_index, stage, flags in self.tasks:
             key = (op_index, stage)
             if key not in dep_lists:
                 if stage:
@@ -227,7 +231,7 @@ class ProgramBuilder:
                 continue
             name = graph.ops[op_index].label or graph.ops[op_index].kind
             task = tg.add_task(kind, [operand(loc) for loc in locations], dims,
-                               dep_lists[key], name)
+                               dep_lists[key], name, flags=flags)
             stage_tasks[key].append(task)
             records.append(TaskRecord(kind, op_index))
             op_tasks[op_index] += 1
@@ -371,6 +375,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k,
                             pb.device.max_split_k))
     k_tiles = _tiles(K, splits)
+    # Weights no task writes (parameters, constants) may be loaded before the task's inputs
+    # are ready: the kernel starts their first loads while it waits.
+    prefetch = TASK_PREFETCH if w.buffer.role in READ_ONLY_ROLES and not extent_axis else 0
 
     def desc(out_dtype, flags):
         return pb.descriptor(np.array(
@@ -383,7 +390,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
                      pb.location(w)] + [pb.location(t) for t in extra] + extent
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
-                pb.add(TaskKind.MATMUL, locations, [b0, bn, n0, nn, 0, K], index)
+                pb.add(TaskKind.MATMUL, locations, [b0, bn, n0, nn, 0, K], index,
+                       flags=prefetch)
         return
     # Split-K: float32 partial sums, then one elementwise op adds them (and the epilogue).
     partial_bytes = B * M * N * 4
@@ -394,7 +402,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
                 pb.add(TaskKind.MATMUL, [dst, partial_desc, pb.location(x), pb.location(w)]
-                       + extent, [b0, bn, n0, nn, k0, kn], index)
+                       + extent, [b0, bn, n0, nn, k0, kn], index, flags=prefetch)
     f32 = np.dtype(np.float32)
     partials = [Tensor((B * M * N,), f32, scratch, s * B * M * N) for s in range(len(k_tiles))]
     instrs = [Instr(Opcode.LOAD, f32, (), s) for s in range(len(k_tiles))]

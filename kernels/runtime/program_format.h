@@ -119,6 +119,7 @@ static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
 // TaskDesc.flags
 constexpr uint16_t kTaskRelaxedTriggers = 1;  // static: every consumer runs later on this worker
+constexpr uint16_t kTaskPrefetch = 2;  // static: start loading its read-only operands before its wait
 
 struct TaskDesc {
   uint16_t kind;

@@ -20,6 +20,9 @@ struct TaskContext {
   uint32_t iteration;
   int thread;  // 0 .. kWorkerThreads-1
   char* shared;  // kTaskSharedBytes, 16-byte aligned; contents undefined at task start
+  // The task's `prefetch` ran before its wait (static schedule, kTaskPrefetch): its copies
+  // into `shared` are in flight.
+  bool prefetched = false;
 
   template <typename T>
   __device__ __forceinline__ T* operand(int i) const {

@@ -2,6 +2,9 @@
 // batches, runs each task, then triggers the events it feeds.
 #pragma once
 
+#include <type_traits>
+#include <utility>
+
 #include "../tasks/all_tasks.cuh"
 #include "control.cuh"
 
@@ -14,6 +17,29 @@ __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& 
   bool found = false;
   ((ctx.desc.kind == Tasks::kKind ? (Tasks::run(ctx), found = true) : false), ...);
   return found;
+}
+
+// Tasks that can start loading read-only operands before their inputs are ready define
+// `static void prefetch(const TaskContext&)`; `run` then sees ctx.prefetched.
+template <typename T, typename = void>
+struct HasPrefetch : std::false_type {};
+template <typename T>
+struct HasPrefetch<T, std::void_t<decltype(T::prefetch(std::declval<const TaskContext&>()))>> : std::true_type {};
+
+template <typename... Tasks>
+__device__ __forceinline__ bool prefetch_task(TaskList<Tasks...>, const TaskContext& ctx) {
+  bool done = false;
+  (
+      [&] {
+        if constexpr (HasPrefetch<Tasks>::value) {
+          if (ctx.desc.kind == Tasks::kKind) {
+            Tasks::prefetch(ctx);
+            done = true;
+          }
+        }
+      }(),
+      ...);
+  return done;
 }
 
 // An NVSHMEM event: add 1 to a signal word in a peer's copy of the signal
@@ -67,12 +93,12 @@ __device__ __forceinline__ void load_desc(TaskDesc& desc, const TaskDesc& from, 
 // Runs one task with every thread of the block, then triggers its events.
 template <Schedule kSchedule>
 __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Control& c, const TaskDesc& desc,
-                                                uint32_t task, uint32_t iteration) {
+                                                uint32_t task, uint32_t iteration, bool prefetched = false) {
   const int thread = threadIdx.x;
   const bool profiling = p.profile_capacity != 0 && thread == 0;
   const uint64_t start = profiling ? global_timer_ns() : 0;
   extern __shared__ __align__(16) char task_shared[];
-  const TaskContext ctx{p, desc, task, iteration, thread, task_shared};
+  const TaskContext ctx{p, desc, task, iteration, thread, task_shared, prefetched};
   if (!run_task(AllTasks{}, ctx) && thread == 0)
     report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
   // Read before the barrier: after it, other threads load the next descriptor.
@@ -91,7 +117,8 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
 // task waits for its launch event to reach this iteration's threshold (the
 // start event stands for "the previous iteration ended"), unless all its
 // producers ran earlier on this worker. List entries and descriptors are
-// staged into shared memory a chunk at a time, one round trip per chunk.
+// staged into shared memory a chunk at a time, one round trip per chunk. A task
+// flagged kTaskPrefetch starts loading its weights before the wait.
 constexpr uint32_t kStagedTasks = 32;
 
 __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker) {
@@ -112,8 +139,14 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
       for (uint32_t k = thread; k < n * kWords; k += blockDim.x)
         reinterpret_cast<uint32_t*>(descs)[k] =
             reinterpret_cast<const uint32_t*>(&p.tasks[items[k / kWords].task])[k % kWords];
+      __syncthreads();
       for (uint32_t j = 0; j < n; ++j) {
         const WorkerTask item = items[j];
+        bool prefetched = false;
+        if (descs[j].flags & kTaskPrefetch) {
+          extern __shared__ __align__(16) char task_shared[];
+          prefetched = prefetch_task(AllTasks{}, TaskContext{p, descs[j], item.task, iteration, int(thread), task_shared});
+        }
         if (thread == 0) {
           int verdict = Watchdog::kWait;
           if (item.wait_event != kNoWait) {
@@ -132,7 +165,7 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
         }
         __syncthreads();
         if (stop) return;
-        run_and_trigger<kScheduleStatic>(p, c, descs[j], item.task, iteration);
+        run_and_trigger<kScheduleStatic>(p, c, descs[j], item.task, iteration, prefetched);
       }
     }
   }

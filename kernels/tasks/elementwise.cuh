@@ -174,8 +174,17 @@ struct ElementwiseTask {
     }
   }
 
+  // Registers live in the task arena, one column per thread (conflict-free): a local array
+  // indexed at run time would live in local memory, a round trip to L1 or L2 per access.
+  static constexpr int kRegisterBytes = kMaxRegisters * kWorkerThreads * 4;
+  static_assert(kRegisterBytes + kSharedProgramWords * 4 <= kTaskSharedBytes, "elementwise arena");
+  // A program's leading LOADs (task_kinds.py puts every LOAD first) are all issued before
+  // any is used, so their latencies overlap; up to this many.
+  static constexpr int kEarlyLoads = 24;
+
   __device__ static void run(const TaskContext& ctx) {
-    __shared__ int32_t shared_program[kSharedProgramWords];
+    uint32_t* regs = reinterpret_cast<uint32_t*>(ctx.shared) + ctx.thread;  // register i: regs[i * kWorkerThreads]
+    int32_t* shared_program = reinterpret_cast<int32_t*>(ctx.shared + kRegisterBytes);
     const int32_t* global_program = ctx.operand<const int32_t>(1);
     const uint64_t words = ctx.operand_bytes(1) / 4;
     const int32_t* prog = global_program;
@@ -195,40 +204,74 @@ struct ElementwiseTask {
     const int32_t* out_strides = prog + 4 + rank;
     const int32_t* inputs = prog + 4 + 2 * rank;   // per input: dtype, strides[rank]
     const int32_t* instrs = inputs + num_inputs * (1 + rank);
+    int early = 0;
+    while (early < min(num_instrs - 1, kEarlyLoads) && instrs[early * kInstrWords] == kOpLoad) ++early;
     char* out = ctx.operand<char>(0);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
 
-    uint32_t regs[kMaxRegisters];
     for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
       int32_t index[kMaxRank];
       uint32_t rest = e;
-      for (int d = rank - 1; d >= 0; --d) {
-        index[d] = int32_t(rest % uint32_t(out_shape[d]));
-        rest /= uint32_t(out_shape[d]);
+#pragma unroll
+      for (int d = kMaxRank - 1; d >= 0; --d) {
+        if (d < rank) {
+          index[d] = int32_t(rest % uint32_t(out_shape[d]));
+          rest /= uint32_t(out_shape[d]);
+        }
       }
-      for (int i = 0; i < num_instrs; ++i) {
+      auto element_of = [&](const int32_t* ins) {
+        const int32_t* in = inputs + ins[5] * (1 + rank);
+        int64_t offset = 0;
+#pragma unroll
+        for (int d = 0; d < kMaxRank; ++d)
+          if (d < rank) offset += int64_t(index[d]) * in[1 + d];
+        return offset;
+      };
+      uint32_t loaded[kEarlyLoads];
+#pragma unroll
+      for (int i = 0; i < kEarlyLoads; ++i) {
+        if (i < early) {
+          const int32_t* ins = instrs + i * kInstrWords;
+          loaded[i] = *word_of(ctx.operand<const char>(2 + ins[5]), inputs[ins[5] * (1 + rank)], element_of(ins));
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kEarlyLoads; ++i) {
+        if (i < early) {
+          const int32_t* ins = instrs + i * kInstrWords;
+          const int32_t dtype = inputs[ins[5] * (1 + rank)];
+          const uint32_t held = held_of_word(loaded[i], dtype, ctx.operand<const char>(2 + ins[5]), element_of(ins));
+          regs[i * kWorkerThreads] = convert_held(held, dtype, ins[1], false);
+        }
+      }
+      for (int i = early; i < num_instrs; ++i) {
         const int32_t* ins = instrs + i * kInstrWords;
         const int32_t op = ins[0], dt = ins[1], imm = ins[5];
         uint32_t v;
         if (op == kOpLoad) {
-          const int32_t* in = inputs + imm * (1 + rank);
-          int64_t offset = 0;
-          for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * in[1 + d];
-          v = convert_held(load_held(ctx.operand<const char>(2 + imm), in[0], offset), in[0], dt, false);
+          const int32_t dtype = inputs[imm * (1 + rank)];
+          v = convert_held(load_held(ctx.operand<const char>(2 + imm), dtype, element_of(ins)), dtype, dt, false);
         } else if (op == kOpConst) {
           v = convert_held(uint32_t(imm), dtype_is_float(dt) ? kF32 : kI32, dt, true);
         } else if (op == kOpIota) {
-          v = convert_held(uint32_t(index[imm]), kI32, dt, false);
+          int32_t at = 0;
+#pragma unroll
+          for (int d = 0; d < kMaxRank; ++d)
+            if (d == imm) at = index[d];  // a constant index keeps `index` in registers
+          v = convert_held(uint32_t(at), kI32, dt, false);
         } else {
           const int32_t a = ins[2];
-          v = evaluate(op, dt, instrs[a * kInstrWords + 1], imm, regs[a], regs[ins[3]], regs[ins[4]]);
+          v = evaluate(op, dt, instrs[a * kInstrWords + 1], imm, regs[a * kWorkerThreads],
+                       regs[ins[3] * kWorkerThreads], regs[ins[4] * kWorkerThreads]);
         }
-        regs[i] = v;
+        regs[i * kWorkerThreads] = v;
       }
       int64_t offset = 0;
-      for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * out_strides[d];
+#pragma unroll
+      for (int d = 0; d < kMaxRank; ++d)
+        if (d < rank) offset += int64_t(index[d]) * out_strides[d];
       const int32_t last_dtype = instrs[(num_instrs - 1) * kInstrWords + 1];
-      store_held(out, out_dtype, offset, convert_held(regs[num_instrs - 1], last_dtype, out_dtype, true));
+      store_held(out, out_dtype, offset, convert_held(regs[(num_instrs - 1) * kWorkerThreads], last_dtype, out_dtype, true));
     }
   }
 };

@@ -28,7 +28,7 @@ struct MatmulTask {
   static constexpr int kUnroll = 4;  // weight loads in flight per thread, without the ring
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
-  static constexpr int kStagedX = 4096;   // floats of x staged at a time
+  static constexpr int kStagedX = 8192;   // floats of x staged at a time
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
   static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
@@ -55,6 +55,7 @@ struct MatmulTask {
     const char* residual;
     const char* bias;
     int n0, nn, k0, kn;
+    int extent_axis;
   };
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
@@ -77,6 +78,7 @@ struct MatmulTask {
   // 16 bytes of consecutive weights, kept raw until used.
   template <typename T>
   struct VectorWeights {
+    using Elem = T;
     static constexpr int kWidth = 16 / sizeof(T);
     using Raw = uint4;
     static constexpr bool kAsync = true;  // loads can go through cp.async
@@ -88,6 +90,7 @@ struct MatmulTask {
   };
 
   struct ScalarWeights {
+    using Elem = float;
     static constexpr int kWidth = 1;
     static constexpr bool kAsync = false;
     using Raw = float;
@@ -122,24 +125,64 @@ struct MatmulTask {
     return min(p.kn, fit);
   }
 
-  // Thread t owns V columns (group g = t % groups) and the k values k0 + s, k0 + s + slices, ...
+  // Output rows a by_columns pass accumulates: all of M = 1 (decode), else as many as fit.
+  template <int V>
+  static constexpr int kColumnRows = kRows * V <= kAccumulators ? kRows : kAccumulators / V;
+
+  // A thread's share of a by_columns round: the V columns of group g and the k values s,
+  // s + slices, ... of each staged chunk.
+  struct ColumnShare {
+    int groups, round_groups, slices, g, s;
+    __device__ ColumnShare(int nn, int V, int thread) : groups(nn / V), round_groups(nn / V) {
+      if (groups <= 32) {
+        round_groups = 1;
+        while (round_groups < groups) round_groups *= 2;
+      } else if (round_groups > kWorkerThreads) {
+        round_groups = kWorkerThreads;
+      }
+      slices = kWorkerThreads / round_groups;
+      g = thread % round_groups;
+      s = thread / round_groups;
+    }
+  };
+
+  // This thread's weight loads in a staged chunk: 16 bytes at first + j * step, j < steps.
+  struct WeightStream {
+    const char* first;
+    int64_t step;
+    unsigned steps;
+    __device__ const void* at(unsigned j) const { return first + int64_t(j) * step; }
+  };
+
   template <typename Weights>
-  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
+  __device__ static WeightStream stream_of(const Problem& p, int64_t w_col, int kc0, int kc, const ColumnShare& share) {
+    using T = typename Weights::Elem;
+    return {reinterpret_cast<const char*>(Weights::address(p.w, w_col + int64_t(kc0 + share.s) * p.ws[2])),
+            int64_t(share.slices) * p.ws[2] * int64_t(sizeof(T)),
+            kc > share.s ? unsigned(kc - share.s + share.slices - 1) / unsigned(share.slices) : 0u};
+  }
+
+  // Issues load j of the stream into this thread's ring slot (maybe none) as one group.
+  __device__ static void issue(uint4* mine, const WeightStream& stream, unsigned j) {
+    if (j < stream.steps) copy16_async(mine + (j % kStages) * kWorkerThreads, stream.at(j));
+    commit_copies();
+  }
+
+  // The loads kept in flight ahead of the first use.
+  __device__ static void prologue(uint4* mine, const WeightStream& stream) {
+    for (unsigned j = 0; j < kStages - 1; ++j) issue(mine, stream, j);
+  }
+
+  template <typename Weights, int rows>
+  __device__ static void by_columns(const TaskContext& ctx, const Problem& p, int b, const Shared& sh,
+                                    bool prefetched) {
     float* partials = sh.partials;
     float* staged = sh.staged;
     constexpr int V = Weights::kWidth;
-    constexpr int rows = kRows * V <= kAccumulators ? kRows : kAccumulators / V;
-    const int groups = p.nn / V;
-    int round_groups = groups;  // groups a round of all threads covers
-    if (groups <= 32) {
-      round_groups = 1;
-      while (round_groups < groups) round_groups *= 2;
-    } else if (round_groups > kWorkerThreads) {
-      round_groups = kWorkerThreads;
-    }
+    const ColumnShare share(p.nn, V, ctx.thread);
+    const int groups = share.groups, round_groups = share.round_groups, slices = share.slices;
+    const int g = share.g, s = share.s;
     const bool shuffled = round_groups <= 32;  // lanes of one group share a warp
-    const int slices = kWorkerThreads / round_groups;
-    const int g = ctx.thread % round_groups, s = ctx.thread / round_groups;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int kc_max = chunk_of(p, rows, 4);
@@ -154,25 +197,31 @@ struct MatmulTask {
         for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
           const int kc = min(kc_max, p.k0 + p.kn - kc0);
           stage_x(ctx, p, x_b, m0, live_rows, kc0, kc, staged);
+          const bool in_flight = prefetched;  // only the first chunk of the first round
+          prefetched = false;
           if (!active || live_rows == 0) continue;
           const char* w = p.w;
           const int64_t w_col = w_b + int64_t(n) * p.ws[3];
           if constexpr (Weights::kAsync) {
             // This thread's loads k = s + j * slices, kStages - 1 ahead of their use.
-            const int steps = (kc - s + slices - 1) / slices;
+            const WeightStream stream = stream_of<Weights>(p, w_col, kc0, kc, share);
             uint4* mine = sh.ring + ctx.thread;
-            auto issue = [&](int j) {
-              if (j < steps)
-                copy16_async(mine + (j % kStages) * kWorkerThreads,
-                             Weights::address(w, w_col + int64_t(kc0 + s + j * slices) * p.ws[2]));
-              commit_copies();
-            };
-            for (int j = 0; j < kStages - 1; ++j) issue(j);
-            for (int j = 0; j < steps; ++j) {
-              issue(j + kStages - 1);
-              wait_copies<kStages - 1>();
-              accumulate<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], live, live_rows,
-                                        staged + s + j * slices, padded(kc));
+            if (!in_flight) prologue(mine, stream);
+            const int stride = padded(kc);
+            if (live == V && live_rows == rows) {
+#pragma unroll 2
+              for (unsigned j = 0; j < stream.steps; ++j) {
+                issue(mine, stream, j + kStages - 1);
+                wait_copies<kStages - 1>();
+                accumulate_all<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], staged + s + j * slices, stride);
+              }
+            } else {
+              for (unsigned j = 0; j < stream.steps; ++j) {
+                issue(mine, stream, j + kStages - 1);
+                wait_copies<kStages - 1>();
+                accumulate<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], live, live_rows,
+                                          staged + s + j * slices, stride);
+              }
             }
             continue;
           }
@@ -220,6 +269,18 @@ struct MatmulTask {
     }
   }
 
+  // acc[r][v] += x[r, k] * w[k, n + v] for every row and column of a full tile.
+  template <int rows, typename Weights>
+  __device__ static void accumulate_all(float (&acc)[rows][Weights::kWidth], const typename Weights::Raw& w,
+                                        const float* xk, int stride) {
+#pragma unroll
+    for (int r = 0; r < rows; ++r) {
+      const float xv = xk[r * stride];
+#pragma unroll
+      for (int v = 0; v < Weights::kWidth; ++v) acc[r][v] = fmaf(xv, Weights::get(w, v), acc[r][v]);
+    }
+  }
+
   // acc[r][v] += x[m0 + r, k] * w[k, n + v] for the live rows and columns; x[r] = xk[r * stride].
   template <int rows, typename Weights>
   __device__ static void accumulate(float (&acc)[rows][Weights::kWidth], const typename Weights::Raw& w, int live,
@@ -237,11 +298,10 @@ struct MatmulTask {
 
   // Weights contiguous along k: L lanes per column (fewer when k is short), each lane
   // V consecutive k per load; the lanes' sums meet by shuffles.
-  template <typename Weights>
+  template <typename Weights, int rows>
   __device__ static void by_k(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
     float* staged = sh.staged;
     constexpr int V = Weights::kWidth;
-    constexpr int rows = kRows;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     int L = 32;
     while (L > 1 && (L / 2) * V >= p.kn) L /= 2;
@@ -249,7 +309,7 @@ struct MatmulTask {
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int kc_max = chunk_of(p, rows, 32 * V);
     if constexpr (Weights::kAsync) {
-      if (kc_max >= p.kn) return by_k_pipelined<Weights>(ctx, p, b, sh, L);
+      if (kc_max >= p.kn) return by_k_pipelined<Weights, rows>(ctx, p, b, sh, L);
     }
     for (int m0 = 0; m0 < p.M; m0 += rows) {
       const int live_rows = min(rows, max(0, p.live_rows - m0));
@@ -309,12 +369,27 @@ struct MatmulTask {
     }
   }
 
+  // Where a lane's q-th load of by_k_pipelined falls: column c (of the tile), vector i along
+  // k, and whether it is the column's last. Advanced step by step: no division per load.
+  struct ColumnCursor {
+    int c, i, within;
+    int per_column, L, column_step, sl;
+    __device__ void advance() {
+      i += L;
+      if (++within == per_column) {
+        within = 0;
+        i = sl;
+        c += column_step;
+      }
+    }
+    __device__ bool last_of_column() const { return within == per_column - 1; }
+  };
+
   // by_k when x fits the stage whole: a lane's loads over all its columns form one
   // sequence, kept kStages - 1 ahead of use through the ring.
-  template <typename Weights>
+  template <typename Weights, int rows>
   __device__ static void by_k_pipelined(const TaskContext& ctx, const Problem& p, int b, const Shared& sh, int L) {
     constexpr int V = Weights::kWidth;
-    constexpr int rows = kRows;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
@@ -325,30 +400,33 @@ struct MatmulTask {
     const int column_step = kWarps * per_warp, first = warp * per_warp;
     const int columns = first < p.nn ? (p.nn - first + column_step - 1) / column_step : 0;  // warp-uniform
     const int steps = columns * per_column;
+    const ColumnCursor start{first + sub, sl, 0, per_column, L, column_step, sl};
     uint4* mine = sh.ring + ctx.thread;
     for (int m0 = 0; m0 < p.M; m0 += rows) {
       const int live_rows = min(rows, max(0, p.live_rows - m0));
       stage_x(ctx, p, x_b, m0, live_rows, p.k0, p.kn, sh.staged);
+      ColumnCursor ahead = start, now = start;
       auto issue = [&](int q) {
-        const int c = first + sub + q / per_column * column_step, i = sl + q % per_column * L;
-        if (q < steps && c < p.nn && p.n0 + c < p.live_end && i < vectors && live_rows > 0)
+        if (q < steps && ahead.c < p.nn && p.n0 + ahead.c < p.live_end && ahead.i < vectors && live_rows > 0)
           copy16_async(mine + (q % kStages) * kWorkerThreads,
-                       Weights::address(p.w, w_b + int64_t(p.n0 + c) * p.ws[3] + p.k0 + i * V));
+                       Weights::address(p.w, w_b + int64_t(p.n0 + ahead.c) * p.ws[3] + p.k0 + ahead.i * V));
         commit_copies();
+        ahead.advance();
       };
       for (int q = 0; q < kStages - 1; ++q) issue(q);
       float acc[rows] = {};
-      for (int q = 0; q < steps; ++q) {
+      for (int q = 0; q < steps; ++q, now.advance()) {
         issue(q + kStages - 1);
         wait_copies<kStages - 1>();
-        const int c = first + sub + q / per_column * column_step, n = p.n0 + c, i = sl + q % per_column * L;
-        const bool active = c < p.nn && n < p.live_end && live_rows > 0;
-        if (active && i < vectors) dot<rows, Weights>(acc, mine[(q % kStages) * kWorkerThreads], live_rows, sh.staged + i * V, stride);
-        if (q % per_column != per_column - 1) continue;
+        const int n = p.n0 + now.c;
+        const bool active = now.c < p.nn && n < p.live_end && live_rows > 0;
+        if (active && now.i < vectors)
+          dot<rows, Weights>(acc, mine[(q % kStages) * kWorkerThreads], live_rows, sh.staged + now.i * V, stride);
+        if (!now.last_of_column()) continue;
         // The column's last load: its scalar tail, then the lanes' sums.
         if (active)
           tail<rows>(p, acc, w_b + int64_t(n) * p.ws[3] + p.k0, vectors * V + sl, p.kn, L, live_rows, sh.staged, stride);
-        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && c < p.nn);
+        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && now.c < p.nn);
 #pragma unroll
         for (int r = 0; r < rows; ++r) acc[r] = 0.0f;
       }
@@ -390,18 +468,26 @@ struct MatmulTask {
   }
 
   template <typename T>
-  __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
-    if (vectorizable<T>(p, b, 3))
-      by_columns<VectorWeights<T>>(ctx, p, b, sh);
-    else if (vectorizable<T>(p, b, 2))
-      by_k<VectorWeights<T>>(ctx, p, b, sh);
-    else if (p.ws[2] == 1 && p.ws[3] != 1)
-      by_k<ScalarWeights>(ctx, p, b, sh);
-    else
-      by_columns<ScalarWeights>(ctx, p, b, sh);
+  __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, const Shared& sh, bool prefetched) {
+    constexpr int V = 16 / sizeof(T);
+    if (vectorizable<T>(p, b, 3)) {
+      if (p.M == 1)
+        by_columns<VectorWeights<T>, 1>(ctx, p, b, sh, prefetched);
+      else
+        by_columns<VectorWeights<T>, kColumnRows<V>>(ctx, p, b, sh, prefetched);
+    } else if (vectorizable<T>(p, b, 2)) {
+      if (p.M == 1)
+        by_k<VectorWeights<T>, 1>(ctx, p, b, sh);
+      else
+        by_k<VectorWeights<T>, kRows>(ctx, p, b, sh);
+    } else if (p.ws[2] == 1 && p.ws[3] != 1) {
+      by_k<ScalarWeights, kRows>(ctx, p, b, sh);
+    } else {
+      by_columns<ScalarWeights, kRows>(ctx, p, b, sh, false);
+    }
   }
 
-  __device__ static void run(const TaskContext& ctx) {
+  __device__ static Problem problem_of(const TaskContext& ctx) {
     const int32_t* desc = ctx.operand<const int32_t>(1);
     Problem p;
     p.B1 = max(desc[1], 1);
@@ -427,23 +513,64 @@ struct MatmulTask {
     p.kn = ctx.desc.dims[5];
     p.live_rows = p.M;
     p.live_end = p.n0 + p.nn;
-    const int extent_axis = desc[20];
-    if (extent_axis) {
-      const int bound = extent_axis == 1 ? p.M : extent_axis == 2 ? desc[3] : desc[4];
+    p.extent_axis = desc[20];
+    return p;
+  }
+
+  // The first weight loads of by_columns' first chunk, issued before the task's inputs are
+  // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent).
+  // `run` then skips that prologue; prefetched() is its test of the same path.
+  template <typename T>
+  __device__ static void prefetch_as(const TaskContext& ctx, const Problem& p) {
+    const int b = ctx.desc.dims[0];
+    constexpr int V = 16 / sizeof(T);
+    const ColumnShare share(p.nn, V, ctx.thread);
+    const int n = p.n0 + share.g * V;
+    if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
+    const int rows = p.M == 1 ? 1 : kColumnRows<V>;
+    const int kc = min(chunk_of(p, rows, 4), p.kn);
+    const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
+    prologue(Shared(ctx.shared).ring + ctx.thread, stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share));
+  }
+
+  __device__ static bool prefetchable(const TaskContext& ctx, const Problem& p) {
+    if (p.extent_axis != 0 || ctx.desc.dims[1] != 1) return false;
+    const int b = ctx.desc.dims[0];
+    if (p.w_dtype == kBF16) return vectorizable<__nv_bfloat16>(p, b, 3);
+    if (p.w_dtype == kF16) return vectorizable<__half>(p, b, 3);
+    return p.w_dtype == kF32 && vectorizable<float>(p, b, 3);
+  }
+
+  __device__ static void prefetch(const TaskContext& ctx) {
+    const Problem p = problem_of(ctx);
+    if (!prefetchable(ctx, p)) return;
+    if (p.w_dtype == kBF16)
+      prefetch_as<__nv_bfloat16>(ctx, p);
+    else if (p.w_dtype == kF16)
+      prefetch_as<__half>(ctx, p);
+    else
+      prefetch_as<float>(ctx, p);
+  }
+
+  __device__ static void run(const TaskContext& ctx) {
+    Problem p = problem_of(ctx);
+    const bool prefetched = ctx.prefetched && prefetchable(ctx, p);
+    if (p.extent_axis) {
+      const int bound = p.extent_axis == 1 ? p.M : p.extent_axis == 2 ? p.n0 + p.nn : p.k0 + p.kn;
       const int limit = min(max(*ctx.operand<const int32_t>(ctx.desc.num_operands - 1), 0), bound);
-      if (extent_axis == 1) p.live_rows = limit;
-      if (extent_axis == 2) p.live_end = min(p.live_end, limit);
-      if (extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
+      if (p.extent_axis == 1) p.live_rows = limit;
+      if (p.extent_axis == 2) p.live_end = min(p.live_end, limit);
+      if (p.extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
     }
     const Shared sh(ctx.shared);
     const int b_end = ctx.desc.dims[0] + ctx.desc.dims[1];
     for (int b = ctx.desc.dims[0]; b < b_end; ++b) {
       if (p.w_dtype == kBF16)
-        dispatch<__nv_bfloat16>(ctx, p, b, sh);
+        dispatch<__nv_bfloat16>(ctx, p, b, sh, prefetched);
       else if (p.w_dtype == kF16)
-        dispatch<__half>(ctx, p, b, sh);
+        dispatch<__half>(ctx, p, b, sh, prefetched);
       else
-        dispatch<float>(ctx, p, b, sh);
+        dispatch<float>(ctx, p, b, sh, prefetched);
     }
   }
 };
