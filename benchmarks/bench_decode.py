@@ -5,6 +5,7 @@ next, as in a decode loop. Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
         [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
+        [--tiling matmul_row_bytes=32,...]
 
 `--timeline DIR` profiles the first case: a Chrome trace, an occupancy PNG and a table of
 where the kernel's time goes by op. Without a GPU the jax_mpk side runs on the reference
@@ -39,6 +40,18 @@ MODELS = {"llama-1b": LLAMA_1B, "qwen3-8b": QWEN3_8B,
           "tiny": FAMILIES["llama"].replace(dtype=jnp.bfloat16)}
 
 
+TILING: dict[str, int] = {}  # DeviceSpec overrides (--tiling)
+
+
+def device_spec(**extra) -> DeviceSpec | None:
+    """The GPU's DeviceSpec with the --tiling overrides; None (jax_mpk's default) on a CPU."""
+    if not has_gpu():
+        return None
+    from jax_mpk import runtime
+
+    return DeviceSpec.of_cuda_device(runtime.device_info(), **TILING, **extra)
+
+
 def has_gpu() -> bool:
     try:
         return bool(jax.devices("gpu"))
@@ -64,7 +77,7 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
     model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     reference = jax.jit(model.apply, donate_argnums=(2,))
-    ours = jax_mpk.jit(model.apply, donate_argnums=(2,))
+    ours = jax_mpk.jit(model.apply, donate_argnums=(2,), device=device_spec())
 
     def fresh_cache():
         return [(jnp.copy(k), jnp.copy(v)) for k, v in cache]
@@ -102,11 +115,8 @@ def print_row(row: dict) -> None:
 
 
 def timeline_report(name: str, batch: int, context: int, directory: str) -> None:
-    from jax_mpk import runtime
-
     model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
-    spec = DeviceSpec.of_cuda_device(runtime.device_info(), profile_capacity=4096)
-    lowered = jax_mpk.jit(model.apply, device=spec,
+    lowered = jax_mpk.jit(model.apply, device=device_spec(profile_capacity=4096),
                           donate_argnums=(2,)).lower(params, tokens, cache, pos)
     timeline = lowered.timeline(params, tokens, cache, pos)
     base = os.path.join(directory, "timeline_decode")
@@ -131,7 +141,7 @@ def host_profile(name: str, batch: int, context: int) -> None:
     import pstats
 
     model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
-    ours = jax_mpk.jit(model.apply, donate_argnums=(2,))
+    ours = jax_mpk.jit(model.apply, donate_argnums=(2,), device=device_spec())
     profiler = cProfile.Profile()
     for i in range(6):
         if i == 1:  # after the first call's compile
@@ -165,6 +175,12 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def parse_tiling(text: str) -> dict[str, int]:
+    """"matmul_row_bytes=32,max_split_k=1" -> DeviceSpec overrides."""
+    pairs = [item.split("=") for item in text.split(",") if item]
+    return {name.strip(): int(value) for name, value in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="llama-1b", help=f"from {sorted(MODELS)}")
@@ -175,7 +191,9 @@ def main() -> None:
     parser.add_argument("--plot")
     parser.add_argument("--timeline", help="profile the first case; write its files here")
     parser.add_argument("--host-profile", action="store_true")
+    parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
     args = parser.parse_args()
+    TILING.update(parse_tiling(args.tiling))
     cases = [(m, int(b), int(c)) for m in args.models.split(",")
              for b in args.batches.split(",") for c in args.contexts.split(",")]
     hbm = None

@@ -5,7 +5,7 @@ in the megakernel's own timeline (first task start to last task end, the median 
 launches), so host launch latency is not counted; its bytes are what it must read and
 write at least. jax.jit of the same function is timed from the host for reference.
 
-    python benchmarks/bench_kinds.py [--json PATH] [--only SUBSTRING]
+    python benchmarks/bench_kinds.py [--json PATH] [--only SUBSTRING] [--tiling name=int,...]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench_compile import LLAMA_1B  # noqa: E402
+from bench_decode import parse_tiling  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 import jax_mpk  # noqa: E402
@@ -102,9 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json")
     parser.add_argument("--only", default="")
+    parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
     args = parser.parse_args()
     info = runtime.device_info()
-    spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024)
+    tiling = parse_tiling(args.tiling)
+    spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024, **tiling)
     hbm = runtime.hbm_copy_rate()
     print(f"{info['name']}: HBM copy rate {hbm / 1e9:.0f} GB/s (read + write)")
     rng = np.random.default_rng(0)
@@ -114,7 +117,7 @@ def main() -> None:
             if args.only not in name:
                 continue
             expected = jax.jit(fn)(*inputs)
-            got = jax_mpk.jit(fn)(*inputs)
+            got = jax_mpk.jit(fn, device=DeviceSpec.of_cuda_device(info, **tiling))(*inputs)
             error = float(jnp.linalg.norm((got - expected).astype(jnp.float32))
                           / jnp.linalg.norm(expected.astype(jnp.float32)))
             us, tasks, task_us, last_start_us = in_kernel_us(fn, inputs, spec)

@@ -16,8 +16,7 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
               the element's index along dim imm; INTEGER_POW raises a to the power imm;
               ROUND rounds halves away from zero (imm 0) or to even (imm 1). Float registers
               hold float32 whatever their dtype; only CONVERT and the store round narrower.
-              The last register, cast to out_dtype, is stored at out_strides. Encoded
-              programs put every LOAD but a final one first, so a task issues them together.
+              The last register, cast to out_dtype, is stored at out_strides.
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
@@ -205,16 +204,6 @@ class ElementwiseProgram:
     def out_dtype(self) -> np.dtype:
         return self.instrs[-1].dtype
 
-    def loads_first(self) -> list[Instr]:
-        """The same program with its LOADs (but a final one, the result) moved to the front."""
-        last = len(self.instrs) - 1
-        order = [i for i, ins in enumerate(self.instrs) if ins.opcode == Opcode.LOAD and i != last]
-        order += [i for i, ins in enumerate(self.instrs)
-                  if ins.opcode != Opcode.LOAD and i != last] + [last]
-        renumber = {old: new for new, old in enumerate(order)}
-        return [self.instrs[i]._replace(args=tuple(renumber[a] for a in self.instrs[i].args))
-                for i in order]
-
     def encode(self, out_shape, out_strides, in_dtypes, in_strides) -> np.ndarray:
         rank = len(out_shape)
         words = [rank, self.num_inputs, len(self.instrs), dtype_code(self.out_dtype),
@@ -222,7 +211,7 @@ class ElementwiseProgram:
         for dtype, strides in zip(in_dtypes, in_strides, strict=False):
             assert len(strides) == rank
             words += [dtype_code(dtype), *strides]
-        for ins in self.loads_first():
+        for ins in self.instrs:
             args = list(ins.args) + [0] * (3 - len(ins.args))
             words += [int(ins.opcode), dtype_code(ins.dtype), *args, ins.imm]
         return np.array(words, np.int32)

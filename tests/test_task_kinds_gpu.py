@@ -280,7 +280,12 @@ def _check_model(cfg, api, step_name, donate=True):
     step, args = decode_step(cfg, api, batch, seq)
     expected = expect(step, *args)
     compiled = compile(step, SMALL_DEVICE, donate_argnums=(2,) if donate else ())
-    assert_close(compiled(*args), expected, cfg.dtype)
+    cache = jax.tree.map(jnp.copy, args[2])  # donated: the call consumes it, as under jax.jit
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(cache)]
+    got = compiled(*args[:2], cache, *args[3:])
+    assert_close(got, expected, cfg.dtype)
+    if donate:  # updated in place: the new cache lives where the donated one did
+        assert [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(got[1])] == pointers
     # The GPU's own tiling too: other tile sizes, no split-K at these sizes.
     assert_close(compile(step)(*args), expected, cfg.dtype)
 

@@ -79,26 +79,6 @@ __device__ __forceinline__ uint32_t load_held(const void* base, int32_t d, int64
   }
 }
 
-// The held value of the element of dtype d at byte `at` of its array, from the aligned
-// 32-bit word holding it (an array's base is at least 4-byte aligned).
-__device__ __forceinline__ const uint32_t* word_of(const void* base, int32_t d, int64_t i) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(base) + uintptr_t(i) * dtype_size(d);
-  return reinterpret_cast<const uint32_t*>(at & ~uintptr_t(3));
-}
-
-__device__ __forceinline__ uint32_t held_of_word(uint32_t word, int32_t d, const void* base, int64_t i) {
-  const uint32_t shift = uint32_t((reinterpret_cast<uintptr_t>(base) + uintptr_t(i) * dtype_size(d)) & 3) * 8;
-  const uint32_t bits = word >> shift;
-  switch (d) {
-    case kBF16: return (bits & 0xFFFFu) << 16;
-    case kF16: return f_bits(__half2float(__ushort_as_half(uint16_t(bits))));
-    case kBool: return (bits & 0xFFu) != 0;
-    case kI8: return uint32_t(int32_t(int8_t(bits & 0xFFu)));
-    case kU8: return bits & 0xFFu;
-    default: return word;
-  }
-}
-
 // Stores held value v (already of dtype d) as element i of an array of dtype d.
 __device__ __forceinline__ void store_held(void* base, int32_t d, int64_t i, uint32_t v) {
   switch (d) {

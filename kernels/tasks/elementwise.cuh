@@ -178,10 +178,6 @@ struct ElementwiseTask {
   // indexed at run time would live in local memory, a round trip to L1 or L2 per access.
   static constexpr int kRegisterBytes = kMaxRegisters * kWorkerThreads * 4;
   static_assert(kRegisterBytes + kSharedProgramWords * 4 <= kTaskSharedBytes, "elementwise arena");
-  // A program's leading LOADs (task_kinds.py puts every LOAD first) are all issued before
-  // any is used, so their latencies overlap; up to this many.
-  static constexpr int kEarlyLoads = 24;
-
   __device__ static void run(const TaskContext& ctx) {
     uint32_t* regs = reinterpret_cast<uint32_t*>(ctx.shared) + ctx.thread;  // register i: regs[i * kWorkerThreads]
     int32_t* shared_program = reinterpret_cast<int32_t*>(ctx.shared + kRegisterBytes);
@@ -204,8 +200,6 @@ struct ElementwiseTask {
     const int32_t* out_strides = prog + 4 + rank;
     const int32_t* inputs = prog + 4 + 2 * rank;   // per input: dtype, strides[rank]
     const int32_t* instrs = inputs + num_inputs * (1 + rank);
-    int early = 0;
-    while (early < min(num_instrs - 1, kEarlyLoads) && instrs[early * kInstrWords] == kOpLoad) ++early;
     char* out = ctx.operand<char>(0);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
 
@@ -227,24 +221,7 @@ struct ElementwiseTask {
           if (d < rank) offset += int64_t(index[d]) * in[1 + d];
         return offset;
       };
-      uint32_t loaded[kEarlyLoads];
-#pragma unroll
-      for (int i = 0; i < kEarlyLoads; ++i) {
-        if (i < early) {
-          const int32_t* ins = instrs + i * kInstrWords;
-          loaded[i] = *word_of(ctx.operand<const char>(2 + ins[5]), inputs[ins[5] * (1 + rank)], element_of(ins));
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kEarlyLoads; ++i) {
-        if (i < early) {
-          const int32_t* ins = instrs + i * kInstrWords;
-          const int32_t dtype = inputs[ins[5] * (1 + rank)];
-          const uint32_t held = held_of_word(loaded[i], dtype, ctx.operand<const char>(2 + ins[5]), element_of(ins));
-          regs[i * kWorkerThreads] = convert_held(held, dtype, ins[1], false);
-        }
-      }
-      for (int i = early; i < num_instrs; ++i) {
+      for (int i = 0; i < num_instrs; ++i) {
         const int32_t* ins = instrs + i * kInstrWords;
         const int32_t op = ins[0], dt = ins[1], imm = ins[5];
         uint32_t v;
