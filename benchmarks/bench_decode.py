@@ -5,7 +5,7 @@ next, as in a decode loop. Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
         [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
-        [--tiling matmul_row_bytes=32,...]
+        [--tiling max_split_k=1,...]
 
 `--timeline DIR` profiles the first case: a Chrome trace, an occupancy PNG and a table of
 where the kernel's time goes by op. Without a GPU the jax_mpk side runs on the reference
@@ -176,7 +176,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def parse_tiling(text: str) -> dict[str, int]:
-    """"matmul_row_bytes=32,max_split_k=1" -> DeviceSpec overrides."""
+    """"min_split_k=128,max_split_k=4" -> DeviceSpec overrides."""
     pairs = [item.split("=") for item in text.split(",") if item]
     return {name.strip(): int(value) for name, value in pairs}
 

@@ -235,9 +235,9 @@ def test_matmul_tiles_follow_the_device():
         compiled = jax_mpk.jit(fn, backend="reference", device=device)
         assert_close(compiled(x, w), x @ w, np.float32)
         lowered[name] = compiled.lower(x, w).compiled.task_kinds[TaskKind.MATMUL]
-    # One tile of the 64 float32 columns (a tile spans up to 512 bytes of a weight row).
-    # 64 workers: K split in eight chunks of 64 (min_split_k); 5 workers: in five.
-    assert (lowered["many_sms"], lowered["few_sms"]) == (8, 5)
+    # Tiles of whole columns, one per worker where N allows, at least 16 columns: four.
+    # 64 workers: K split in eight chunks of 64 (min_split_k) too; 5 workers: no split.
+    assert (lowered["many_sms"], lowered["few_sms"]) == (32, 4)
 
 
 def test_matmul_streams_the_bigger_operand():
