@@ -174,50 +174,8 @@ struct ElementwiseTask {
     }
   }
 
-  // A thread interprets up to kBatch elements together, instruction by instruction, so the
-  // loads of the batch are in flight at once (one element at a time, every LOAD was a full
-  // memory round trip). Registers live in the task arena, one column per thread and batch
-  // element: register i of element k is regs[(i * batch + k) * kWorkerThreads].
-  static constexpr int kBatch = 4;
-  static constexpr int kRegisterSlots = (kTaskSharedBytes - kSharedProgramWords * 4) / (kWorkerThreads * 4);
-  static_assert(kRegisterSlots >= kMaxRegisters, "the arena holds a full program's registers");
-
-  // The raw bits of `size`-byte elements at base[offset[k]] for the live k, all loads issued
-  // before any is used.
-  __device__ static void load_batch(const char* base, int size, const int64_t (&offset)[kBatch], int live,
-                                    uint32_t (&raw)[kBatch]) {
-    switch (size) {
-      case 4:
-#pragma unroll
-        for (int k = 0; k < kBatch; ++k)
-          if (k < live) raw[k] = reinterpret_cast<const uint32_t*>(base)[offset[k]];
-        break;
-      case 2:
-#pragma unroll
-        for (int k = 0; k < kBatch; ++k)
-          if (k < live) raw[k] = reinterpret_cast<const uint16_t*>(base)[offset[k]];
-        break;
-      default:
-#pragma unroll
-        for (int k = 0; k < kBatch; ++k)
-          if (k < live) raw[k] = reinterpret_cast<const uint8_t*>(base)[offset[k]];
-    }
-  }
-
-  // A held value from an element's raw bits.
-  __device__ static uint32_t held_of_raw(uint32_t raw, int32_t d) {
-    switch (d) {
-      case kBF16: return raw << 16;
-      case kF16: return f_bits(__half2float(__ushort_as_half(uint16_t(raw))));
-      case kBool: return raw != 0;
-      case kI8: return uint32_t(int32_t(int8_t(raw)));
-      default: return raw;
-    }
-  }
-
   __device__ static void run(const TaskContext& ctx) {
-    int32_t* shared_program = reinterpret_cast<int32_t*>(ctx.shared);
-    uint32_t* regs = reinterpret_cast<uint32_t*>(ctx.shared + kSharedProgramWords * 4) + ctx.thread;
+    __shared__ int32_t shared_program[kSharedProgramWords];
     const int32_t* global_program = ctx.operand<const int32_t>(1);
     const uint64_t words = ctx.operand_bytes(1) / 4;
     const int32_t* prog = global_program;
@@ -239,69 +197,38 @@ struct ElementwiseTask {
     const int32_t* instrs = inputs + num_inputs * (1 + rank);
     char* out = ctx.operand<char>(0);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
-    const int batch = min(kBatch, kRegisterSlots / num_instrs);
 
-    for (uint32_t e0 = first + ctx.thread; e0 < end; e0 += batch * kWorkerThreads) {
-      // Element k of the batch is e0 + k * kWorkerThreads: neighbouring threads, neighbouring elements.
-      const int live = min(batch, int((end - e0 + kWorkerThreads - 1) / kWorkerThreads));
-      int32_t index[kBatch][kMaxRank];
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k) {
-        uint32_t rest = e0 + k * kWorkerThreads;
-#pragma unroll
-        for (int d = kMaxRank - 1; d >= 0; --d) {
-          if (d < rank) {
-            index[k][d] = int32_t(rest % uint32_t(out_shape[d]));
-            rest /= uint32_t(out_shape[d]);
-          }
-        }
+    uint32_t regs[kMaxRegisters];
+    for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
+      int32_t index[kMaxRank];
+      uint32_t rest = e;
+      for (int d = rank - 1; d >= 0; --d) {
+        index[d] = int32_t(rest % uint32_t(out_shape[d]));
+        rest /= uint32_t(out_shape[d]);
       }
-      auto offsets_of = [&](const int32_t* strides, int64_t (&offset)[kBatch]) {
-#pragma unroll
-        for (int k = 0; k < kBatch; ++k) {
-          offset[k] = 0;
-#pragma unroll
-          for (int d = 0; d < kMaxRank; ++d)
-            if (d < rank) offset[k] += int64_t(index[k][d]) * strides[d];
-        }
-      };
-      auto reg = [&](int i, int k) -> uint32_t& { return regs[(i * batch + k) * kWorkerThreads]; };
       for (int i = 0; i < num_instrs; ++i) {
         const int32_t* ins = instrs + i * kInstrWords;
         const int32_t op = ins[0], dt = ins[1], imm = ins[5];
+        uint32_t v;
         if (op == kOpLoad) {
           const int32_t* in = inputs + imm * (1 + rank);
-          int64_t offset[kBatch];
-          offsets_of(in + 1, offset);
-          uint32_t raw[kBatch];
-          load_batch(ctx.operand<const char>(2 + imm), dtype_size(in[0]), offset, live, raw);
-#pragma unroll
-          for (int k = 0; k < kBatch; ++k)
-            if (k < live) reg(i, k) = convert_held(held_of_raw(raw[k], in[0]), in[0], dt, false);
+          int64_t offset = 0;
+          for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * in[1 + d];
+          v = convert_held(load_held(ctx.operand<const char>(2 + imm), in[0], offset), in[0], dt, false);
         } else if (op == kOpConst) {
-          const uint32_t v = convert_held(uint32_t(imm), dtype_is_float(dt) ? kF32 : kI32, dt, true);
-          for (int k = 0; k < live; ++k) reg(i, k) = v;
+          v = convert_held(uint32_t(imm), dtype_is_float(dt) ? kF32 : kI32, dt, true);
         } else if (op == kOpIota) {
-#pragma unroll
-          for (int k = 0; k < kBatch; ++k) {
-            int32_t at = 0;
-#pragma unroll
-            for (int d = 0; d < kMaxRank; ++d)
-              if (d == imm) at = index[k][d];  // constant indices keep `index` in registers
-            if (k < live) reg(i, k) = convert_held(uint32_t(at), kI32, dt, false);
-          }
+          v = convert_held(uint32_t(index[imm]), kI32, dt, false);
         } else {
-          const int32_t a = ins[2], b = ins[3], c = ins[4], a_dtype = instrs[a * kInstrWords + 1];
-          for (int k = 0; k < live; ++k) reg(i, k) = evaluate(op, dt, a_dtype, imm, reg(a, k), reg(b, k), reg(c, k));
+          const int32_t a = ins[2];
+          v = evaluate(op, dt, instrs[a * kInstrWords + 1], imm, regs[a], regs[ins[3]], regs[ins[4]]);
         }
+        regs[i] = v;
       }
-      int64_t offset[kBatch];
-      offsets_of(out_strides, offset);
+      int64_t offset = 0;
+      for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * out_strides[d];
       const int32_t last_dtype = instrs[(num_instrs - 1) * kInstrWords + 1];
-#pragma unroll
-      for (int k = 0; k < kBatch; ++k)
-        if (k < live)
-          store_held(out, out_dtype, offset[k], convert_held(reg(num_instrs - 1, k), last_dtype, out_dtype, true));
+      store_held(out, out_dtype, offset, convert_held(regs[num_instrs - 1], last_dtype, out_dtype, true));
     }
   }
 };
