@@ -106,45 +106,13 @@ struct MatmulTask {
   // stride = padded(kc) keeps rows 16-byte aligned. Every thread calls it.
   __device__ static int padded(int kc) { return (kc + 3) & ~3; }
 
-  // The loads of a thread's elements of x are all issued before any is stored: one at a
-  // time, each was a round trip to L2 on the critical path (x comes from the previous op).
-  static constexpr int kStageUnroll = 8;
-
-  template <typename X>
-  __device__ static void stage_x_as(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
-                                    int kc, float* staged) {
-    const X* x = reinterpret_cast<const X*>(p.x);
-    const int stride = padded(kc), total = rows * kc;
-    for (int i0 = ctx.thread; i0 < total; i0 += kStageUnroll * kWorkerThreads) {
-      X v[kStageUnroll];
-#pragma unroll
-      for (int u = 0; u < kStageUnroll; ++u) {
-        const int i = i0 + u * kWorkerThreads;
-        if (i < total) v[u] = x[x_b + int64_t(m0 + i / kc) * p.xs[2] + int64_t(k0 + i % kc) * p.xs[3]];
-      }
-#pragma unroll
-      for (int u = 0; u < kStageUnroll; ++u) {
-        const int i = i0 + u * kWorkerThreads;
-        if (i < total) staged[i / kc * stride + i % kc] = to_float(v[u]);
-      }
-    }
-  }
-
   __device__ static void stage_x(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
                                  int kc, float* staged) {
     __syncthreads();  // the previous chunk is consumed
-    if (p.x_dtype == kBF16) {
-      stage_x_as<__nv_bfloat16>(ctx, p, x_b, m0, rows, k0, kc, staged);
-    } else if (p.x_dtype == kF16) {
-      stage_x_as<__half>(ctx, p, x_b, m0, rows, k0, kc, staged);
-    } else if (p.x_dtype == kF32) {
-      stage_x_as<float>(ctx, p, x_b, m0, rows, k0, kc, staged);
-    } else {
-      const int stride = padded(kc);
-      for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
-        const int r = i / kc, k = i % kc;
-        staged[r * stride + k] = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3]);
-      }
+    const int stride = padded(kc);
+    for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
+      const int r = i / kc, k = i % kc;
+      staged[r * stride + k] = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3]);
     }
     __syncthreads();
   }
