@@ -16,7 +16,9 @@ step() { echo "== $*"; }
 step build
 start=$(date +%s)
 touch kernels/runtime/megakernel.cu  # ninja once lost the .cuh dependencies: never build stale
-$PY -m pip install --no-build-isolation --no-deps -e . >"$LOGS/1_build.log" 2>&1 || { tail -50 "$LOGS/1_build.log"; exit 1; }
+# PREBUILT_RUNTIME: a libjax_mpk_runtime.so built elsewhere; only the Python module compiles.
+prebuilt=${PREBUILT_RUNTIME:+-Cbuild-dir=/tmp/jax_mpk_prebuilt -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME=$(realpath "$PREBUILT_RUNTIME")}
+$PY -m pip install --no-build-isolation --no-deps -e . $prebuilt >"$LOGS/1_build.log" 2>&1 || { tail -50 "$LOGS/1_build.log"; exit 1; }
 grep -h "jax_mpk:" build/*/CMakeCache.txt "$LOGS/1_build.log" 2>/dev/null | head -2
 echo "build took $(( $(date +%s) - start )) s"
 $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
