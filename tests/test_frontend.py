@@ -285,3 +285,24 @@ def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     y = normal(5, 7)
     ops = check(shared_long, y).lower(y).compiled.program.graph.ops
     assert len(ops) == 3
+
+
+def test_only_weights_no_task_writes_are_prefetched():
+    """A matmul may load its weights before its inputs are ready only when no task writes
+    them: parameters yes; a donated buffer that the function updates (a KV cache) never."""
+    from jax_mpk.program import TASK_PREFETCH
+
+    def fn(x, weights, state):
+        updated = lax.dynamic_update_slice(state, x[:1], (0, 0))
+        return jnp.tanh(x) @ weights, jnp.tanh(x) @ state, updated
+
+    x, weights, state = normal(2, 64), normal(64, 64, scale=0.1), normal(64, 64, scale=0.1)
+    lowered = jax_mpk.jit(fn, backend="reference", device=SMALL_DEVICE,
+                          donate_argnums=(2,)).lower(x, weights, state)
+    compiled = lowered.compiled.program
+    prefetched = {True: set(), False: set()}
+    for flags, record in zip(lowered.program.tasks["flags"], compiled.tasks, strict=True):
+        if record.kind == TaskKind.MATMUL:
+            weight = compiled.graph.ops[record.op].inputs[1].buffer
+            prefetched[bool(flags & TASK_PREFETCH)].add(weight.name)
+    assert prefetched == {True: {"arg1"}, False: {"arg2"}}, prefetched
