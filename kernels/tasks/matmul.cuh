@@ -90,7 +90,6 @@ struct MatmulTask {
   };
 
   struct ScalarWeights {
-    using Elem = float;
     static constexpr int kWidth = 1;
     static constexpr bool kAsync = false;
     using Raw = float;
@@ -128,6 +127,10 @@ struct MatmulTask {
   // Output rows a by_columns pass accumulates: all of M = 1 (decode), else as many as fit.
   template <int V>
   static constexpr int kColumnRows = kRows * V <= kAccumulators ? kRows : kAccumulators / V;
+
+  // The rows per pass by_columns runs M rows with: dispatch and prefetch must agree on it.
+  template <int V>
+  __device__ static int column_rows(int M) { return M == 1 ? 1 : kColumnRows<V>; }
 
   // A thread's share of a by_columns round: the V columns of group g and the k values s,
   // s + slices, ... of each staged chunk.
@@ -471,7 +474,7 @@ struct MatmulTask {
   __device__ static void dispatch(const TaskContext& ctx, const Problem& p, int b, const Shared& sh, bool prefetched) {
     constexpr int V = 16 / sizeof(T);
     if (vectorizable<T>(p, b, 3)) {
-      if (p.M == 1)
+      if (column_rows<V>(p.M) == 1)
         by_columns<VectorWeights<T>, 1>(ctx, p, b, sh, prefetched);
       else
         by_columns<VectorWeights<T>, kColumnRows<V>>(ctx, p, b, sh, prefetched);
@@ -519,7 +522,7 @@ struct MatmulTask {
 
   // The first weight loads of by_columns' first chunk, issued before the task's inputs are
   // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent).
-  // `run` then skips that prologue; prefetched() is its test of the same path.
+  // `run` then skips that prologue; prefetchable() is both sides' test of the path.
   template <typename T>
   __device__ static void prefetch_as(const TaskContext& ctx, const Problem& p) {
     const int b = ctx.desc.dims[0];
@@ -527,8 +530,7 @@ struct MatmulTask {
     const ColumnShare share(p.nn, V, ctx.thread);
     const int n = p.n0 + share.g * V;
     if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
-    const int rows = p.M == 1 ? 1 : kColumnRows<V>;
-    const int kc = min(chunk_of(p, rows, 4), p.kn);
+    const int kc = min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
     prologue(Shared(ctx.shared).ring + ctx.thread, stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share));
   }
