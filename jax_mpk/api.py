@@ -12,9 +12,10 @@ import numpy as np
 
 from jax_mpk import passes, reference
 from jax_mpk.frontend import build_graph
+from jax_mpk.program import TaskKind
 from jax_mpk.report import report
 from jax_mpk.tensor_parallel import TensorParallel
-from jax_mpk.tiling import CompiledProgram, DeviceSpec, compile_graph
+from jax_mpk.tiling import STEP_TASK_KINDS, CompiledProgram, DeviceSpec, compile_graph
 
 BACKENDS = ("auto", "megakernel", "reference")
 
@@ -75,6 +76,16 @@ class Compiled:
     @property
     def task_kinds(self) -> collections.Counter:
         return collections.Counter(r.kind for r in self.program.tasks)
+
+    @property
+    def kinds_run(self) -> collections.Counter:
+        """task_kinds, each sequence task counting also as a task of each of its steps."""
+        kinds = self.task_kinds
+        for r in self.program.tasks:
+            if r.kind == TaskKind.SEQUENCE:
+                kinds.update(STEP_TASK_KINDS[s.kind]
+                             for s in self.program.graph.ops[r.op].attrs["steps"])
+        return kinds
 
 
 class Lowered:

@@ -61,6 +61,7 @@ class TaskKind(enum.IntEnum):
     GATHER_ROWS = 19
     DYNAMIC_SLICE = 20
     DYNAMIC_UPDATE_SLICE = 21
+    SEQUENCE = 22
 
 
 class EventKind(enum.IntEnum):

@@ -29,15 +29,18 @@ def report(compiled, name: str) -> str:
     lines.append("task kinds:")
     for kind, count in sorted(compiled.task_kinds.items()):
         lines.append(f"  {kind.name:<22}{count:>7}")
-    patterns = collections.Counter(op.label for op in graph.ops if op.label)
+    patterns = collections.Counter(o.label for op in graph.ops
+                                   for o in op.attrs.get("steps", [op]) if o.label)
     if patterns:
         lines.append("recognized patterns:")
         for label, count in sorted(patterns.items()):
             lines.append(f"  {label:<22}{count:>7}")
     lines.append("ops:")
     for i, (op, tasks) in enumerate(zip(graph.ops, cp.op_tasks, strict=False)):
-        out = op.outputs[0]
-        what = f"{op.kind}" + (f" [{op.label}]" if op.label else "")
+        steps = op.attrs.get("steps")
+        out = steps[-1].outputs[0] if steps else op.outputs[0]
+        what = (f"{op.kind} of {len(steps)}" if steps else op.kind) + (
+            f" [{op.label}]" if op.label else "")
         shape = "x".join(map(str, out.shape)) or "scalar"
         lines.append(f"  {i:>4} {what:<34} {shape:>16} {out.dtype.name:<8} tasks {tasks:>4}"
                      f"  {op.source}")

@@ -44,6 +44,14 @@ DYNAMIC_SLICE operands: out, src, one int32 scalar start per dim (rank <= 4)
 DYNAMIC_UPDATE_SLICE  operands: dst, update, one int32 scalar start per dim
               dims: [rank, dst_shape[4], update_shape[4], wrap_mask, itemsize]
               dst[start : start + update_shape] = update in place, starts as above.
+SEQUENCE      operands: descriptor, then each step's operands in step order
+              dims: [first, count] rows
+              descriptor (int32): [n_steps, per step: kind, num_operands, range_dim,
+                                   units_per_row, dims[12]]
+              Step s is a task of its kind (one of the five above) on its operands and dims,
+              with dims[range_dim], dims[range_dim + 1] = first, count x units_per_row where
+              range_dim >= 0 (else it runs whole). Steps run in order, a block barrier
+              between them, so a step reads what earlier steps of its task wrote.
 """
 
 from __future__ import annotations
@@ -59,11 +67,13 @@ from jax_mpk.program import TaskKind
 
 __all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype", "is_float",
            "MAX_ELEMENTWISE_RANK", "MAX_ELEMENTWISE_INSTRS", "MAX_SLICE_RANK",
+           "SEQUENCE_STEP_WORDS",
            "ElementwiseProgram", "Instr"]
 
 MAX_ELEMENTWISE_RANK = 6
 MAX_ELEMENTWISE_INSTRS = 64  # kMaxRegisters of kernels/tasks/elementwise.cuh
 MAX_SLICE_RANK = 4
+SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
 
 
 class DType(enum.IntEnum):

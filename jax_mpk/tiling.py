@@ -14,10 +14,12 @@ import numpy as np
 
 from jax_mpk import collectives
 from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
+from jax_mpk.passes import sequence
 from jax_mpk.program import TASK_PREFETCH, TaskKind
 from jax_mpk.task_kinds import (
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
+    SEQUENCE_STEP_WORDS,
     ElementwiseProgram,
     Instr,
     Opcode,
@@ -301,18 +303,27 @@ def _collapse(shape, tensors_strides, keep_dims: bool):
     return new_shape, new_strides
 
 
-def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
-                       min_tile: int | None = None) -> None:
+@dataclasses.dataclass
+class _Step:
+    """An op as one task of its kind over the op's whole range: dims[at] and dims[at + 1]
+    hold the (first, count) of the range's `units`, which tiles narrow. at None: the task
+    has no range and runs whole."""
+
+    kind: TaskKind
+    locations: list
+    dims: list[int]
+    at: int | None = None
+    units: int = 1
+
+    def tile(self, first: int, count: int) -> list[int]:
+        dims = list(self.dims)
+        dims[self.at:self.at + 2] = [first, count]
+        return dims
+
+
+def _elementwise_step(pb: ProgramBuilder, op: Op) -> _Step:
     out = op.outputs[0]
     instrs = op.attrs["instrs"]
-    if _is_byte_copy(op, instrs):
-        src = pb.location(op.inputs[0])
-        dst = pb.location(out)
-        for start, count in _tiles(dst.nbytes, pb.workers, pb.device.min_tile_elements * 4):
-            pb.add(TaskKind.COPY, [_Location(dst.buffer, dst.offset + start, count),
-                                   _Location(src.buffer, src.offset + start, count)],
-                   [count & 0x7FFFFFFF, count >> 31], index, stage)
-        return
     has_iota = any(i.opcode == Opcode.IOTA for i in instrs)
     shape, strides = _collapse(out.shape, [out.strides] + [t.strides for t in op.inputs],
                                has_iota)
@@ -324,10 +335,23 @@ def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
                                   f"task's {MAX_ELEMENTWISE_INSTRS} ({op.source})")
     program = ElementwiseProgram(instrs, len(op.inputs))
     words = program.encode(shape, strides[0], [t.dtype for t in op.inputs], strides[1:])
-    desc = pb.descriptor(words)
-    locations = [pb.location(out), desc] + [pb.location(t) for t in op.inputs]
-    for start, count in _tiles(out.size, pb.workers, min_tile or pb.device.min_tile_elements):
-        pb.add(TaskKind.ELEMENTWISE, locations, [start, count], index, stage)
+    locations = [pb.location(out), pb.descriptor(words)] + [pb.location(t) for t in op.inputs]
+    return _Step(TaskKind.ELEMENTWISE, locations, [0, out.size], 0, out.size)
+
+
+def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
+                       min_tile: int | None = None) -> None:
+    if _is_byte_copy(op, op.attrs["instrs"]):
+        src = pb.location(op.inputs[0])
+        dst = pb.location(op.outputs[0])
+        for start, count in _tiles(dst.nbytes, pb.workers, pb.device.min_tile_elements * 4):
+            pb.add(TaskKind.COPY, [_Location(dst.buffer, dst.offset + start, count),
+                                   _Location(src.buffer, src.offset + start, count)],
+                   [count & 0x7FFFFFFF, count >> 31], index, stage)
+        return
+    step = _elementwise_step(pb, op)
+    for start, count in _tiles(step.units, pb.workers, min_tile or pb.device.min_tile_elements):
+        pb.add(step.kind, step.locations, step.tile(start, count), index, stage)
 
 
 def _is_byte_copy(op: Op, instrs) -> bool:
@@ -336,15 +360,98 @@ def _is_byte_copy(op: Op, instrs) -> bool:
             and op.inputs[0].is_contiguous and op.inputs[0].dtype == out.dtype)
 
 
-def _reduce_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+def _reduce_step(pb: ProgramBuilder, op: Op) -> _Step:
     (src,), (out,) = op.inputs, op.outputs
     a = op.attrs
     total = a["outer"] * a["inner"]
-    rows = max(1, pb.device.min_tile_elements // max(a["length"], 1))
-    for start, count in _tiles(total, pb.workers, rows):
-        pb.add(TaskKind.REDUCE, [pb.location(out), pb.location(src)],
-               [a["outer"], a["length"], a["inner"], a["reducer"], dtype_code(src.dtype),
-                dtype_code(out.dtype), start, count], index)
+    return _Step(TaskKind.REDUCE, [pb.location(out), pb.location(src)],
+                 [a["outer"], a["length"], a["inner"], a["reducer"], dtype_code(src.dtype),
+                  dtype_code(out.dtype), 0, total], 6, total)
+
+
+def _reduce_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    step = _reduce_step(pb, op)
+    rows = max(1, pb.device.min_tile_elements // max(op.attrs["length"], 1))
+    for start, count in _tiles(step.units, pb.workers, rows):
+        pb.add(step.kind, step.locations, step.tile(start, count), index)
+
+
+def _gather_step(pb: ProgramBuilder, op: Op) -> _Step:
+    table, ids = op.inputs
+    a = op.attrs
+    n = ids.size
+    return _Step(TaskKind.GATHER_ROWS, [pb.location(op.outputs[0]), pb.location(table),
+                                        pb.location(ids)],
+                 [n, a["width"], a["rows"], dtype_code(table.dtype), a["mode"], 0, n], 5, n)
+
+
+def _gather_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    step = _gather_step(pb, op)
+    per = max(1, pb.device.min_tile_elements // op.attrs["width"])
+    for start, count in _tiles(step.units, pb.workers, per):
+        pb.add(step.kind, step.locations, step.tile(start, count), index)
+
+
+def _padded(values, fill=1):
+    return list(values) + [fill] * (4 - len(values))
+
+
+def _dynamic_slice_step(pb: ProgramBuilder, op: Op) -> _Step:
+    src, *starts = op.inputs
+    (out,) = op.outputs
+    a = op.attrs
+    return _Step(TaskKind.DYNAMIC_SLICE, [pb.location(out), pb.location(src)]
+                 + [pb.location(s) for s in starts],
+                 [len(a["src_shape"]), *_padded(a["src_shape"]), *_padded(a["sizes"]),
+                  a["wrap_mask"], src.dtype.itemsize])
+
+
+def _dynamic_update_slice_step(pb: ProgramBuilder, op: Op) -> _Step:
+    update, *starts, dst = op.inputs
+    a = op.attrs
+    return _Step(TaskKind.DYNAMIC_UPDATE_SLICE, [pb.location(dst), pb.location(update)]
+                 + [pb.location(s) for s in starts],
+                 [len(a["dst_shape"]), *_padded(a["dst_shape"]), *_padded(a["sizes"]),
+                  a["wrap_mask"], dst.dtype.itemsize])
+
+
+def _whole_task(make_step):
+    def tiler(pb: ProgramBuilder, op: Op, index: int) -> None:
+        step = make_step(pb, op)
+        pb.add(step.kind, step.locations, step.dims, index)
+    return tiler
+
+
+STEP_TASK_KINDS = {
+    "elementwise": TaskKind.ELEMENTWISE,
+    "reduce": TaskKind.REDUCE,
+    "gather_rows": TaskKind.GATHER_ROWS,
+    "dynamic_slice": TaskKind.DYNAMIC_SLICE,
+    "dynamic_update_slice": TaskKind.DYNAMIC_UPDATE_SLICE,
+}
+STEPS = {
+    "elementwise": _elementwise_step,
+    "reduce": _reduce_step,
+    "gather_rows": _gather_step,
+    "dynamic_slice": _dynamic_slice_step,
+    "dynamic_update_slice": _dynamic_update_slice_step,
+}
+
+
+def _sequence_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    """The steps of a sequence (jax_mpk/passes/sequence.py) as one task per tile of rows."""
+    rows = op.attrs["rows"]
+    steps = [STEPS[s.kind](pb, s) for s in op.attrs["steps"]]
+    words = [len(steps)]
+    for s in steps:
+        dims = s.dims + [0] * (SEQUENCE_STEP_WORDS - 4 - len(s.dims))
+        words += [int(s.kind), len(s.locations), -1 if s.at is None else s.at,
+                  0 if s.at is None else s.units // rows, *dims]
+    locations = [pb.descriptor(np.array(words, np.int32))]
+    locations += [loc for s in steps for loc in s.locations]
+    row_work = max(1, sum(sequence.work(s) for s in op.attrs["steps"]) // rows)
+    for first, count in _tiles(rows, pb.workers, max(1, pb.device.min_tile_elements // row_work)):
+        pb.add(TaskKind.SEQUENCE, locations, [first, count], index)
 
 
 def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
@@ -450,41 +557,6 @@ def _transposed(x: Tensor, w: Tensor, a: dict, out_strides):
     return w, x, swapped, (out_strides[0], out_strides[2], out_strides[1])
 
 
-def _gather_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
-    table, ids = op.inputs
-    (out,) = op.outputs
-    a = op.attrs
-    n = ids.size
-    per = max(1, pb.device.min_tile_elements // a["width"])
-    for start, count in _tiles(n, pb.workers, per):
-        pb.add(TaskKind.GATHER_ROWS, [pb.location(out), pb.location(table), pb.location(ids)],
-               [n, a["width"], a["rows"], dtype_code(table.dtype), a["mode"], start, count],
-               index)
-
-
-def _padded(values, fill=1):
-    return list(values) + [fill] * (4 - len(values))
-
-
-def _dynamic_slice_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
-    src, *starts = op.inputs
-    (out,) = op.outputs
-    a = op.attrs
-    pb.add(TaskKind.DYNAMIC_SLICE, [pb.location(out), pb.location(src)]
-           + [pb.location(s) for s in starts],
-           [len(a["src_shape"]), *_padded(a["src_shape"]), *_padded(a["sizes"]),
-            a["wrap_mask"], src.dtype.itemsize], index)
-
-
-def _dynamic_update_slice_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
-    update, *starts, dst = op.inputs
-    a = op.attrs
-    pb.add(TaskKind.DYNAMIC_UPDATE_SLICE, [pb.location(dst), pb.location(update)]
-           + [pb.location(s) for s in starts],
-           [len(a["dst_shape"]), *_padded(a["dst_shape"]), *_padded(a["sizes"]),
-            a["wrap_mask"], dst.dtype.itemsize], index)
-
-
 def _collective_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     """allreduce (sum) or allgather over the tensor-parallel ranks: rank r's x lands in row
     r of a region of the receive buffer on every rank (jax_mpk/collectives.py)."""
@@ -509,8 +581,9 @@ TILERS = {
     "reduce": _reduce_tasks,
     "matmul": _matmul_tasks,
     "gather_rows": _gather_tasks,
-    "dynamic_slice": _dynamic_slice_tasks,
-    "dynamic_update_slice": _dynamic_update_slice_tasks,
+    "dynamic_slice": _whole_task(_dynamic_slice_step),
+    "dynamic_update_slice": _whole_task(_dynamic_update_slice_step),
+    "sequence": _sequence_tasks,
     "allreduce": _collective_tasks,
     "allgather": _collective_tasks,
 }

@@ -66,7 +66,7 @@ def check(fn, *args, dtype=jnp.float32, device=None, kinds=()):
     expected = expect(fn, *args)
     compiled = compile(fn, device)
     close(compiled(*args), expected, dtype)
-    used = compiled.lower(*args).compiled.task_kinds
+    used = compiled.lower(*args).compiled.kinds_run
     for kind in kinds:
         assert used[kind], f"{kind.name} not in the program: {dict(used)}"
 

@@ -13,6 +13,7 @@ from jax_mpk.passes.dataflow import (
 )
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
 from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
+from jax_mpk.passes.sequence import fuse_sequences
 
 __all__ = ["optimize"]
 
@@ -30,4 +31,5 @@ def optimize(graph: Graph) -> Graph:
     remove_dead_ops(graph)
     label_layers(graph)
     bound_attention_to_live_cache(graph)
+    fuse_sequences(graph)
     return graph

@@ -8,6 +8,7 @@ from scipy import special
 from jax_mpk.program import TaskKind
 from jax_mpk.reference.memory import RaceError, TaskAccess
 from jax_mpk.task_kinds import (
+    SEQUENCE_STEP_WORDS,
     ElementwiseProgram,
     Opcode,
     Reducer,
@@ -263,6 +264,20 @@ def dynamic_update_slice(ctx, dims):
     ctx.store(0, dtype, dst, ctx.load(1, dtype, update))
 
 
+def sequence(ctx, dims):
+    first, count = int(dims[0]), int(dims[1])
+    words = _words(ctx, 0)
+    operand = 1
+    for s in range(int(words[0])):
+        at = 1 + s * SEQUENCE_STEP_WORDS
+        kind, num_operands, range_dim, per_row = (int(w) for w in words[at:at + 4])
+        step_dims = words[at + 4:at + SEQUENCE_STEP_WORDS].copy()
+        if range_dim >= 0:
+            step_dims[range_dim:range_dim + 2] = [first * per_row, count * per_row]
+        SEMANTICS[kind](ctx.subset(operand, num_operands), step_dims)
+        operand += num_operands
+
+
 SEMANTICS = {
     TaskKind.NOOP: noop,
     TaskKind.COPY: copy,
@@ -276,4 +291,5 @@ SEMANTICS = {
     TaskKind.GATHER_ROWS: gather_rows,
     TaskKind.DYNAMIC_SLICE: dynamic_slice,
     TaskKind.DYNAMIC_UPDATE_SLICE: dynamic_update_slice,
+    TaskKind.SEQUENCE: sequence,
 }

@@ -109,6 +109,13 @@ class TaskAccess:
         view.operands[i] = (self.memory.peers[pe].symmetric[buffer], start, nbytes)
         return view
 
+    def subset(self, first: int, count: int) -> TaskAccess:
+        """This task's view of its operands first .. first + count - 1 (a sequence step)."""
+        view = TaskAccess.__new__(TaskAccess)
+        view.memory, view.task, view.label = self.memory, self.task, self.label
+        view.operands = self.operands[first:first + count]
+        return view
+
     @property
     def num_operands(self) -> int:
         return len(self.operands)

@@ -63,6 +63,7 @@ enum TaskKind : uint16_t {
   kTaskGatherRows = 19,
   kTaskDynamicSlice = 20,
   kTaskDynamicUpdateSlice = 21,
+  kTaskSequence = 22,
   kNumTaskKinds  // one past the largest kind
 };
 

@@ -163,6 +163,38 @@ class Checker {
     return nullptr;
   }
 
+  // Each step of a sequence task passes its own kind's check, on the rows of the task.
+  bool sequence_steps(uint32_t t, const TaskDesc& d) {
+    const Operand& desc = operands_[d.first_operand];
+    const SlotDesc& slot = slots_[desc.slot];
+    if (slot.source != kSlotConstant)
+      return fail() << "task " << t << " (sequence): its descriptor is not in the program's constants", false;
+    const uint64_t words_at = BlobLayout(h_).constants + slot.offset + desc.offset;
+    const auto* words = reinterpret_cast<const int32_t*>(blob_ + words_at);
+    const uint64_t num_words = desc.bytes / 4;
+    const int64_t steps = words[0];
+    if (steps < 1 || 1 + uint64_t(steps) * SequenceTask::kStepWords > num_words)
+      return fail() << "task " << t << " (sequence): its descriptor of " << num_words << " words does not hold "
+                    << steps << " steps", false;
+    uint32_t operand = d.first_operand + 1;
+    for (int64_t s = 0; s < steps; ++s) {
+      const int32_t* step_words = words + 1 + s * SequenceTask::kStepWords;
+      const TaskDesc step = SequenceTask::step_desc(step_words, d, operand);
+      if (!SequenceTask::is_step_kind(step.kind) || step_words[2] + 1 >= int32_t(kMaxTaskDims))
+        return fail() << "task " << t << " (sequence): step " << s << " has kind " << step_words[0]
+                      << " or range dim " << step_words[2] << ", which a sequence cannot run", false;
+      if (uint64_t(operand) + step.num_operands > uint64_t(d.first_operand) + d.num_operands)
+        return fail() << "task " << t << " (sequence): step " << s << " names operands past the task's "
+                      << d.num_operands, false;
+      bool known;
+      if (const char* why = check_task(AllTasks{}, step, operands_ + operand, &known))
+        return fail() << "task " << t << " (sequence) step " << s << " (" << task_name(AllTasks{}, step.kind)
+                      << "): " << why, false;
+      operand += step.num_operands;
+    }
+    return true;
+  }
+
   bool tasks() {
     launched_.assign(h_.num_tasks, 0);
     for (uint32_t t = 0; t < h_.num_tasks; ++t) {
@@ -191,6 +223,7 @@ class Checker {
       if (why) return fail() << "task " << t << " (" << task_name(AllTasks{}, d.kind) << "): " << why, false;
       if (const char* nv = nvshmem_task_error(d))
         return fail() << "task " << t << " (" << task_name(AllTasks{}, d.kind) << "): " << nv, false;
+      if (d.kind == kTaskSequence && !sequence_steps(t, d)) return false;
     }
     return true;
   }

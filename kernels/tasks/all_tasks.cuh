@@ -12,6 +12,7 @@
 #include "nvshmem_put.cuh"
 #include "nvshmem_signal_wait.cuh"
 #include "reduce.cuh"
+#include "sequence.cuh"
 #include "wait_value.cuh"
 
 namespace mpk {
@@ -21,6 +22,6 @@ struct TaskList {};
 
 using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, ReduceTask,
                           MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask, PutTask,
-                          SignalWaitTask>;
+                          SignalWaitTask, SequenceTask>;
 
 }  // namespace mpk
