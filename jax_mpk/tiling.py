@@ -460,7 +460,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     a = dict(op.attrs)
     has_residual = "residual" in a
     has_bias = "bias" in a
-    out_strides = (a["M"] * a["N"], a["N"], 1)
+    out_strides = a.get("out_strides", (a["M"] * a["N"], a["N"], 1))
     if _stream_x(a, has_bias):
         x, w, a, out_strides = _transposed(x, w, a, out_strides)
     B, M, N, K = a["B"], a["M"], a["N"], a["K"]

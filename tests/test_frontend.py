@@ -253,6 +253,39 @@ def test_matmul_streams_the_bigger_operand():
     assert compiled.lower(x, w, residual).compiled.task_kinds[TaskKind.MATMUL] >= 8
 
 
+def test_duplicate_lookups_are_computed_once():
+    """RoPE looks its tables up once for q and once for k: the second lookup goes; a lookup
+    after the table changed stays."""
+    def fn(table, ids, x, y):
+        a = jnp.take(table, ids, axis=0) * x
+        b = jnp.take(table, ids, axis=0) + y
+        table = lax.dynamic_update_slice(table, x[:1], (ids[1], 0))
+        return a, b, jnp.take(table, ids, axis=0)
+
+    table, x, y = normal(50, 8), normal(3, 8), normal(3, 8)
+    ids = jnp.asarray([4, 0, 49], jnp.int32)
+    compiled = check(fn, table, ids, x, y)
+    ops = compiled.lower(table, ids, x, y).compiled.program.graph.ops
+    steps = [s for op in ops for s in op.attrs.get("steps", [op])]
+    assert sum(s.kind == "gather_rows" for s in steps) == 2
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["streams_w", "streams_x"])
+def test_matmul_writes_into_the_layout_its_copy_wanted(swap):
+    """A batched matmul whose result is transposed (attention's values, heads moved next to
+    the sequence) writes the transposed layout itself: no copy op remains."""
+    def fn(p, v):
+        out = jnp.einsum("bkgst,btkd->bskgd", p, v)
+        return out.reshape(out.shape[0], out.shape[1], -1) * 2.0
+
+    d = 64 if swap else 8  # 64 rows of the cache against 4 heads: the tiles swap them
+    p, v = normal(2, 3, 4, 1, 40), normal(2, 40, 3, d, scale=0.3)
+    compiled = check(fn, p, v)
+    ops = compiled.lower(p, v).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["matmul", "elementwise"]
+    assert "out_strides" in ops[0].attrs
+
+
 def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     """A convert read by two ops is computed inside both; halves of a result (a split)
     are read in place; an op reading a concatenation whole runs inside the ops writing its

@@ -52,7 +52,7 @@ def test_donated_caches_are_updated_in_place(scan_layers):
     # nothing copies a cache.
     assert len(lowered.compiled.aliases) == num_results - 1
     assert TaskKind.COPY not in lowered.compiled.task_kinds
-    steps = [s for op in lowered.compiled.graph.ops for s in op.attrs.get("steps", [op])]
+    steps = [s for op in lowered.compiled.program.graph.ops for s in op.attrs.get("steps", [op])]
     assert sum(op.kind == "dynamic_update_slice" for op in steps) == 2 * cfg.layers
 
 

@@ -9,10 +9,11 @@ from jax_mpk.passes.dataflow import (
     assign_results,
     coalesce_copies,
     remove_dead_ops,
+    remove_duplicate_ops,
     update_in_place,
 )
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
-from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
+from jax_mpk.passes.patterns import fold_linear_epilogues, fold_output_copies, label_layers
 from jax_mpk.passes.sequence import fuse_sequences
 
 __all__ = ["optimize"]
@@ -25,11 +26,13 @@ def optimize(graph: Graph) -> Graph:
     builder = GraphBuilder()
     builder.ops = graph.ops
     assign_results(graph, builder.copy)
+    remove_duplicate_ops(graph)
     fold_linear_epilogues(graph)
     fuse_elementwise(graph)
     fuse_into_writers(graph)
     remove_dead_ops(graph)
     label_layers(graph)
     bound_attention_to_live_cache(graph)
+    fold_output_copies(graph)
     fuse_sequences(graph)
     return graph

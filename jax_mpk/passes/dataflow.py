@@ -31,6 +31,41 @@ def remove_dead_ops(graph: Graph) -> None:
     graph.ops = kept[::-1]
 
 
+CSE_KINDS = ("elementwise", "reduce", "gather_rows")
+
+
+def remove_duplicate_ops(graph: Graph) -> None:
+    """An op that computes what an earlier op computed (the same kind, attributes and
+    input bytes, as RoPE's table lookups for q and for k) goes; its readers read the
+    earlier result."""
+    writers: dict[int, int] = {}
+    for op in graph.ops:
+        for t in writes(op):
+            writers[id(t.buffer)] = writers.get(id(t.buffer), 0) + 1
+    results = {id(t.buffer) for t in graph.outputs}
+    version: dict[int, int] = {}  # buffer -> writes so far
+    first: dict[tuple, Tensor] = {}
+    kept = []
+    for op in graph.ops:
+        (out,) = op.outputs if len(op.outputs) == 1 else (None,)
+        key = None
+        if (op.kind in CSE_KINDS and out is not None and out.buffer.role is Role.INTERMEDIATE
+                and writers[id(out.buffer)] == 1 and id(out.buffer) not in results
+                and out.offset == 0 and out.nbytes == out.buffer.nbytes):
+            key = (op.kind, repr(sorted(op.attrs.items())), out.shape, out.strides, out.dtype,
+                   tuple((id(t.buffer), version.get(id(t.buffer), 0), t.shape, t.strides,
+                          t.offset, t.dtype) for t in op.inputs))
+            earlier = first.get(key)
+            if earlier is not None:
+                retarget(graph, out.buffer, earlier.buffer, 0)
+                continue
+            first[key] = out
+        kept.append(op)
+        for t in writes(op):
+            version[id(t.buffer)] = version.get(id(t.buffer), 0) + 1
+    graph.ops = kept
+
+
 def is_plain_copy(op: Op) -> bool:
     instrs = op.attrs.get("instrs")
     return (op.kind == "elementwise" and len(instrs) == 1 and instrs[0].opcode == Opcode.LOAD

@@ -98,6 +98,63 @@ def _epilogue_kind(other: Tensor, matmul: Op) -> str | None:
     return next((k for k in kinds if k not in matmul.attrs), None)
 
 
+def fold_output_copies(graph: Graph) -> None:
+    """A matmul whose result only a plain copy reads (a transpose into the layout the next
+    op wants, as attention's values take) writes straight into the copy's destination."""
+    readers = _readers(graph)
+    outputs = {id(t.buffer) for t in graph.outputs}
+    for copy in list(graph.ops):
+        if not is_plain_copy(copy):
+            continue
+        (src,), (dst,) = copy.inputs, copy.outputs
+        writers = [op for op in graph.ops if any(t.buffer is src.buffer for t in op.outputs)]
+        if len(writers) != 1 or writers[0].kind != "matmul":
+            continue
+        matmul = writers[0]
+        out = matmul.outputs[0]
+        if ("residual" in matmul.attrs or "out_strides" in matmul.attrs or not _whole(out)
+                or len(readers.get(id(out.buffer), [])) != 1 or id(out.buffer) in outputs
+                or out.buffer.role is not Role.INTERMEDIATE or src.size != out.size):
+            continue
+        strides = _copied_strides(matmul.attrs, src, dst)
+        at, end = graph.ops.index(matmul), graph.ops.index(copy)
+        if strides is None or any(overlaps(t, dst) for op in graph.ops[at + 1:end]
+                                  for t in op.inputs + op.outputs):
+            continue
+        matmul.outputs = [dst]
+        matmul.attrs["out_strides"] = strides
+        graph.ops.remove(copy)
+
+
+def _copied_strides(attrs: dict, src: Tensor, dst: Tensor) -> tuple[int, int, int] | None:
+    """Strides in dst of the matmul result's (b, m, n), where `src` reads that contiguous
+    [B, M, N] result once over and the copy stores it at `dst`; None where an axis does not
+    land on one stride of dst."""
+    dims = [(n, s, d) for n, s, d in zip(src.shape, src.strides, dst.strides, strict=True)
+            if n > 1]
+    if src.offset or any(d < 0 for _, _, d in dims):
+        return None
+    strides, used = [], 0
+    for extent, stride in ((attrs["B"], attrs["M"] * attrs["N"]), (attrs["M"], attrs["N"]),
+                           (attrs["N"], 1)):
+        if extent == 1:
+            strides.append(0)
+            continue
+        group = sorted((dim for dim in dims if stride <= dim[1] < stride * extent),
+                       key=lambda dim: -dim[1])
+        span = 1
+        for n, s, _ in reversed(group):
+            if s != stride * span:
+                return None
+            span *= n
+        if span != extent or any(d0 != d1 * n1 for (_, _, d0), (n1, _, d1)
+                                 in zip(group, group[1:])):
+            return None
+        strides.append(group[-1][2])
+        used += len(group)
+    return tuple(strides) if used == len(dims) else None
+
+
 def label_layers(graph: Graph) -> None:
     """Name the decoder layer each op belongs to, for the report and for fused task kinds."""
     producer = {}
