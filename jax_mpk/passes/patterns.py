@@ -148,7 +148,7 @@ def _copied_strides(attrs: dict, src: Tensor, dst: Tensor) -> tuple[int, int, in
                 return None
             span *= n
         if span != extent or any(d0 != d1 * n1 for (_, _, d0), (n1, _, d1)
-                                 in zip(group, group[1:])):
+                                 in zip(group, group[1:], strict=False)):
             return None
         strides.append(group[-1][2])
         used += len(group)
