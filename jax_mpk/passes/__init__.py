@@ -12,7 +12,11 @@ from jax_mpk.passes.dataflow import (
     update_in_place,
 )
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
-from jax_mpk.passes.patterns import fold_linear_epilogues, label_layers
+from jax_mpk.passes.patterns import (
+    fold_linear_epilogues,
+    group_sibling_matmuls,
+    label_layers,
+)
 
 __all__ = ["optimize"]
 
@@ -30,4 +34,5 @@ def optimize(graph: Graph) -> Graph:
     remove_dead_ops(graph)
     label_layers(graph)
     bound_attention_to_live_cache(graph)
+    group_sibling_matmuls(graph)
     return graph
