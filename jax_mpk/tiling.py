@@ -467,20 +467,26 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
+    b_tiles = [(b, 1) for b in range(B)]
     if a["w_strides"][3] == 1:
         # Weights contiguous along n: one tile of whole columns per worker where N allows
         # (on an H100 a 32-byte-wide tile streams as fast as a 512-byte one, and needs no
-        # split-K combine); else K is split below to give every worker a tile.
+        # split-K combine); else K is split below to give every worker a tile. Sibling
+        # matmuls (passes.patterns.group_sibling_matmuls: q, k and v of one x) share the
+        # workers: the width comes from the group's columns, and so does the split.
+        columns = a.get("group_columns", (N,))
         unit = pb.device.matmul_tile_n
-        per_worker = -(-N // max(1, pb.workers // B))
+        per_worker = -(-sum(columns) // max(1, pb.workers // B))
         row = max(unit, -(-per_worker // unit) * unit)
         n_tiles = _tiles(N, -(-N // row), unit)
+        tiles = B * sum(-(-n // row) for n in columns)  # the group's, this op's among them
     else:
         n_tiles = _tiles(N, max(1, pb.workers // B), pb.device.matmul_tile_n)
-    b_tiles = [(b, 1) for b in range(B)]
-    tiles = len(n_tiles) * len(b_tiles)
+        tiles = len(n_tiles) * len(b_tiles)
     splits = 1
-    if tiles * 2 <= pb.workers:  # too few output tiles to busy the device: split K
+    # Too few output tiles to busy the device: split K. Not over a live extent (attention's
+    # values over the cache): splits past it would idle, and the combine costs a stage.
+    if tiles * 2 <= pb.workers and extent_axis != EXTENT_AXES["K"]:
         splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k,
                             pb.device.max_split_k))
     k_tiles = _tiles(K, splits)

@@ -13,7 +13,12 @@ from jax_mpk.passes.dataflow import (
     update_in_place,
 )
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
-from jax_mpk.passes.patterns import fold_linear_epilogues, fold_output_copies, label_layers
+from jax_mpk.passes.patterns import (
+    fold_linear_epilogues,
+    fold_output_copies,
+    group_sibling_matmuls,
+    label_layers,
+)
 from jax_mpk.passes.sequence import fuse_sequences
 
 __all__ = ["optimize"]
@@ -34,5 +39,6 @@ def optimize(graph: Graph) -> Graph:
     label_layers(graph)
     bound_attention_to_live_cache(graph)
     fold_output_copies(graph)
+    group_sibling_matmuls(graph)
     fuse_sequences(graph)
     return graph

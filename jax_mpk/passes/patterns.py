@@ -6,6 +6,7 @@ from __future__ import annotations
 from jax_mpk.ir import Graph, Op, Role, Tensor
 from jax_mpk.passes.dataflow import is_plain_copy, overlaps
 from jax_mpk.task_kinds import Opcode, Reducer
+from jax_mpk.tiling import _op_dependencies, _stream_x
 
 
 def _readers(graph: Graph) -> dict[int, list[Op]]:
@@ -194,3 +195,43 @@ def label_layers(graph: Graph) -> None:
               and any(c in codes for c in (Opcode.LOGISTIC, Opcode.ERF, Opcode.TANH))
               and len({id(s) for s in sources if s is not None and s.kind == "matmul"}) == 2):
             op.label = op.label or "gated_mlp"
+
+
+def group_sibling_matmuls(graph: Graph) -> None:
+    """Matmuls that read the same x and do not depend on one another (a layer's q, k and v
+    projections; an MLP's gate and up) share the device's workers: each member records the
+    N of every member, in graph order, as attrs["group_columns"], from which the tiler
+    (jax_mpk.tiling._matmul_tasks) sizes their column tiles and decides split-K together.
+    The ops stay separate and read their weights in place; their descriptors are unchanged.
+    Only ops tiled by whole columns qualify (weights contiguous along n, w not swapped in
+    as x, no live extent). Runs last: a later pass that removed a member would leave the
+    others counting its columns."""
+    candidates: dict[tuple, list[int]] = {}
+    for i, op in enumerate(graph.ops):
+        a = op.attrs
+        if (op.kind != "matmul" or a["w_strides"][3] != 1 or "extent_axis" in a
+                or _stream_x(a, "bias" in a)):
+            continue
+        x = op.inputs[0]
+        key = (id(x.buffer), x.offset, x.shape, x.strides, a["B"], a["B1"], a["M"], a["K"],
+               a["x_strides"])
+        candidates.setdefault(key, []).append(i)
+    for members in candidates.values():
+        if len(members) < 2:
+            continue
+        # Any chain of dependencies between two members runs through the ops between them.
+        lo = members[0]
+        _, ancestors = _op_dependencies(graph.ops[lo:members[-1] + 1])
+        groups: list[list[int]] = []
+        for i in members:
+            group = next((g for g in groups
+                          if not any(ancestors[i - lo] >> (j - lo) & 1 for j in g)), None)
+            if group is None:
+                groups.append([i])
+            else:
+                group.append(i)
+        for group in groups:
+            if len(group) > 1:
+                columns = tuple(graph.ops[i].attrs["N"] for i in group)
+                for i in group:
+                    graph.ops[i].attrs["group_columns"] = columns
