@@ -38,12 +38,14 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/3_pytest_gpu_no_command_buffers.l
 fi
 
 if [ -z "${SKIP_SANITIZER:-}" ]; then
-  step "compute-sanitizer memcheck and racecheck on a medium random graph"
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool $tool --target-processes all --error-exitcode 9 \
-      $PY scripts/sanitize_graph.py >"$LOGS/4_sanitizer_$tool.log" 2>&1
-    echo "$tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/4_sanitizer_$tool.log" | tail -1)"
-    tail -3 "$LOGS/4_sanitizer_$tool.log"
+  step "compute-sanitizer memcheck and racecheck: a medium random graph, a small model's decode step"
+  for script in sanitize_graph sanitize_decode; do
+    for tool in memcheck racecheck; do
+      compute-sanitizer --tool $tool --target-processes all --error-exitcode 9 \
+        $PY scripts/$script.py >"$LOGS/4_${script}_$tool.log" 2>&1
+      echo "$script $tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/4_${script}_$tool.log" | tail -1)"
+      tail -2 "$LOGS/4_${script}_$tool.log"
+    done
   done
 fi
 
@@ -60,6 +62,11 @@ if [ -n "${DECODE_SWEEP:-}" ]; then sweep="--models llama-1b,qwen3-8b --batches 
 else sweep="--models llama-1b --batches 1,8 --contexts 512"; fi
 timeout ${DECODE_TIMEOUT:-400} $PY benchmarks/bench_decode.py $sweep --json "$OUT/bench_decode.json" \
   --plot "$OUT/bench_decode.png" --timeline "$OUT" 2>&1 | tee "$LOGS/8_bench_decode.log" | tail -30
+step "endurance: 10,000 decode steps (tiny model), no memory growth; peak against jax.jit (1B)"
+timeout 300 $PY scripts/endurance.py --jit jax_mpk --steps 10000 2>&1 | tee "$LOGS/9_endurance.log" | tail -2
+for jit in jax jax_mpk; do
+  timeout 150 $PY scripts/endurance.py --jit $jit --size 1b --steps 50 2>&1 | tee -a "$LOGS/9_endurance.log" | tail -1
+done
 step "greedy decode loop, Llama-3.2-1B size"
 timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
   | tee "$LOGS/9_decode_loop.log" | tail -3

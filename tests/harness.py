@@ -50,6 +50,11 @@ def decode_step(cfg: DecoderConfig, api: str, batch: int, seq: int, seed: int = 
     return step, (params, tokens, cache, pos)
 
 
+def steps(graph) -> list:
+    """The graph's ops with each sequence (passes/sequence.py) replaced by its steps."""
+    return [s for op in graph.ops for s in op.attrs.get("steps", [op])]
+
+
 def relative_error(actual, expected) -> float:
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
