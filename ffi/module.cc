@@ -62,6 +62,7 @@ nb::dict parse_program(const nb::bytes& blob) {
   header["pe"] = h.pe;
   header["signal_slot"] = h.signal_slot;
   header["num_signals"] = h.num_signals;
+  header["flags"] = h.flags;
 
   nb::list tasks, events, triggers, operands, slots;
   for (uint32_t i = 0; i < h.num_tasks; ++i) {

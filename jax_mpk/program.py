@@ -20,6 +20,7 @@ MAX_TASK_DIMS = 12
 SCHEDULERS_PER_BLOCK = 4
 TASK_RELAXED_TRIGGERS = 1  # TaskDesc.flags: every consumer runs later on this worker
 TASK_PREFETCH = 2  # TaskDesc.flags: static: start loading its read-only operands before its wait
+PROGRAM_POISON_RESULTS = 1  # ProgramHeader.flags: NaN bytes in results before each launch
 NO_WAIT = 0xFFFFFFFF  # static list entry: every producer ran earlier on this worker
 NVSHMEM_EVENT_TAG = 0x80000000  # a trigger id naming a signal word on a PE (see nvshmem_event)
 MAX_PES = 8
@@ -124,7 +125,8 @@ HEADER = np.dtype(
         ("pe", "<u2"),
         ("signal_slot", "<u4"),
         ("num_signals", "<u4"),
-        ("reserved", "<u8"),
+        ("flags", "<u4"),  # PROGRAM_* bits
+        ("reserved", "<u4"),
     ]
 )
 TASK = np.dtype(

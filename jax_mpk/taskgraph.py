@@ -60,6 +60,9 @@ class RuntimeConfig:
     placement: str = "locality"
     # Timeline entries recorded per worker (0: off); see jax_mpk/profile.py.
     profile_capacity: int = 0
+    # Tests: results and intermediates are filled with NaN bytes before each launch, so an
+    # element no task writes shows (fmt.PROGRAM_POISON_RESULTS).
+    poison_results: bool = False
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
@@ -312,6 +315,7 @@ class TaskGraph:
         header["profile_capacity"] = config.profile_capacity
         header["num_pes"], header["pe"] = self._num_pes, self._pe
         header["signal_slot"], header["num_signals"] = self._signal_slot, self._num_signals
+        header["flags"] = fmt.PROGRAM_POISON_RESULTS if config.poison_results else 0
 
         # Static lists: program order is topological, so lists in increasing
         # order never wait on a task queued behind them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -48,6 +49,7 @@ class DeviceSpec:
     # per-worker lists, the fastest; "dynamic" scheduler warps, the MPK seed.
     schedule: str = "static"
     profile_capacity: int = 0  # timeline entries per worker (jax_mpk.profile)
+    poison_results: bool = False  # tests: NaN bytes in results before each launch
     collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
@@ -59,7 +61,8 @@ class DeviceSpec:
     @property
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig.for_sm_count(self.sm_count, schedule=self.schedule,
-                                          profile_capacity=self.profile_capacity)
+                                          profile_capacity=self.profile_capacity,
+                                          poison_results=self.poison_results)
 
     @property
     def workers(self) -> int:
@@ -198,6 +201,7 @@ class ProgramBuilder:
         const_slot = (tg.constant(np.frombuffer(bytes(self.constants), np.uint8))
                       if self.constants else None)
 
+        @functools.cache  # the tiles of an op share their locations
         def operand(loc: _Location) -> Operand:
             if loc.buffer == "const":
                 return Operand(const_slot, loc.offset, loc.nbytes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +50,19 @@ def decode_step(cfg: DecoderConfig, api: str, batch: int, seq: int, seed: int = 
         def step(params, tokens, cache, pos):
             return nnx.merge(graphdef, params)(tokens, cache, pos)
     return step, (params, tokens, cache, pos)
+
+
+def poisoned(device: DeviceSpec | None, backend: str = "megakernel") -> DeviceSpec | None:
+    """The DeviceSpec a GPU test compiles for: `device` (else the GPU's own) with its results
+    filled with NaN bytes before each launch, so that an element no task writes fails the
+    comparison. The reference executor checks that itself: `device` unchanged."""
+    if backend != "megakernel":
+        return device
+    if device is None:
+        from jax_mpk import runtime
+
+        device = DeviceSpec.of_cuda_device(runtime.device_info())
+    return dataclasses.replace(device, poison_results=True)
 
 
 def steps(graph) -> list:

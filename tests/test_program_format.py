@@ -35,7 +35,8 @@ def mixed_program(num_iterations=3, schedule="dynamic"):
                deps=fan)
     g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [0, 0])
     config = tg.RuntimeConfig(num_workers=8, num_schedulers=3, num_iterations=num_iterations,
-                              worker_queue_capacity=16, schedule=schedule)
+                              worker_queue_capacity=16, schedule=schedule,
+                              poison_results=schedule == "static")
     return g.build(config, num_args=2, num_rets=1).program
 
 
@@ -170,6 +171,7 @@ MALFORMED = {
     "dynamic relaxed trigger": (_set("tasks", 0, "flags", fmt.TASK_RELAXED_TRIGGERS),
                                 "only a static schedule"),
     "schedule": (_set("header", (), "schedule", 5), "unknown schedule 5"),
+    "program flags": (_set("header", (), "flags", 6), "unknown program flags 6"),
 }
 
 

@@ -13,7 +13,7 @@ import jax_mpk
 from jax_mpk import runtime
 from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import SEQUENCE_STEP_WORDS
-from tests.harness import SMALL_DEVICE, assert_close
+from tests.harness import SMALL_DEVICE, assert_close, poisoned
 
 
 def rms_norm(x, scale):
@@ -27,7 +27,7 @@ BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
 
 
 def lowered(fn, *args, backend="reference", device=SMALL_DEVICE):
-    compiled = jax_mpk.jit(fn, backend=backend, device=device)
+    compiled = jax_mpk.jit(fn, backend=backend, device=poisoned(device, backend))
     return compiled, compiled.lower(*args)
 
 
@@ -109,7 +109,8 @@ def test_small_indexing_ops_join_one_task(backend):
         row = jnp.take(table, pos + jnp.arange(1), axis=0)[0]
         return jax.lax.dynamic_update_slice(cache, (x * row)[None], (pos, 0))
 
-    compiled = jax_mpk.jit(fn, backend=backend, device=SMALL_DEVICE, donate_argnums=(1,))
+    compiled = jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend),
+                           donate_argnums=(1,))
     low = compiled.lower(table, cache, x, pos)
     expected = jax.jit(fn)(table, cache, x, pos)
     assert_close(compiled(table, jnp.array(cache), x, pos), expected, jnp.float32)

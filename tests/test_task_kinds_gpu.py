@@ -17,7 +17,7 @@ from jax import lax
 import jax_mpk
 from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
-from tests.harness import SMALL_DEVICE, assert_close, decode_step
+from tests.harness import SMALL_DEVICE, assert_close, decode_step, poisoned
 from tests.test_models import STEPS
 
 BACKEND = os.environ.get("JAX_MPK_TEST_BACKEND", "megakernel")
@@ -31,7 +31,8 @@ DEVICES = {"gpu": None, "small": SMALL_DEVICE}
 
 
 def compile(fn, device=None, donate_argnums=()):
-    return jax_mpk.jit(fn, backend=BACKEND, device=device, donate_argnums=donate_argnums)
+    return jax_mpk.jit(fn, backend=BACKEND, device=poisoned(device, BACKEND),
+                       donate_argnums=donate_argnums)
 
 
 def close(actual, expected, dtype):

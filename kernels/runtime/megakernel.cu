@@ -211,6 +211,10 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   for (uint32_t pe = 0; pe < kMaxPes; ++pe) params.peer_delta[pe] = pe < view.num_pes ? view.peer_delta[pe] : 0;
   params.signals = nullptr;
   params.signal_base = 0;
+  if (h.flags & kProgramPoisonResults) {
+    std::string why = poison(stream, args, rets, workspace);
+    if (!why.empty()) return why;
+  }
   if (h.num_signals == 0) return launch(stream, workspace);
   const uint32_t signal_buffer = slots[h.signal_slot].index;
   SymmetricBuffer signals;
@@ -225,6 +229,19 @@ std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args
   std::string why = launch(stream, workspace);
   finish_signal_launch(signal_buffer, why.empty(), h.num_iterations);
   return why;
+}
+
+std::string Megakernel::poison(cudaStream_t stream, const std::vector<Buffer>& args,
+                               const std::vector<Buffer>& rets, Buffer workspace) {
+  for (const Buffer& ret : rets) {
+    bool donated = false;  // an aliased result is the caller's state: never overwrite it
+    for (const Buffer& arg : args) donated |= arg.data == ret.data;
+    if (!donated) MPK_CUDA(cudaMemsetAsync(ret.data, 0xFF, ret.bytes, stream));
+  }
+  const uint64_t control = header_.control_bytes;
+  MPK_CUDA(cudaMemsetAsync(static_cast<uint8_t*>(workspace.data) + control, 0xFF,
+                           header_.workspace_bytes - control, stream));
+  return "";
 }
 
 std::string Megakernel::launch(cudaStream_t stream, Buffer workspace) {

@@ -59,6 +59,9 @@ class Megakernel {
   explicit Megakernel(std::vector<uint8_t> blob);
   std::string upload(cudaStream_t stream);
   std::string launch(cudaStream_t stream, Buffer workspace);  // with params_ bound
+  // kProgramPoisonResults: NaN bytes in the results that are not donated, and in the intermediates.
+  std::string poison(cudaStream_t stream, const std::vector<Buffer>& args, const std::vector<Buffer>& rets,
+                     Buffer workspace);
   std::string diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const;
 
   std::vector<uint8_t> blob_;

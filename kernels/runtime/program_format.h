@@ -114,9 +114,16 @@ struct ProgramHeader {
   uint16_t pe;                     // the PE that runs this program
   uint32_t signal_slot;            // symmetric slot of the uint64 signal words (num_signals > 0)
   uint32_t num_signals;            // signal words NVSHMEM events name
-  uint64_t reserved;
+  uint32_t flags;                  // kProgram* bits
+  uint32_t reserved;
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
+
+// ProgramHeader.flags
+// Tests: before each launch every result the program writes (not the donated ones) and the
+// workspace's intermediates are filled with 0xFF bytes (NaN for floats), so an element no
+// task writes, or an intermediate read before it is written, shows in the results.
+constexpr uint32_t kProgramPoisonResults = 1;
 
 // TaskDesc.flags
 constexpr uint16_t kTaskRelaxedTriggers = 1;  // static: every consumer runs later on this worker

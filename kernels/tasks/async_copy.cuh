@@ -12,6 +12,12 @@ __device__ __forceinline__ void copy16_async(void* shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global) : "memory");
 }
 
+// Asks L2 to fetch the line holding `global` (a hint: no registers, no shared memory, no
+// wait), so that a later load of it hits L2 instead of HBM.
+__device__ __forceinline__ void prefetch_l2(const void* global) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(global));
+}
+
 // Closes the group of this thread's copies issued since the last commit (maybe none).
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 

@@ -31,6 +31,9 @@ struct MatmulTask {
   static constexpr int kStagedX = 8192;   // floats of x staged at a time
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
+  // Loads per thread a prefetch asks L2 for beyond the ring's: the rest of a tile streams
+  // from HBM while the task waits for its inputs. 128 KiB a worker, 17 MiB on an H100.
+  static constexpr unsigned kL2PrefetchLoads = 32;
   static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
                 "matmul's shared memory exceeds the task arena");
 
@@ -521,8 +524,9 @@ struct MatmulTask {
   }
 
   // The first weight loads of by_columns' first chunk, issued before the task's inputs are
-  // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent).
-  // `run` then skips that prologue; prefetchable() is both sides' test of the path.
+  // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent),
+  // and the next kL2PrefetchLoads - kStages + 1 as L2 prefetches. `run` then skips that
+  // prologue; prefetchable() is both sides' test of the path.
   template <typename T>
   __device__ static void prefetch_as(const TaskContext& ctx, const Problem& p) {
     const int b = ctx.desc.dims[0];
@@ -532,7 +536,9 @@ struct MatmulTask {
     if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
     const int kc = min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
-    prologue(Shared(ctx.shared).ring + ctx.thread, stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share));
+    const WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
+    prologue(Shared(ctx.shared).ring + ctx.thread, stream);
+    for (unsigned j = kStages - 1; j < min(stream.steps, kL2PrefetchLoads); ++j) prefetch_l2(stream.at(j));
   }
 
   __device__ static bool prefetchable(const TaskContext& ctx, const Problem& p) {
