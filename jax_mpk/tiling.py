@@ -498,10 +498,10 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     # are ready: the kernel starts their first loads while it waits.
     prefetch = TASK_PREFETCH if w.buffer.role in READ_ONLY_ROLES and not extent_axis else 0
 
-    def desc(out_dtype, flags):
+    def desc(out_dtype, flags, strides=out_strides):
         return pb.descriptor(np.array(
             [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
-             flags, *a["x_strides"], *a["w_strides"], *out_strides, extent_axis], np.int32))
+             flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis], np.int32))
 
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1
@@ -515,7 +515,10 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     # Split-K: float32 partial sums, then one elementwise op adds them (and the epilogue).
     partial_bytes = B * M * N * 4
     scratch = pb.scratch(partial_bytes * len(k_tiles))
-    partial_desc = desc(np.dtype(np.float32), 0)
+    # Partials are compact [B, M, N] whatever the output's strides (a folded copy's may
+    # spread wider than B x M x N).
+    compact = (M * N, N, 1)
+    partial_desc = desc(np.dtype(np.float32), 0, compact)
     for s, (k0, kn) in enumerate(k_tiles):
         dst = _Location(scratch, s * partial_bytes, partial_bytes)
         for b0, bn in b_tiles:
@@ -539,7 +542,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         instrs.append(Instr(Opcode.ADD, f32, (acc, len(instrs) - 1)))
         acc = len(instrs) - 1
     instrs.append(Instr(Opcode.CONVERT, out.dtype, (acc,)))
-    shaped = [p.view((B, M, N), out_strides) for p in partials]
+    shaped = [p.view((B, M, N), compact) for p in partials]
     if has_residual:
         shaped.append(extra[0].view((B, M, N), out_strides))
     if has_bias:

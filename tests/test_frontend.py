@@ -286,6 +286,20 @@ def test_matmul_writes_into_the_layout_its_copy_wanted(swap):
     assert "out_strides" in ops[0].attrs
 
 
+def test_matmul_writes_its_transpose_into_a_concatenation_with_split_k():
+    """The copy's destination spreads wider than the matmul's result (half of a
+    concatenation): split-K's partials stay compact, the combine stores through the strides."""
+    def fn(x, w, y):
+        return jnp.concatenate([(x @ w).T, y], axis=1)
+
+    x, w, y = normal(3, 256), normal(256, 8, scale=0.1), normal(8, 5)
+    compiled = check(fn, x, w, y)
+    ops = compiled.lower(x, w, y).compiled.program.graph.ops
+    matmul = next(op for op in ops if op.kind == "matmul")
+    assert matmul.attrs["out_strides"] == (0, 1, 8)
+    assert compiled.lower(x, w, y).compiled.task_kinds[TaskKind.ELEMENTWISE] >= 1  # combine
+
+
 def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     """A convert read by two ops is computed inside both; halves of a result (a split)
     are read in place; an op reading a concatenation whole runs inside the ops writing its

@@ -41,11 +41,7 @@ def fuse_sequences(graph: Graph) -> None:
                 best, best_rows = j, rows
             elif not _may_grow(ops[i:j]):
                 break
-        if best - i >= 2:
-            fused.append(_sequence(ops[i:best], best_rows))
-        else:
-            best = i + 1
-            fused.append(ops[i])
+        fused.append(_sequence(ops[i:best], best_rows) if best - i >= 2 else ops[i])
         i = best
     graph.ops = fused
 
@@ -74,7 +70,7 @@ def work(op: Op) -> int:
     return op.outputs[0].size
 
 
-def units(op: Op) -> int | None:
+def _units(op: Op) -> int | None:
     """The range a step's task splits over (output elements, ids), or None if it cannot."""
     if op.kind == "elementwise":
         return op.outputs[0].size
@@ -105,7 +101,7 @@ def _splits_by_rows(steps: list[Op], rows: int) -> bool:
     """Whether task r of `rows` can run every step on its row alone."""
     written: dict[int, tuple[Tensor, int]] = {}  # buffer -> (output, elements per row)
     for i, op in enumerate(steps):
-        n = units(op)
+        n = _units(op)
         if n is None or n % rows:
             return False
         if op.kind == "reduce" and op.attrs["outer"] % rows:
