@@ -47,8 +47,7 @@ def remove_duplicate_ops(graph: Graph) -> None:
     first: dict[tuple, Tensor] = {}
     kept = []
     for op in graph.ops:
-        (out,) = op.outputs if len(op.outputs) == 1 else (None,)
-        key = None
+        out = op.outputs[0] if len(op.outputs) == 1 else None
         if (op.kind in CSE_KINDS and out is not None and out.buffer.role is Role.INTERMEDIATE
                 and writers[id(out.buffer)] == 1 and id(out.buffer) not in results
                 and out.offset == 0 and out.nbytes == out.buffer.nbytes):
