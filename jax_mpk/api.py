@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from jax_mpk import passes, reference
+from jax_mpk import passes, reference, tensor_parallel
 from jax_mpk.frontend import build_graph
 from jax_mpk.program import TaskKind
 from jax_mpk.report import report
@@ -194,11 +194,6 @@ class Function:
 
     def __call__(self, *args):
         tp = self.tensor_parallel
-        if tp is not None and tp.size > 1:
-            raise NotImplementedError(
-                f"rank {tp.rank} of {tp.size} cannot run alone: run every rank's function "
-                "together with jax_mpk.tensor_parallel.run_reference (CPU); launching ranks on "
-                "GPUs is not wired into jax_mpk.jit yet")
         backend = self.backend
         if backend == "auto":
             backend = "megakernel" if _has_cuda() else "reference"
@@ -206,6 +201,11 @@ class Function:
                 print("jax_mpk: no CUDA device; running the task graph on the numpy reference "
                       "executor", file=sys.stderr)
                 self._noticed = True
+        if backend == "reference" and tp is not None and tp.size > 1:
+            raise NotImplementedError(
+                f"rank {tp.rank} of {tp.size} cannot run alone on the reference executor: run "
+                "every rank's function together with jax_mpk.tensor_parallel.run_reference, or "
+                "launch one process per GPU (jax_mpk.distributed.init) and call it there")
         if backend != "reference":
             return self._launch(*args)
         compiled, flat = self._compile(args)
@@ -230,7 +230,10 @@ def _megakernel_call(compiled: Compiled, flat_args, return_workspace: bool = Fal
             raise NotImplementedError(
                 "the megakernel has no CUDA implementation of task kinds "
                 f"{', '.join(missing)} yet; run with backend=\"reference\" meanwhile")
-        compiled.registered = runtime.RegisteredProgram(compiled.program.program)
+        if compiled.symmetric_buffers:
+            compiled.registered = tensor_parallel.register_on_symmetric_buffers(compiled)
+        else:
+            compiled.registered = runtime.RegisteredProgram(compiled.program.program)
     out_shapes = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in compiled.results]
     aliases = {arg: result for result, arg in compiled.aliases.items()}
     return runtime.call(compiled.registered, flat_args, out_shapes, aliases,

@@ -60,6 +60,24 @@ def bind_symmetric(program: fmt.Program, ids: dict[int, int]) -> fmt.Program:
     return bound
 
 
+def register_on_symmetric_buffers(compiled):
+    """Allocates the symmetric buffers a rank's program names (collective: every rank does
+    it for the same step, in the same order, when it first launches) and registers the
+    program bound to them; the buffers live as long as the registered program."""
+    from jax_mpk import distributed, runtime
+
+    tp = compiled.tensor_parallel
+    job = distributed.job()
+    if (job.pe, job.num_pes) != (tp.rank, tp.size):
+        raise ValueError(f"the function is compiled for rank {tp.rank} of {tp.size}, but this "
+                         f"process is NVSHMEM PE {job.pe} of {job.num_pes}")
+    buffers = {i: distributed.allocate(n) for i, n in sorted(compiled.symmetric_buffers.items())}
+    registered = runtime.RegisteredProgram(
+        bind_symmetric(compiled.program.program, {i: b.id for i, b in buffers.items()}))
+    registered.symmetric_buffers = buffers
+    return registered
+
+
 def run_reference(functions, args, seed: int = 0):
     """Runs rank r's `functions[r]` (a jax_mpk.jit with tensor_parallel rank r) on
     `args[r]` (a tuple of its arguments), all ranks together on the numpy reference

@@ -31,6 +31,8 @@ echo "passed $(grep -c ' PASSED' "$LOGS/2_pytest_gpu.log"), failed $(grep -c ' F
 grep -E "^(FAILED|ERROR)|passed|failed|Thread 0x|File " "$LOGS/2_pytest_gpu.log" | tail -25
 step "two NVSHMEM PEs on one GPU"
 timeout 90 $PY scripts/nvshmem_two_pes.py >"$LOGS/3_nvshmem_two_pes.log" 2>&1; tail -2 "$LOGS/3_nvshmem_two_pes.log"
+step "tensor-parallel decode over two PEs on one GPU, through jax_mpk.jit (needs the NVSHMEM build)"
+timeout 200 $PY scripts/tp_decode_two_pes.py >"$LOGS/3_tp_decode_two_pes.log" 2>&1; tail -3 "$LOGS/3_tp_decode_two_pes.log"
 step "gpu tests, command buffers off"
 XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
   -k "jit or watchdog" >"$LOGS/3_pytest_gpu_no_command_buffers.log" 2>&1 || status=1

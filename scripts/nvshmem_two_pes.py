@@ -1,32 +1,24 @@
 """Two NVSHMEM PEs, one JAX process each, checked exactly against numpy: allreduce (f32 and
 bf16) and allgather, over several launches and both schedules.
 
-    python scripts/nvshmem_two_pes.py              # both processes on GPU 0 (NVSHMEM's
-                                                   # several-PEs-per-GPU mode; MPS optional)
+    python scripts/nvshmem_two_pes.py              # both processes on GPU 0
     python scripts/nvshmem_two_pes.py --distinct   # PE i on GPU i
 
-Without MPS the two persistent kernels on one GPU time-share it, so each waits for the
-other's time slice: slow, but a correct protocol finishes well inside the watchdog budget.
-Exit status 0 when every check passed on both PEs.
+See scripts/two_pes.py. Exit status 0 when every check passed on both PEs.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import two_pes  # noqa: E402
 
 
-def child(rank: int, port: int, workers: int) -> int:
+def child(rank: int, workers: int) -> int:
     import jax
-
-    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=rank,
-                               local_device_ids=[0])
     import jax.numpy as jnp
     import ml_dtypes
     import numpy as np
@@ -80,39 +72,5 @@ def child(rank: int, port: int, workers: int) -> int:
     return 1 if failures else 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--distinct", action="store_true", help="PE i on GPU i")
-    parser.add_argument("--workers", type=int, default=16)
-    parser.add_argument("--timeout", type=float, default=500)
-    parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rank is not None:
-        return child(args.rank, args.port, args.workers)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
-                   CUDA_VISIBLE_DEVICES=str(rank) if args.distinct else "0",
-                   NVSHMEM_BOOTSTRAP_UID_SOCK_IFNAME=os.environ.get(
-                       "NVSHMEM_BOOTSTRAP_UID_SOCK_IFNAME", "lo"))
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--rank", str(rank), "--port", str(port),
-             "--workers", str(args.workers)], env=env, cwd=ROOT))
-    deadline = time.time() + args.timeout
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(1.0, deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append("timeout")
-    print(f"exit codes {codes}: {'PASS' if codes == [0, 0] else 'FAIL'}")
-    return 0 if codes == [0, 0] else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(two_pes.main(__file__, child))

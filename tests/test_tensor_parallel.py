@@ -164,3 +164,33 @@ def test_llama_decoder_split_over_two_ranks_matches_jax_jit(step_name, dtype, sc
         assert_close(logits, expected_logits, dtype)
     caches = jax.tree.map(lambda *parts: jnp.concatenate(parts, -2), *[c for _, c in outs])
     assert_close(caches, expected_cache, dtype)
+
+
+def test_a_rank_launch_allocates_and_binds_its_symmetric_buffers(monkeypatch):
+    """On a GPU, a rank's first launch allocates the buffers its program names (collective,
+    in id order) and registers the program bound to their ids; another PE's process is
+    refused. The allocator here is a stand-in: NVSHMEM needs a GPU."""
+    from jax_mpk import distributed, tensor_parallel
+
+    x, w1, w2, w3 = mlp_params(jnp.float32)
+    fns = ranks(lambda x, w1, w2, w3: two_layer(x, w1, w2, w3, lambda y: jax.lax.psum(y, "tp")))
+    compiled, _ = fns[1].compile_for((x, *shard(w1, w2, 1, 2), w3))
+    allocated = []
+
+    class Buffer:
+        def __init__(self, nbytes):
+            self.id, self.nbytes = 40 + len(allocated), nbytes
+            allocated.append(self)
+
+    monkeypatch.setattr(distributed, "allocate", Buffer)
+    monkeypatch.setattr(distributed, "job", lambda: distributed.Job(1, 2, None, 1 << 20))
+    registered = tensor_parallel.register_on_symmetric_buffers(compiled)
+    assert [(b.id, b.nbytes) for b in allocated] == [
+        (40, compiled.symmetric_buffers[SIGNAL_BUFFER]),
+        (41, compiled.symmetric_buffers[RECEIVE_BUFFER])]
+    slots = registered.program.slots
+    named = set(slots["index"][slots["source"] == fmt.SlotSource.SYMMETRIC].tolist())
+    assert named == {40, 41} and registered.symmetric_buffers[SIGNAL_BUFFER].id == 40
+    monkeypatch.setattr(distributed, "job", lambda: distributed.Job(0, 2, None, 1 << 20))
+    with pytest.raises(ValueError, match="rank 1 of 2, but this process is NVSHMEM PE 0"):
+        tensor_parallel.register_on_symmetric_buffers(compiled)
