@@ -4,7 +4,39 @@ from __future__ import annotations
 
 import collections
 
+from jax_mpk import program as fmt
 from jax_mpk.ir import Role
+
+
+def dependent_stages(program) -> int:
+    """Events on the longest chain from the start event to the end event: each is a wait
+    of a task for the ones before it, a hop between workers at the least."""
+    successors = []
+    for event in program.events:
+        tasks = program.tasks[int(event["first_task"]):int(event["last_task"])]
+        fired = set()
+        for task in tasks:
+            first = int(task["first_trigger"])
+            fired.update(int(e) for e in program.triggers[first:first + int(task["num_triggers"])]
+                         if not fmt.is_nvshmem_event(int(e)))
+        successors.append(sorted(fired))
+    reached, stack = {program.start_event}, [program.start_event]
+    while stack:
+        for e in successors[stack.pop()]:
+            if e not in reached:
+                reached.add(e)
+                stack.append(e)
+    waiting = collections.Counter(e for r in reached for e in successors[r])
+    depth = {program.start_event: 0}
+    ready = [program.start_event]
+    while ready:  # the event graph is acyclic (the validator checks)
+        event = ready.pop()
+        for e in successors[event]:
+            depth[e] = max(depth.get(e, 0), depth[event] + 1)
+            waiting[e] -= 1
+            if waiting[e] == 0:
+                ready.append(e)
+    return depth[program.end_event]
 
 
 def report(compiled, name: str) -> str:
@@ -26,6 +58,8 @@ def report(compiled, name: str) -> str:
     lines.append(f"  tasks: {program.num_tasks}; events: {program.num_events}; "
                  f"triggers: {program.num_triggers}; workers: {program.num_workers}; "
                  f"schedulers: {program.num_schedulers}")
+    lines.append(f"  dependent stages: {dependent_stages(program)} (events on the longest "
+                 "chain of waits from start to end)")
     lines.append("task kinds:")
     for kind, count in sorted(compiled.task_kinds.items()):
         lines.append(f"  {kind.name:<22}{count:>7}")

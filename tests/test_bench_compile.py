@@ -25,3 +25,15 @@ def test_llama_1b_step_needs_little_memory_besides_its_weights():
     weight_bytes = sum(b.nbytes for b in lowered.compiled.program.graph.args
                        if b.role.name == "PARAM")
     assert program.workspace_bytes + program.constant_bytes < 0.02 * weight_bytes
+
+
+def test_llama_1b_step_waits_at_most_twelve_times_a_layer():
+    """Sequences, sibling tiling and the folded copies leave 11 dependent stages a layer
+    (norm, q/k/v, RoPE and cache append, scores, softmax, values, o, norm, gate/up, gating,
+    down); session 4's compiler had about 25."""
+    from jax_mpk.report import dependent_stages
+
+    step, inputs = abstract_step(LLAMA_1B, batch=1)
+    lowered = jax_mpk.jit(step, donate_argnums=(2,)).lower(*inputs)
+    assert dependent_stages(lowered.program) <= 12 * LLAMA_1B.layers
+    assert "dependent stages:" in lowered.as_text()
