@@ -93,8 +93,10 @@ def attention_cases(rng):
             out, _, _ = layers.cached_attention(q, k, v, ck, cv, pos, cfg)
             return out
 
-        yield (f"attention GQA 32/8x64 context {context}", attend, (q, k, v, ck, cv, pos),
-               ck.nbytes + cv.nbytes)
+        for fused in (False, True):  # three ops, or one decode_attention op
+            yield (f"attention GQA 32/8x64 context {context}{' fused' if fused else ''}",
+                   attend, (q, k, v, ck, cv, pos), ck.nbytes + cv.nbytes,
+                   {"fused_attention": fused})
 
 
 def in_kernel_us(fn, args, spec):
@@ -119,17 +121,18 @@ def main() -> None:
     args = parser.parse_args()
     info = runtime.device_info()
     tiling = parse_tiling(args.tiling)
-    spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024, **tiling)
     hbm = runtime.hbm_copy_rate()
     print(f"{info['name']}: HBM copy rate {hbm / 1e9:.0f} GB/s (read + write)")
     rng = np.random.default_rng(0)
     rows = []
     for cases in (linear_cases, elementwise_cases, attention_cases):
-        for name, fn, inputs, nbytes in cases(rng):
+        for name, fn, inputs, nbytes, *overrides in cases(rng):
             if args.only not in name:
                 continue
+            case_tiling = dict(tiling, **(overrides[0] if overrides else {}))
+            spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024, **case_tiling)
             expected = jax.jit(fn)(*inputs)
-            got = jax_mpk.jit(fn, device=DeviceSpec.of_cuda_device(info, **tiling))(*inputs)
+            got = jax_mpk.jit(fn, device=DeviceSpec.of_cuda_device(info, **case_tiling))(*inputs)
             error = float(jnp.linalg.norm((got - expected).astype(jnp.float32))
                           / jnp.linalg.norm(expected.astype(jnp.float32)))
             us, tasks, task_us, last_start_us = in_kernel_us(fn, inputs, spec)

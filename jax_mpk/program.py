@@ -63,6 +63,7 @@ class TaskKind(enum.IntEnum):
     DYNAMIC_SLICE = 20
     DYNAMIC_UPDATE_SLICE = 21
     SEQUENCE = 22
+    DECODE_ATTENTION = 23
 
 
 class EventKind(enum.IntEnum):

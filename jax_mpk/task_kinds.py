@@ -52,6 +52,19 @@ SEQUENCE      operands: descriptor, then each step's operands in step order
               with dims[range_dim], dims[range_dim + 1] = first, count x units_per_row where
               range_dim >= 0 (else it runs whole). Steps run in order, a block barrier
               between them, so a step reads what earlier steps of its task wrote.
+DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials]
+              For each batch index b (split (b // B1, b % B1) for the q, k and v strides) and
+              query row g < G: s_t = round(q[b, g, :] . k[b, t, :], scores_dtype) * scale for
+              t < extent (int32 scalar), p = softmax(s), out[b, g, :] = sum_t p_t v[b, t, :].
+              dims: [b_first, b_count, t_first, t_count, mode, split]
+              descriptor (int32): [B, B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype,
+                                   scores_dtype, q_strides[4], k_strides[4], v_strides[4],
+                                   out_strides[3], scale (float32 bits), splits]
+              mode 0 (WHOLE): every t in the task's range, out written. mode 1 (PARTIAL): the
+              positions [t_first, t_first + t_count) of split `split`; its row max m[g], sum
+              l[g] of exp(s - m) and acc[g, :] = sum exp(s - m) v go to partials record
+              b * splits + split, float32 [G] m, [G] l, [G, Dv] acc. mode 2 (MERGE): out from
+              the `splits` records of each b (a split past the extent has m = -inf, l = 0).
 """
 
 from __future__ import annotations
@@ -67,13 +80,14 @@ from jax_mpk.program import TaskKind
 
 __all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype", "is_float",
            "MAX_ELEMENTWISE_RANK", "MAX_ELEMENTWISE_INSTRS", "MAX_SLICE_RANK",
-           "SEQUENCE_STEP_WORDS",
+           "SEQUENCE_STEP_WORDS", "ATTENTION_WHOLE", "ATTENTION_PARTIAL", "ATTENTION_MERGE",
            "ElementwiseProgram", "Instr"]
 
 MAX_ELEMENTWISE_RANK = 6
 MAX_ELEMENTWISE_INSTRS = 64  # kMaxRegisters of kernels/tasks/elementwise.cuh
 MAX_SLICE_RANK = 4
 SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
+ATTENTION_WHOLE, ATTENTION_PARTIAL, ATTENTION_MERGE = 0, 1, 2  # DECODE_ATTENTION modes
 
 
 class DType(enum.IntEnum):

@@ -15,9 +15,12 @@ import numpy as np
 
 from jax_mpk import collectives
 from jax_mpk.ir import Buffer, Graph, Op, Role, Tensor
-from jax_mpk.passes import sequence
+from jax_mpk.passes import decode_attention, sequence
 from jax_mpk.program import TASK_PREFETCH, TaskKind
 from jax_mpk.task_kinds import (
+    ATTENTION_MERGE,
+    ATTENTION_PARTIAL,
+    ATTENTION_WHOLE,
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
     SEQUENCE_STEP_WORDS,
@@ -50,6 +53,9 @@ class DeviceSpec:
     schedule: str = "static"
     profile_capacity: int = 0  # timeline entries per worker (jax_mpk.profile)
     poison_results: bool = False  # tests: NaN bytes in results before each launch
+    # Decode attention as one task kind (passes/decode_attention.py); off until the kind has
+    # run on a GPU (NOTES.md).
+    fused_attention: bool = False
     collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
@@ -554,6 +560,38 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 
 EXTENT_AXES = {None: 0, "M": 1, "N": 2, "K": 3}
 
+def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
+    """Splits of the cache for each batch index, spread over the workers, then a merge per
+    batch index (passes/decode_attention.py; DECODE_ATTENTION in task_kinds.py)."""
+    q, k, v, extent = op.inputs
+    (out,) = op.outputs
+    a = op.attrs
+    B, G, T, D = a["B"], a["G"], a["T"], a["D"]
+    splits = max(1, min(pb.workers // B, -(-T // decode_attention.MIN_POSITIONS)))
+    length = -(-T // splits)
+    while G * (D + a["Dv"] + length) > decode_attention.SHARED_FLOATS:
+        length = -(-length // 2)
+    splits = -(-T // length)
+    words = [B, a["B1"], G, T, D, a["Dv"], *(dtype_code(t.dtype) for t in (q, k, v, out)),
+             dtype_code(a["scores_dtype"]), *a["q_strides"], *a["k_strides"], *a["v_strides"],
+             *a["out_strides"], int(np.float32(a["scale"]).view(np.int32)), splits]
+    locations = [pb.location(out), pb.descriptor(np.array(words, np.int32)), pb.location(q),
+                 pb.location(k), pb.location(v), pb.location(extent)]
+    if splits == 1:
+        for b in range(B):
+            pb.add(TaskKind.DECODE_ATTENTION, locations, [b, 1, 0, T, ATTENTION_WHOLE, 0], index)
+        return
+    record = G * (2 + a["Dv"]) * 4
+    partials = pb.scratch(B * splits * record)
+    locations.append(_Location(partials, 0, B * splits * record))
+    for b in range(B):
+        for s in range(splits):
+            pb.add(TaskKind.DECODE_ATTENTION, locations,
+                   [b, 1, s * length, min(length, T - s * length), ATTENTION_PARTIAL, s], index)
+    for b in range(B):
+        pb.add(TaskKind.DECODE_ATTENTION, locations, [b, 1, 0, T, ATTENTION_MERGE, 0], index,
+               stage=1)
+
 
 def _stream_x(a: dict, has_bias: bool) -> bool:
     """Whether x is the operand to stream (many rows against few columns, as the scores
@@ -597,6 +635,7 @@ TILERS = {
     "dynamic_slice": _whole_task(_dynamic_slice_step),
     "dynamic_update_slice": _whole_task(_dynamic_update_slice_step),
     "sequence": _sequence_tasks,
+    "decode_attention": _decode_attention_tasks,
     "allreduce": _collective_tasks,
     "allgather": _collective_tasks,
 }

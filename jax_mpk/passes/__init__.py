@@ -12,6 +12,7 @@ from jax_mpk.passes.dataflow import (
     remove_duplicate_ops,
     update_in_place,
 )
+from jax_mpk.passes.decode_attention import fuse_decode_attention
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
 from jax_mpk.passes.patterns import (
     fold_linear_epilogues,
@@ -24,7 +25,8 @@ from jax_mpk.passes.sequence import fuse_sequences
 __all__ = ["optimize"]
 
 
-def optimize(graph: Graph) -> Graph:
+def optimize(graph: Graph, fuse_attention: bool = False) -> Graph:
+    """fuse_attention: decode attention as one op (DeviceSpec.fused_attention)."""
     remove_dead_ops(graph)
     update_in_place(graph)
     coalesce_copies(graph)
@@ -39,6 +41,8 @@ def optimize(graph: Graph) -> Graph:
     bound_attention_to_live_cache(graph)
     remove_duplicate_ops(graph)
     fold_output_copies(graph)
+    if fuse_attention:
+        fuse_decode_attention(graph)
     group_sibling_matmuls(graph)
     fuse_sequences(graph)
     return graph

@@ -8,6 +8,8 @@ from scipy import special
 from jax_mpk.program import TaskKind
 from jax_mpk.reference.memory import RaceError, TaskAccess
 from jax_mpk.task_kinds import (
+    ATTENTION_MERGE,
+    ATTENTION_WHOLE,
     SEQUENCE_STEP_WORDS,
     ElementwiseProgram,
     Opcode,
@@ -278,6 +280,48 @@ def sequence(ctx, dims):
         operand += num_operands
 
 
+def decode_attention(ctx, dims):
+    b0, bn, t0, tn, mode, split = (int(d) for d in dims[:6])
+    w = _words(ctx, 1)
+    B, B1, G, T, D, Dv = (int(x) for x in w[:6])
+    q_dt, k_dt, v_dt, out_dt, scores_dt = (numpy_dtype(x) for x in w[6:11])
+    qs, ks, vs, os_ = w[11:15], w[15:19], w[19:23], w[23:26]
+    scale = np.float32(np.int32(w[26]).view(np.float32))
+    splits = int(w[27])
+    extent = min(max(int(ctx.load(5, I32, [0])[0]), 0), T)
+    g, d, dv = np.arange(G)[:, None], np.arange(D)[None, :], np.arange(Dv)[None, :]
+    record = G * (2 + Dv)
+    for b in range(b0, b0 + bn):
+        outer, inner = b // B1, b % B1
+        out_at = b * os_[0] + g * os_[1] + dv * os_[2]
+        if mode == ATTENTION_MERGE:
+            at = (b * splits + np.arange(splits))[:, None] * record
+            m = ctx.load(6, F32, at + np.arange(G))  # [splits, G]
+            s = ctx.load(6, F32, at + G + np.arange(G))
+            acc = ctx.load(6, F32, (at + 2 * G)[:, :, None] + np.arange(G * Dv).reshape(G, Dv))
+            with np.errstate(invalid="ignore"):
+                weight = np.exp(m - m.max(axis=0))  # a split past the extent: exp(-inf) = 0
+            total = (s * weight).sum(axis=0)
+            out = (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
+            ctx.store(0, out_dt, out_at, out.astype(out_dt))
+            continue
+        t = np.arange(t0, max(t0, min(t0 + tn, extent)))[:, None]
+        q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
+        k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
+        v = ctx.load(4, v_dt, outer * vs[0] + inner * vs[1] + t * vs[2] + dv * vs[3]).astype(F32)
+        scores = (q @ k.T).astype(scores_dt).astype(F32) * scale  # [G, live]
+        m = scores.max(axis=1) if t.size else np.full(G, -np.inf, F32)
+        e = np.exp(scores - m[:, None])
+        s, acc = e.sum(axis=1, dtype=F32), (e @ v).astype(F32)
+        if mode == ATTENTION_WHOLE:
+            ctx.store(0, out_dt, out_at, (acc / s[:, None]).astype(out_dt))
+            continue
+        at = (b * splits + split) * record
+        ctx.store(6, F32, at + np.arange(G), m.astype(F32))
+        ctx.store(6, F32, at + G + np.arange(G), s)
+        ctx.store(6, F32, at + 2 * G + np.arange(G * Dv), acc.reshape(-1))
+
+
 SEMANTICS = {
     TaskKind.NOOP: noop,
     TaskKind.COPY: copy,
@@ -292,4 +336,5 @@ SEMANTICS = {
     TaskKind.DYNAMIC_SLICE: dynamic_slice,
     TaskKind.DYNAMIC_UPDATE_SLICE: dynamic_update_slice,
     TaskKind.SEQUENCE: sequence,
+    TaskKind.DECODE_ATTENTION: decode_attention,
 }

@@ -64,6 +64,7 @@ enum TaskKind : uint16_t {
   kTaskDynamicSlice = 20,
   kTaskDynamicUpdateSlice = 21,
   kTaskSequence = 22,
+  kTaskDecodeAttention = 23,
   kNumTaskKinds  // one past the largest kind
 };
 

@@ -3,6 +3,7 @@
 
 #include "combine_u32.cuh"
 #include "copy.cuh"
+#include "decode_attention.cuh"
 #include "dynamic_slice.cuh"
 #include "dynamic_update_slice.cuh"
 #include "elementwise.cuh"
@@ -22,6 +23,6 @@ struct TaskList {};
 
 using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, ReduceTask,
                           MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask, PutTask,
-                          SignalWaitTask, SequenceTask>;
+                          SignalWaitTask, SequenceTask, DecodeAttentionTask>;
 
 }  // namespace mpk

@@ -1,0 +1,197 @@
+// DECODE_ATTENTION: softmax(round(q . k) * scale) . v over the live cache positions t <
+// extent, for the G query rows of each batch index b (a head group: GQA, MHA at G = 1, MQA).
+// operands: out, descriptor, q, k, v, extent[, partials]; dims: b_first, b_count, t_first,
+// t_count, mode, split (jax_mpk/task_kinds.py). WHOLE runs every position and writes out;
+// PARTIAL runs its split's positions and writes the split's row max m, sum l of exp(s - m)
+// and acc = sum exp(s - m) v to its float32 record; MERGE rescales the records of each b by
+// exp(m - max m) and writes out. Float32 throughout; scores round to their dtype first, as
+// the scores matmul they replace stores them.
+//
+// In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
+// whole, the output [G][Dv]). A thread per position computes its dot products, four query
+// rows a pass over its key row; a warp per query row takes its max and sum; a thread per
+// (g, d) of the output accumulates v.
+#pragma once
+
+#include "../runtime/task_context.cuh"
+#include "dtype.cuh"
+
+namespace mpk {
+
+struct DecodeAttentionTask {
+  static constexpr TaskKind kKind = kTaskDecodeAttention;
+  static constexpr const char* kName = "decode_attention";
+  static constexpr int kDescWords = 28;
+  static constexpr int kWarps = kWorkerThreads / 32;
+  static constexpr int kMaxHeadDim = 256;  // jax_mpk.passes.decode_attention.MAX_HEAD_DIM
+  static constexpr int kMaxRows = 64;      // query rows a task holds (G)
+  static constexpr int kRowsPerPass = 4;   // query rows a thread's pass over a key row serves
+  enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
+
+  struct Problem {
+    int B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype, scores_dtype, splits;
+    int64_t qs[4], ks[4], vs[4], os[3];
+    float scale;
+  };
+
+  static const char* check(const TaskDesc& d, const Operand* ops) {
+    if (d.num_operands < 6 || d.num_operands > 7)
+      return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials]";
+    if (ops[1].bytes < 4 * kDescWords) return "decode_attention descriptor is shorter than 28 int32";
+    if (d.dims[0] < 0 || d.dims[1] < 0 || d.dims[2] < 0 || d.dims[3] < 0 || d.dims[5] < 0)
+      return "decode_attention dims (b and t first and count, split) must be >= 0";
+    if (d.dims[4] < kWhole || d.dims[4] > kMerge) return "decode_attention mode is not whole, partial or merge";
+    if (d.dims[4] != kWhole && d.num_operands != 7) return "decode_attention partial and merge need partials";
+    return nullptr;
+  }
+
+  __device__ static Problem problem_of(const TaskContext& ctx) {
+    const int32_t* w = ctx.operand<const int32_t>(1);
+    Problem p;
+    p.B1 = max(w[1], 1);
+    p.G = w[2];
+    p.T = w[3];
+    p.D = w[4];
+    p.Dv = w[5];
+    p.q_dtype = w[6];
+    p.k_dtype = w[7];
+    p.v_dtype = w[8];
+    p.out_dtype = w[9];
+    p.scores_dtype = w[10];
+    for (int i = 0; i < 4; ++i) {
+      p.qs[i] = w[11 + i];
+      p.ks[i] = w[15 + i];
+      p.vs[i] = w[19 + i];
+    }
+    for (int i = 0; i < 3; ++i) p.os[i] = w[23 + i];
+    p.scale = __int_as_float(w[26]);
+    p.splits = w[27];
+    return p;
+  }
+
+  __device__ static float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    return v;
+  }
+
+  __device__ static float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+    return v;
+  }
+
+  // Positions [t0, t1) of batch index b: m[g], l[g] and acc[g][d] (the last kept per thread:
+  // thread i owns (g, d) = (i / Dv, i % Dv), i += kWorkerThreads).
+  __device__ static void attend(const TaskContext& ctx, const Problem& p, int b, int t0, int t1, float* m_out,
+                                float* l_out, float* acc_out) {
+    float* q = reinterpret_cast<float*>(ctx.shared);  // [G][D]
+    float* s = q + p.G * p.D;                         // [G][t1 - t0]
+    __shared__ float row_max[kMaxRows], row_sum[kMaxRows];
+    const int n = t1 - t0, lane = ctx.thread % 32, warp = ctx.thread / 32;
+    const char* qp = ctx.operand<const char>(2);
+    const char* kp = ctx.operand<const char>(3);
+    const char* vp = ctx.operand<const char>(4);
+    const int64_t outer = b / p.B1, inner = b % p.B1;
+    const int64_t q_b = outer * p.qs[0] + inner * p.qs[1], k_b = outer * p.ks[0] + inner * p.ks[1];
+    const int64_t v_b = outer * p.vs[0] + inner * p.vs[1];
+    for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads)
+      q[i] = load_f32(qp, p.q_dtype, q_b + (i / p.D) * p.qs[2] + (i % p.D) * p.qs[3]);
+    __syncthreads();
+    for (int t = ctx.thread; t < n; t += kWorkerThreads) {
+      const int64_t k_t = k_b + int64_t(t0 + t) * p.ks[2];
+      for (int g0 = 0; g0 < p.G; g0 += kRowsPerPass) {
+        float dot[kRowsPerPass] = {};
+#pragma unroll 8
+        for (int d = 0; d < p.D; ++d) {
+          const float k = load_f32(kp, p.k_dtype, k_t + d * p.ks[3]);
+#pragma unroll
+          for (int j = 0; j < kRowsPerPass; ++j)
+            if (g0 + j < p.G) dot[j] = fmaf(q[(g0 + j) * p.D + d], k, dot[j]);  // q: a broadcast
+        }
+#pragma unroll
+        for (int j = 0; j < kRowsPerPass; ++j)
+          if (g0 + j < p.G) s[(g0 + j) * n + t] = round_float(dot[j], p.scores_dtype) * p.scale;
+      }
+    }
+    __syncthreads();
+    for (int g = warp; g < p.G; g += kWarps) {
+      float m = -INFINITY;
+      for (int t = lane; t < n; t += 32) m = fmaxf(m, s[g * n + t]);
+      m = warp_max(m);
+      float l = 0.0f;
+      for (int t = lane; t < n; t += 32) {
+        const float e = expf(s[g * n + t] - m);
+        s[g * n + t] = e;
+        l += e;
+      }
+      l = warp_sum(l);
+      if (lane == 0) {
+        row_max[g] = m;
+        row_sum[g] = l;
+      }
+    }
+    __syncthreads();
+    for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
+      const int g = i / p.Dv, d = i % p.Dv;
+      const float* e = s + g * n;
+      const int64_t v_d = v_b + d * p.vs[3];
+      float acc = 0.0f;
+#pragma unroll 4
+      for (int t = 0; t < n; ++t) acc = fmaf(e[t], load_f32(vp, p.v_dtype, v_d + int64_t(t0 + t) * p.vs[2]), acc);
+      acc_out[i] = acc;
+    }
+    for (int g = ctx.thread; g < p.G; g += kWorkerThreads) {
+      m_out[g] = row_max[g];
+      l_out[g] = row_sum[g];
+    }
+  }
+
+  __device__ static void store(const TaskContext& ctx, const Problem& p, int b, int i, float value) {
+    const int g = i / p.Dv, d = i % p.Dv;
+    store_f32(ctx.operand<char>(0), p.out_dtype, b * p.os[0] + g * p.os[1] + d * p.os[2], value);
+  }
+
+  __device__ static void run(const TaskContext& ctx) {
+    const Problem p = problem_of(ctx);
+    if (p.G > kMaxRows || p.D > kMaxHeadDim || p.Dv > kMaxHeadDim) {
+      if (ctx.thread == 0) report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind, p.G);
+      return;
+    }
+    const int mode = ctx.desc.dims[4];
+    const int extent = min(max(*ctx.operand<const int32_t>(5), 0), p.T);
+    const int record = p.G * (2 + p.Dv);
+    float* partials = mode == kWhole ? nullptr : ctx.operand<float>(6);
+    for (int b = ctx.desc.dims[0]; b < ctx.desc.dims[0] + ctx.desc.dims[1]; ++b) {
+      if (mode == kMerge) {
+        const float* first = partials + int64_t(b) * p.splits * record;
+        for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
+          const int g = i / p.Dv;
+          float top = -INFINITY;
+          for (int j = 0; j < p.splits; ++j) top = fmaxf(top, first[j * record + g]);
+          float total = 0.0f, acc = 0.0f;
+          for (int j = 0; j < p.splits; ++j) {
+            const float* r = first + j * record;
+            const float weight = r[g] == -INFINITY ? 0.0f : expf(r[g] - top);
+            total = fmaf(r[p.G + g], weight, total);
+            acc = fmaf(r[2 * p.G + i], weight, acc);
+          }
+          store(ctx, p, b, i, acc / total);
+        }
+        continue;
+      }
+      const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
+      if (mode == kPartial) {
+        float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
+        attend(ctx, p, b, t0, t1, r, r + p.G, r + 2 * p.G);
+      } else {
+        float* acc = reinterpret_cast<float*>(ctx.shared) + p.G * (p.D + (t1 - t0));  // [G][Dv]
+        __shared__ float m_whole[kMaxRows], l_whole[kMaxRows];
+        attend(ctx, p, b, t0, t1, m_whole, l_whole, acc);
+        __syncthreads();
+        for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) store(ctx, p, b, i, acc[i] / l_whole[i / p.Dv]);
+      }
+      __syncthreads();  // the next b reuses the arena
+    }
+  }
+};
+
+}  // namespace mpk

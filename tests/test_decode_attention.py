@@ -1,0 +1,75 @@
+"""Decode attention as one op (passes/decode_attention.py, DeviceSpec.fused_attention): the
+models' decode steps against jax.jit, whole and split over the cache; what it must not take."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_mpk
+from examples.models.config import FAMILIES
+from jax_mpk.program import TaskKind
+from jax_mpk.task_kinds import ATTENTION_MERGE, ATTENTION_PARTIAL, ATTENTION_WHOLE
+from tests.harness import SMALL_DEVICE, assert_close, decode_step, poisoned
+
+FUSED = dataclasses.replace(SMALL_DEVICE, fused_attention=True)
+BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
+
+
+def fused_ops(compiled, args):
+    return [op for op in compiled.lower(*args).compiled.program.graph.ops
+            if op.kind == "decode_attention"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cache", [16, 300], ids=["whole", "split"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_decode_step_matches_jax_jit(family, dtype, batch, cache, backend):
+    cfg = FAMILIES[family].replace(dtype=dtype, max_len=cache)
+    step, args = decode_step(cfg, "linen", batch, 1, seed=batch + cache)
+    compiled = jax_mpk.jit(step, backend=backend, device=poisoned(FUSED, backend))
+    assert_close(compiled(*args), jax.jit(step)(*args), dtype)
+    ops = fused_ops(compiled, args)
+    assert len(ops) == cfg.layers
+    program = compiled.lower(*args).program
+    modes = {int(t["dims"][4]) for t in program.tasks if t["kind"] == TaskKind.DECODE_ATTENTION}
+    # A short cache, or a head group (B of them) a worker: whole; else splits and a merge.
+    split = cache > 64 and ops[0].attrs["B"] * 2 <= SMALL_DEVICE.workers
+    assert modes == ({ATTENTION_PARTIAL, ATTENTION_MERGE} if split else {ATTENTION_WHOLE})
+
+
+def test_prefill_keeps_the_three_ops():
+    """Several query positions a head: the mask differs by row, so the chain stays."""
+    cfg = FAMILIES["llama"]
+    step, args = decode_step(cfg, "linen", 2, 5)
+    compiled = jax_mpk.jit(step, backend="reference", device=FUSED)
+    assert_close(compiled(*args), jax.jit(step)(*args), cfg.dtype)
+    assert not fused_ops(compiled, args)
+
+
+def test_a_softmax_that_is_not_the_pattern_is_left_alone():
+    """Probabilities used twice (returned beside the output): the chain is not only an
+    attention's, so nothing fuses; the numbers still match."""
+    rng = np.random.default_rng(4)
+    q = jnp.asarray(rng.standard_normal((1, 1, 4, 16)), jnp.float32)
+    kc = jnp.asarray(rng.standard_normal((1, 64, 4, 16)), jnp.float32)
+    vc = jnp.asarray(rng.standard_normal((1, 64, 4, 16)), jnp.float32)
+    pos = jnp.int32(40)
+
+    def attend(q, kc, vc, pos):
+        scores = jnp.einsum("bshd,bthd->bhst", q, kc) / 4.0
+        scores = jnp.where(jnp.arange(64) <= pos, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, -1)
+        return jnp.einsum("bhst,bthd->bshd", probs, vc), probs
+
+    compiled = jax_mpk.jit(attend, backend="reference", device=FUSED)
+    with jax.default_matmul_precision("highest"):
+        expected = jax.jit(attend)(q, kc, vc, pos)
+    assert_close(compiled(q, kc, vc, pos), expected, jnp.float32)
+    assert not fused_ops(compiled, (q, kc, vc, pos))
