@@ -100,7 +100,7 @@ struct DecodeAttentionTask {
       const int64_t k_t = k_b + int64_t(t0 + t) * p.ks[2];
       for (int g0 = 0; g0 < p.G; g0 += kRowsPerPass) {
         float dot[kRowsPerPass] = {};
-#pragma unroll 8
+#pragma unroll 4
         for (int d = 0; d < p.D; ++d) {
           const float k = load_f32(kp, p.k_dtype, k_t + d * p.ks[3]);
 #pragma unroll
