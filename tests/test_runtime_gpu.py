@@ -200,3 +200,24 @@ def test_timeline_respects_every_dependency(schedule):
         for t, deps in enumerate(dag.deps):
             for d in deps:
                 assert end[index[d], it] <= start[index[t], it]
+
+
+def test_poison_mode_fills_what_no_task_writes_and_spares_donated_state():
+    """A program that writes half of its result: with poison_results the other half reads
+    0xFF bytes (the tests' NaN), and a donated result, aliased to its input, keeps it."""
+    g = tg.TaskGraph()
+    src = g.arg(0, 64)
+    state = g.arg(1, 64)
+    half = g.ret(0, 64)
+    g.add_task(fmt.TaskKind.COPY, [tg.Operand(half, 0, 32), tg.Operand(src, 0, 32)], [32, 0])
+    g.add_task(fmt.TaskKind.COPY, [tg.Operand(state, 0, 16), tg.Operand(src, 32, 16)], [16, 0])
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule="static", poison_results=True)
+    registered = runtime.RegisteredProgram(g.build(config, num_args=2, num_rets=2).program)
+    data = np.arange(64, dtype=np.uint8) + 1
+    kept = np.full(64, 7, np.uint8)
+    half_out, state_out = runtime.call(
+        registered, [jnp.asarray(data), jnp.asarray(kept)],
+        [jax.ShapeDtypeStruct((64,), np.uint8)] * 2, input_output_aliases={1: 1})
+    np.testing.assert_array_equal(np.asarray(half_out)[:32], data[:32])
+    assert (np.asarray(half_out)[32:] == 0xFF).all()
+    np.testing.assert_array_equal(np.asarray(state_out), np.concatenate([data[32:48], kept[16:]]))
