@@ -73,3 +73,12 @@ def test_a_softmax_that_is_not_the_pattern_is_left_alone():
         expected = jax.jit(attend)(q, kc, vc, pos)
     assert_close(compiled(q, kc, vc, pos), expected, jnp.float32)
     assert not fused_ops(compiled, (q, kc, vc, pos))
+
+
+@pytest.mark.parametrize("api,scan", [("linen", True), ("nnx", False)], ids=["scan", "nnx"])
+def test_scanned_and_nnx_decoders_fuse_too(api, scan):
+    cfg = FAMILIES["qwen3"].replace(scan_layers=scan, max_len=200)
+    step, args = decode_step(cfg, api, 1, 1)
+    compiled = jax_mpk.jit(step, backend="reference", device=FUSED)
+    assert_close(compiled(*args), jax.jit(step)(*args), cfg.dtype)
+    assert len(fused_ops(compiled, args)) == cfg.layers
