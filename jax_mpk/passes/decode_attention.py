@@ -97,7 +97,7 @@ def _fused(graph: Graph, values: Op):
     masked = None if maxes is None else links.sole_writer(x_in, [maxes, exps])
     if masked is None or not _row_reduce(maxes, Reducer.MAX, masked.outputs[0]):
         return None
-    scores_in, scale = _masked_scores(masked)
+    scores_in, scale, t_dim = _masked_scores(masked)
     if scores_in is None:
         return None
     scores = links.sole_writer(scores_in, [masked])
@@ -109,7 +109,7 @@ def _fused(graph: Graph, values: Op):
     for op, whole, stats in ((exps, masked, maxes), (quotient, exps, sums)):
         if not _row_wise(op, whole.outputs[0], stats.outputs[0], rows, length):
             return None
-    if masked.outputs[0].shape[-1] != length or _t_dim(masked) != len(masked.outputs[0].shape) - 1:
+    if masked.outputs[0].shape[-1] != length or t_dim != len(masked.outputs[0].shape) - 1:
         return None
     layout = _layout(scores, values, probs_at, masked, rows, length)
     if layout is None:
@@ -176,16 +176,16 @@ def _is_minus_infinity(ins) -> bool:
 
 
 def _masked_scores(op: Op):
-    """(scores, scale) of `where(t <= rhs, scores * scale, huge negative)` with rhs the same
-    for every row (decode), else (None, None)."""
+    """(scores, scale, t dim) of `where(t <= rhs, scores * scale, huge negative)` with rhs
+    the same for every row (decode), else Nones."""
     found = _find_mask(op)
     if found is None:
-        return None, None
+        return None, None, None
     select_at, t_dim, rhs_at, _ = found
     instrs = op.attrs["instrs"]
     if select_at != len(instrs) - 1 or any(instrs[i].opcode == Opcode.IOTA
                                            for i in _subtree(instrs, rhs_at)):
-        return None, None
+        return None, None, None
     # The live branch: LOAD scores [-> CONVERT f32] [-> MUL/DIV by a constant].
     at, scale = instrs[select_at].args[2], 1.0
     if instrs[at].opcode in (Opcode.MUL, Opcode.DIV):
@@ -193,24 +193,20 @@ def _masked_scores(op: Op):
         if instrs[b].opcode != Opcode.CONST and instrs[at].opcode == Opcode.MUL:
             a, b = b, a
         if instrs[b].opcode != Opcode.CONST:
-            return None, None
+            return None, None, None
         c = float(const_value(instrs[b].imm, np.float32))
         scale = 1.0 / c if instrs[at].opcode == Opcode.DIV else c
         at = a
     if instrs[at].opcode == Opcode.CONVERT:
         at = instrs[at].args[0]
     if instrs[at].opcode != Opcode.LOAD or not _is_float(instrs[-1].dtype):
-        return None, None
+        return None, None, None
     if float(const_value(instrs[instrs[select_at].args[1]].imm, np.float32)) > HUGE_NEGATIVE:
-        return None, None
+        return None, None, None
     scores = op.inputs[instrs[at].imm]
     if sum(t.buffer is scores.buffer for t in op.inputs) != 1:
-        return None, None
-    return scores, scale
-
-
-def _t_dim(masked: Op) -> int:
-    return _find_mask(masked)[1]
+        return None, None, None
+    return scores, scale, t_dim
 
 
 def _is_float(dtype) -> bool:
