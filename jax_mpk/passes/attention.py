@@ -39,12 +39,12 @@ def bound_attention_to_live_cache(graph: Graph) -> None:
 
 def _bound_from_mask(graph: Graph, masked_op: Op) -> None:
     instrs = masked_op.attrs["instrs"]
-    found = _find_mask(masked_op)
+    found = find_mask(masked_op)
     if found is None:
         return
     select_at, t_dim, rhs_at, inclusive = found
     scores_at = instrs[select_at].args[2]
-    loads = [i for i in _subtree(instrs, scores_at) if instrs[i].opcode == Opcode.LOAD]
+    loads = [i for i in subtree(instrs, scores_at) if instrs[i].opcode == Opcode.LOAD]
     if len(loads) != 1:
         return
     scores = masked_op.inputs[instrs[loads[0]].imm]
@@ -86,7 +86,7 @@ def _bound_from_mask(graph: Graph, masked_op: Op) -> None:
         matmul.label = "attention"
 
 
-def _find_mask(op: Op):
+def find_mask(op: Op):
     """(select, t dim, rhs, inclusive) of `select(iota_t <= rhs, huge negative, scores)`."""
     instrs = op.attrs["instrs"]
     for at, ins in enumerate(instrs):
@@ -109,7 +109,7 @@ def _find_mask(op: Op):
     return None
 
 
-def _subtree(instrs, at) -> list[int]:
+def subtree(instrs, at) -> list[int]:
     seen, stack = set(), [at]
     while stack:
         i = stack.pop()
@@ -122,7 +122,7 @@ def _subtree(instrs, at) -> list[int]:
 def _monotone_scalar(op: Op, at: int, t_dim: int) -> bool:
     """Whether instruction `at` is a sum of positions, iotas off t_dim and constants."""
     instrs = op.attrs["instrs"]
-    for i in _subtree(instrs, at):
+    for i in subtree(instrs, at):
         ins = instrs[i]
         if ins.opcode == Opcode.IOTA and ins.imm == t_dim:
             return False
@@ -143,7 +143,7 @@ def _monotone_scalar(op: Op, at: int, t_dim: int) -> bool:
 def _extent_op(graph: Graph, op: Op, rhs_at: int, inclusive: bool, before: int):
     """An op computing max over the mask's rows of the rhs (+1 where t == rhs is live)."""
     instrs = op.attrs["instrs"]
-    keep = _subtree(instrs, rhs_at)
+    keep = subtree(instrs, rhs_at)
     new_index = {}
     program: list[Instr] = []
     inputs: list[Tensor] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
-from jax_mpk.passes.attention import HUGE_NEGATIVE, _find_mask, _subtree
+from jax_mpk.passes.attention import HUGE_NEGATIVE, find_mask, subtree
 from jax_mpk.passes.dataflow import overlaps
 from jax_mpk.task_kinds import Opcode, Reducer, const_value
 
@@ -161,7 +161,7 @@ def _exp_of_difference(op: Op):
             low, m_at = m_at, low
             if not _is_minus_infinity(instrs[low]):
                 return None, None
-    used = set(_subtree(instrs, len(instrs) - 1))
+    used = set(subtree(instrs, len(instrs) - 1))
     if used != set(range(len(instrs))) or len(instrs) > 6:
         return None, None
     if instrs[x_at].opcode != Opcode.LOAD or instrs[m_at].opcode != Opcode.LOAD:
@@ -178,13 +178,13 @@ def _is_minus_infinity(ins) -> bool:
 def _masked_scores(op: Op):
     """(scores, scale, t dim) of `where(t <= rhs, scores * scale, huge negative)` with rhs
     the same for every row (decode), else Nones."""
-    found = _find_mask(op)
+    found = find_mask(op)
     if found is None:
         return None, None, None
     select_at, t_dim, rhs_at, _ = found
     instrs = op.attrs["instrs"]
     if select_at != len(instrs) - 1 or any(instrs[i].opcode == Opcode.IOTA
-                                           for i in _subtree(instrs, rhs_at)):
+                                           for i in subtree(instrs, rhs_at)):
         return None, None, None
     # The live branch: LOAD scores [-> CONVERT f32] [-> MUL/DIV by a constant].
     at, scale = instrs[select_at].args[2], 1.0
