@@ -66,11 +66,11 @@ def masked_softmax(scores, pos):
 def elementwise_cases(rng):
     x, scale = normal(rng, (64, 8192)), normal(rng, (8192,), 0.1, jnp.float32)
     yield "rmsnorm 64x8192", rms_norm, (x, scale), 2 * x.nbytes + scale.nbytes
-    # A decode step's norm and softmax: sequences (one task; a task per row).
+    # A decode step's norm and softmax at batch 1.
     x, scale = normal(rng, (1, 2048)), normal(rng, (2048,), 0.1, jnp.float32)
-    yield "rmsnorm 1x2048 (sequence)", rms_norm, (x, scale), 2 * x.nbytes + scale.nbytes
+    yield "rmsnorm 1x2048", rms_norm, (x, scale), 2 * x.nbytes + scale.nbytes
     scores, pos = normal(rng, (32, 2048), 4.0), jnp.int32(511)
-    yield ("masked softmax 32x2048 (sequence)", masked_softmax, (scores, pos),
+    yield ("masked softmax 32x2048", masked_softmax, (scores, pos),
            scores.nbytes + scores.size * 4)
     g, u = normal(rng, (64, 8192)), normal(rng, (64, 8192))
     yield "silu gating 64x8192", lambda g, u: jax.nn.silu(g) * u, (g, u), 3 * g.nbytes

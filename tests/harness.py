@@ -76,6 +76,13 @@ def relative_error(actual, expected) -> float:
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
+def expect(fn, *args):
+    """jax.jit(fn)(*args) with float32 matmuls in float32: XLA's GPU default is TF32, whose
+    error (~3e-4 relative) is over the float32 tolerance."""
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(fn)(*args)
+
+
 def assert_close(actual, expected, dtype) -> None:
     """Every leaf within TOLERANCE[dtype] relative L2 error; integer leaves exactly."""
     actual_leaves, expected_leaves = jax.tree.leaves(actual), jax.tree.leaves(expected)

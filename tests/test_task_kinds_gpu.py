@@ -17,7 +17,7 @@ from jax import lax
 import jax_mpk
 from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
-from tests.harness import SMALL_DEVICE, assert_close, decode_step, poisoned
+from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
 from tests.test_models import STEPS
 
 BACKEND = os.environ.get("JAX_MPK_TEST_BACKEND", "megakernel")
@@ -53,12 +53,6 @@ def close(actual, expected, dtype):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     assert_close([a for a, _ in pairs], [e for _, e in pairs], dtype)
 
-
-def expect(fn, *args):
-    """jax.jit(fn)(*args) with float32 matmuls in float32: XLA's GPU default is TF32, whose
-    error (~3e-4 relative) is over the float32 tolerance."""
-    with jax.default_matmul_precision("highest"):
-        return jax.jit(fn)(*args)
 
 
 def check(fn, *args, dtype=jnp.float32, device=None, kinds=()):

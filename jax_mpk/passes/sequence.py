@@ -6,9 +6,13 @@ touch a few KiB each. A run of consecutive elementwise, reduce and indexing ops 
 `sequence` op whose tasks run the steps in order, a block barrier between them:
 
 - split by rows, when every step's range divides into the same R rows and each step reads
-  what an earlier step wrote only within its own row (a softmax over 32 heads: 32 tasks);
-- as one task, when the run is small altogether (a norm at batch 1, RoPE with the cache
-  append).
+  what an earlier step wrote only within its own row (a norm at batch 8: 8 tasks);
+- as one task, when the run is small altogether (RoPE of a few heads with the cache append).
+
+Only where each task's interpreted work stays small: an elementwise element costs a thread
+about 2-4 µs of dependent interpreter latency (measured on H200, session 6), so a 2048-wide
+step in one task (8 elements a thread) takes longer than the hops it saves; spread over
+workers as separate ops, the same step takes one element a thread.
 
 Steps keep their own semantics (the task kinds of jax_mpk/task_kinds.py); only the hops go.
 Merging consecutive ops keeps the graph acyclic: whatever the run waits for comes before it.
@@ -24,8 +28,10 @@ from jax_mpk.task_kinds import MAX_ELEMENTWISE_RANK
 
 STEP_KINDS = ("elementwise", "reduce", "gather_rows", "dynamic_slice", "dynamic_update_slice")
 MAX_STEPS = 16  # descriptor words stay small; a longer run rarely pays
-SMALL_WORK = 16384  # elements: a run this small goes to one task
-ROW_WORK = 65536  # elements per row of a row-split sequence, summed over its steps
+SMALL_WORK = 4096  # elements: a run this small goes to one task
+ROW_WORK = 16384  # elements per row of a row-split sequence, summed over its steps
+# Elements of one elementwise step a task may interpret: two a thread of a worker's 256.
+MAX_INTERPRETED = 512
 
 
 def fuse_sequences(graph: Graph) -> None:
@@ -89,12 +95,15 @@ def sequence_rows(steps: list[Op]) -> int | None:
            for op in steps):
         return None
     total = sum(work(op) for op in steps)
+    interpreted = max((op.outputs[0].size for op in steps if op.kind == "elementwise"),
+                      default=0)
     reduces = [op for op in steps if op.kind == "reduce"]
     if reduces:
         rows = reduces[0].attrs["outer"]
-        if rows > 1 and total // rows <= ROW_WORK and _splits_by_rows(steps, rows):
+        if (rows > 1 and total // rows <= ROW_WORK and interpreted // rows <= MAX_INTERPRETED
+                and _splits_by_rows(steps, rows)):
             return rows
-    return 1 if total <= SMALL_WORK else None
+    return 1 if total <= SMALL_WORK and interpreted <= MAX_INTERPRETED else None
 
 
 def _splits_by_rows(steps: list[Op], rows: int) -> bool:
