@@ -5,7 +5,7 @@ next, as in a decode loop. Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
         [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
-        [--tiling max_split_k=1,...] [--fused-attention]
+        [--tiling max_split_k=1,...] [--unfused-attention]
 
 `--timeline DIR` profiles the first case: a Chrome trace, an occupancy PNG and a table of
 where the kernel's time goes by op. Without a GPU the jax_mpk side runs on the reference
@@ -41,7 +41,7 @@ MODELS = {"llama-1b": LLAMA_1B, "qwen3-8b": QWEN3_8B,
 
 
 TILING: dict[str, int] = {}  # DeviceSpec overrides (--tiling)
-FUSED_ATTENTION = False  # --fused-attention: time the decode-attention kind beside
+UNFUSED_ATTENTION = False  # --unfused-attention: time the three attention ops beside
 
 
 def device_spec(**extra) -> DeviceSpec | None:
@@ -90,12 +90,12 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
     floor_ms = weight_bytes / hbm * 1e3 if hbm else None  # bytes moved / copy rate
     row["floor_ms"] = floor_ms
     variants = [("jax.jit", reference), ("jax_mpk.jit", ours)]
-    if FUSED_ATTENTION:  # the decode-attention kind too (DeviceSpec.fused_attention)
-        spec = device_spec(fused_attention=True) or DeviceSpec(fused_attention=True)
-        fused = jax_mpk.jit(model.apply, donate_argnums=(2,), device=spec)
-        got, _ = fused(params, tokens, fresh_cache(), pos)
-        row["fused_logits_relative_l2"] = relative_error(got, expected)
-        variants.append(("jax_mpk.jit fused attention", fused))
+    if UNFUSED_ATTENTION:  # without the decode-attention kind (DeviceSpec.fused_attention)
+        spec = device_spec(fused_attention=False) or DeviceSpec(fused_attention=False)
+        unfused = jax_mpk.jit(model.apply, donate_argnums=(2,), device=spec)
+        got, _ = unfused(params, tokens, fresh_cache(), pos)
+        row["unfused_logits_relative_l2"] = relative_error(got, expected)
+        variants.append(("jax_mpk.jit unfused attention", unfused))
     for label, fn in variants:
         state = {"cache": fresh_cache()}
 
@@ -120,11 +120,11 @@ def print_row(row: dict) -> None:
           f"{row['jax_mpk.jit']['ms']:8.3f} ms {fraction(row['jax_mpk.jit'])} | "
           f"{row['speedup_vs_jit']:5.2f}x | logits rel err {row['logits_relative_l2']:.1e}",
           flush=True)
-    if "jax_mpk.jit fused attention" in row:
-        fused = row["jax_mpk.jit fused attention"]
-        print(f"{'':58} fused attention {fused['ms']:8.3f} ms {fraction(fused)} | "
-              f"{row['jax.jit']['ms'] / fused['ms']:5.2f}x | logits rel err "
-              f"{row['fused_logits_relative_l2']:.1e}", flush=True)
+    if "jax_mpk.jit unfused attention" in row:
+        unfused = row["jax_mpk.jit unfused attention"]
+        print(f"{'':56} unfused attention {unfused['ms']:8.3f} ms {fraction(unfused)} | "
+              f"{row['jax.jit']['ms'] / unfused['ms']:5.2f}x | logits rel err "
+              f"{row['unfused_logits_relative_l2']:.1e}", flush=True)
 
 
 def timeline_report(name: str, batch: int, context: int, directory: str) -> None:
@@ -205,12 +205,12 @@ def main() -> None:
     parser.add_argument("--timeline", help="profile the first case; write its files here")
     parser.add_argument("--host-profile", action="store_true")
     parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
-    parser.add_argument("--fused-attention", action="store_true",
-                        help="also time jax_mpk.jit with the decode-attention kind")
+    parser.add_argument("--unfused-attention", action="store_true",
+                        help="also time jax_mpk.jit without the decode-attention kind")
     args = parser.parse_args()
     TILING.update(parse_tiling(args.tiling))
-    global FUSED_ATTENTION
-    FUSED_ATTENTION = args.fused_attention
+    global UNFUSED_ATTENTION
+    UNFUSED_ATTENTION = args.unfused_attention
     cases = [(m, int(b), int(c)) for m in args.models.split(",")
              for b in args.batches.split(",") for c in args.contexts.split(",")]
     hbm = None

@@ -5,7 +5,7 @@ in the megakernel's own timeline (first task start to last task end, the median 
 launches), so host launch latency is not counted; its bytes are what it must read and
 write at least. jax.jit of the same function is timed from the host for reference.
 
-    python benchmarks/bench_kinds.py [--json PATH] [--only SUBSTRING] [--tiling name=int,...]
+    python benchmarks/bench_kinds.py [--json PATH] [--only SUBSTRING,...] [--tiling name=int,...]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def in_kernel_us(fn, args, spec):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json")
-    parser.add_argument("--only", default="")
+    parser.add_argument("--only", default="", help="cases whose name holds one of these, comma-separated")
     parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
     args = parser.parse_args()
     info = runtime.device_info()
@@ -127,7 +127,7 @@ def main() -> None:
     rows = []
     for cases in (linear_cases, elementwise_cases, attention_cases):
         for name, fn, inputs, nbytes, *overrides in cases(rng):
-            if args.only not in name:
+            if not any(part in name for part in args.only.split(",")):
                 continue
             case_tiling = dict(tiling, **(overrides[0] if overrides else {}))
             spec = DeviceSpec.of_cuda_device(info, profile_capacity=1024, **case_tiling)

@@ -62,7 +62,7 @@ timeout 300 $PY benchmarks/bench_kinds.py --json "$OUT/bench_kinds.json" 2>&1 | 
 step "decode steps beside jax.jit (DECODE_SWEEP=1: Qwen3-8B too, batch 32, context 2048)"
 if [ -n "${DECODE_SWEEP:-}" ]; then sweep="--models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048"
 else sweep="--models llama-1b --batches 1,8 --contexts 512"; fi
-timeout ${DECODE_TIMEOUT:-400} $PY benchmarks/bench_decode.py $sweep --fused-attention --json "$OUT/bench_decode.json" \
+timeout ${DECODE_TIMEOUT:-400} $PY benchmarks/bench_decode.py $sweep --unfused-attention --json "$OUT/bench_decode.json" \
   --plot "$OUT/bench_decode.png" --timeline "$OUT" 2>&1 | tee "$LOGS/8_bench_decode.log" | tail -30
 step "endurance: 10,000 decode steps (tiny model), no memory growth; peak against jax.jit (1B)"
 timeout 300 $PY scripts/endurance.py --jit jax_mpk --steps 10000 2>&1 | tee "$LOGS/9_endurance.log" | tail -2

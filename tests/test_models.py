@@ -3,6 +3,7 @@ against jax.jit of the same step on the same random inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -88,7 +89,8 @@ def test_attention_reads_only_the_live_cache(family, step_name):
     live = int(pos) + seq
     clean = [(k.at[:, live:].set(0), v.at[:, live:].set(0)) for k, v in cache]
     poisoned = [(k.at[:, live:].set(jnp.nan), v.at[:, live:].set(jnp.nan)) for k, v in cache]
-    compiled = jax_mpk.jit(step, donate_argnums=(2,), backend="reference", device=SMALL_DEVICE)
+    unfused = dataclasses.replace(SMALL_DEVICE, fused_attention=False)  # the two matmuls
+    compiled = jax_mpk.jit(step, donate_argnums=(2,), backend="reference", device=unfused)
     logits, _ = compiled(params, tokens, poisoned, pos)
     expected_logits, _ = jax.jit(step)(params, tokens, clean, pos)
     assert_close(logits, expected_logits, cfg.dtype)
