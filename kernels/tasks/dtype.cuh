@@ -65,33 +65,18 @@ __device__ __forceinline__ uint32_t convert_held(uint32_t v, int32_t from, int32
   return wrap_int(v, to);
 }
 
-// Element i of an array of dtype d, its bits zero-extended and not yet converted: a loop
-// can issue several such loads before it uses any, so that their latencies overlap.
-__device__ __forceinline__ uint32_t load_raw(const void* base, int32_t d, int64_t i) {
-  switch (d) {
-    case kF32:
-    case kI32:
-    case kU32: return static_cast<const uint32_t*>(base)[i];
-    case kBF16:
-    case kF16: return static_cast<const uint16_t*>(base)[i];
-    default: return static_cast<const uint8_t*>(base)[i];
-  }
-}
-
-// The held value of load_raw's bits of dtype d.
-__device__ __forceinline__ uint32_t held_of_raw(uint32_t raw, int32_t d) {
-  switch (d) {
-    case kBF16: return raw << 16;
-    case kF16: return f_bits(__half2float(__ushort_as_half(uint16_t(raw))));
-    case kBool: return raw != 0;
-    case kI8: return uint32_t(int32_t(int8_t(raw)));
-    default: return raw;
-  }
-}
-
 // Element i of an array of dtype d, as a held value.
 __device__ __forceinline__ uint32_t load_held(const void* base, int32_t d, int64_t i) {
-  return held_of_raw(load_raw(base, d, i), d);
+  switch (d) {
+    case kF32: return static_cast<const uint32_t*>(base)[i];
+    case kBF16: return f_bits(__bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]));
+    case kF16: return f_bits(__half2float(static_cast<const __half*>(base)[i]));
+    case kI32:
+    case kU32: return static_cast<const uint32_t*>(base)[i];
+    case kBool: return static_cast<const uint8_t*>(base)[i] != 0;
+    case kI8: return uint32_t(int32_t(static_cast<const int8_t*>(base)[i]));
+    default: return static_cast<const uint8_t*>(base)[i];
+  }
 }
 
 // Stores held value v (already of dtype d) as element i of an array of dtype d.

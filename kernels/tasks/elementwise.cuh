@@ -24,7 +24,6 @@ struct ElementwiseTask {
   static constexpr int kMaxRegisters = 64;      // instructions per program
   static constexpr int kSharedProgramWords = 1024;  // longer programs are read from global memory
   static constexpr int kInstrWords = 6;             // opcode, dtype, a, b, c, imm
-  static constexpr int kLoadsInFlight = 4;
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 2) return "elementwise takes operands out, program, inputs...";
@@ -177,9 +176,6 @@ struct ElementwiseTask {
 
   __device__ static void run(const TaskContext& ctx) {
     __shared__ int32_t shared_program[kSharedProgramWords];
-    __shared__ const char* input_base[kMaxRegisters];  // resolved once, not per element
-    __shared__ int8_t loads[kMaxRegisters];            // the LOAD instructions, in order
-    __shared__ int num_loads;
     const int32_t* global_program = ctx.operand<const int32_t>(1);
     const uint64_t words = ctx.operand_bytes(1) / 4;
     const int32_t* prog = global_program;
@@ -189,7 +185,7 @@ struct ElementwiseTask {
       prog = shared_program;
     }
     const int rank = prog[0], num_inputs = prog[1], num_instrs = prog[2], out_dtype = prog[3];
-    if (rank > kMaxRank || num_instrs > kMaxRegisters || num_instrs < 1 || num_inputs > kMaxRegisters) {
+    if (rank > kMaxRank || num_instrs > kMaxRegisters || num_instrs < 1) {
       if (ctx.thread == 0)
         report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind,
                      num_instrs > kMaxRegisters ? num_instrs : rank);
@@ -199,14 +195,6 @@ struct ElementwiseTask {
     const int32_t* out_strides = prog + 4 + rank;
     const int32_t* inputs = prog + 4 + 2 * rank;   // per input: dtype, strides[rank]
     const int32_t* instrs = inputs + num_inputs * (1 + rank);
-    for (int i = ctx.thread; i < num_inputs; i += kWorkerThreads) input_base[i] = ctx.operand<const char>(2 + i);
-    if (ctx.thread == 0) {
-      int n = 0;
-      for (int i = 0; i < num_instrs; ++i)
-        if (instrs[i * kInstrWords] == kOpLoad) loads[n++] = int8_t(i);
-      num_loads = n;
-    }
-    __syncthreads();
     char* out = ctx.operand<char>(0);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
 
@@ -218,32 +206,16 @@ struct ElementwiseTask {
         index[d] = int32_t(rest % uint32_t(out_shape[d]));
         rest /= uint32_t(out_shape[d]);
       }
-      // The element's loads first, kLoadsInFlight at a time: none waits for another.
-      for (int k0 = 0; k0 < num_loads; k0 += kLoadsInFlight) {
-        uint32_t raw[kLoadsInFlight];
-#pragma unroll
-        for (int j = 0; j < kLoadsInFlight; ++j) {
-          if (k0 + j >= num_loads) break;
-          const int32_t input = instrs[loads[k0 + j] * kInstrWords + 5];
-          const int32_t* in = inputs + input * (1 + rank);
-          int64_t offset = 0;
-          for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * in[1 + d];
-          raw[j] = load_raw(input_base[input], in[0], offset);
-        }
-#pragma unroll
-        for (int j = 0; j < kLoadsInFlight; ++j) {
-          if (k0 + j >= num_loads) break;
-          const int32_t* ins = instrs + loads[k0 + j] * kInstrWords;
-          const int32_t in_dtype = inputs[ins[5] * (1 + rank)];
-          regs[loads[k0 + j]] = convert_held(held_of_raw(raw[j], in_dtype), in_dtype, ins[1], false);
-        }
-      }
       for (int i = 0; i < num_instrs; ++i) {
         const int32_t* ins = instrs + i * kInstrWords;
         const int32_t op = ins[0], dt = ins[1], imm = ins[5];
-        if (op == kOpLoad) continue;
         uint32_t v;
-        if (op == kOpConst) {
+        if (op == kOpLoad) {
+          const int32_t* in = inputs + imm * (1 + rank);
+          int64_t offset = 0;
+          for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * in[1 + d];
+          v = convert_held(load_held(ctx.operand<const char>(2 + imm), in[0], offset), in[0], dt, false);
+        } else if (op == kOpConst) {
           v = convert_held(uint32_t(imm), dtype_is_float(dt) ? kF32 : kI32, dt, true);
         } else if (op == kOpIota) {
           v = convert_held(uint32_t(index[imm]), kI32, dt, false);
