@@ -7,12 +7,13 @@ touch a few KiB each. A run of consecutive elementwise, reduce and indexing ops 
 
 - split by rows, when every step's range divides into the same R rows and each step reads
   what an earlier step wrote only within its own row (a norm at batch 8: 8 tasks);
-- as one task, when the run is small altogether (RoPE of a few heads with the cache append).
+- as one task, when the run is small altogether (a table lookup, its use and a cache update).
 
-Only where each task's interpreted work stays small: an elementwise element costs a thread
-about 2-4 µs of dependent interpreter latency (measured on H200, session 6), so a 2048-wide
-step in one task (8 elements a thread) takes longer than the hops it saves; spread over
-workers as separate ops, the same step takes one element a thread.
+Only chains: a step joins the run when it reads what an earlier step of the run wrote, and
+only where each task's interpreted work stays small. An interpreted element costs a thread
+about 3-5 µs (H200, session 6), so a 2048-wide step in one task (8 elements a thread) takes
+longer than the hops it saves; spread over workers as separate ops, the same step takes
+one element a thread.
 
 Steps keep their own semantics (the task kinds of jax_mpk/task_kinds.py); only the hops go.
 Merging consecutive ops keeps the graph acyclic: whatever the run waits for comes before it.
@@ -37,10 +38,13 @@ MAX_INTERPRETED = 512
 def fuse_sequences(graph: Graph) -> None:
     """Replaces each longest run of consecutive step ops that forms a sequence."""
     ops, fused, i = graph.ops, [], 0
+    written: set[int] = set()  # buffers the ops before the run write
     while i < len(ops):
         best, best_rows = i + 1, None
         j = i
         while j < len(ops) and j - i < MAX_STEPS and ops[j].kind in STEP_KINDS:
+            if j > i and not _continues(ops[j], ops[i:j], written):
+                break  # as its own op it runs beside the run, or waits for its own inputs
             j += 1
             rows = sequence_rows(ops[i:j])
             if rows is not None:
@@ -48,8 +52,20 @@ def fuse_sequences(graph: Graph) -> None:
             elif not _may_grow(ops[i:j]):
                 break
         fused.append(_sequence(ops[i:best], best_rows) if best - i >= 2 else ops[i])
+        written.update(id(t.buffer) for op in ops[i:best] for t in op.outputs)
         i = best
     graph.ops = fused
+
+
+def _continues(op: Op, run: list[Op], written: set[int]) -> bool:
+    """Whether op extends the run as a chain: it reads what a step of the run writes, and
+    whatever else it reads that earlier ops write, the run already waits for. Independent
+    ops gain more from running on other workers than one task saves in hops, and a step
+    with inputs of its own would hold the whole run back until they are ready."""
+    if not any(overlaps(t, out) for t in op.inputs for step in run for out in step.outputs):
+        return False
+    waited = {id(t.buffer) for step in run for t in step.inputs}
+    return all(id(t.buffer) not in written or id(t.buffer) in waited for t in op.inputs)
 
 
 def _may_grow(ops: list[Op]) -> bool:
