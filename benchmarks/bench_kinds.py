@@ -116,7 +116,8 @@ def in_kernel_us(fn, args, spec):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json")
-    parser.add_argument("--only", default="", help="cases whose name holds one of these, comma-separated")
+    parser.add_argument("--only", default="",
+                        help="cases whose name holds one of these, comma-separated")
     parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
     args = parser.parse_args()
     info = runtime.device_info()

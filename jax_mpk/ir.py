@@ -70,6 +70,36 @@ class Tensor:
         item = self.dtype.itemsize
         return self.offset * item, (last + 1) * item
 
+    def overlaps(self, other: Tensor) -> bool:
+        """Whether the two views share a byte: their spans meet and no period P separates
+        them. A period separates views when every stride of each is either a multiple of P
+        or stays inside one P-byte block, and the two blocks lie apart (the two halves of a
+        RoPE rotation: columns 0-31 and 32-63 of the same rows). Negative strides count as
+        overlapping."""
+        if self.buffer is not other.buffer:
+            return False
+        (alo, ahi), (blo, bhi) = self.span(), other.span()
+        if not (alo < bhi and blo < ahi):
+            return False
+        a, b = self._byte_dims(), other._byte_dims()
+        if any(s < 0 for _, s in a + b):
+            return True
+        for period in sorted({s for _, s in a + b if s > 0}):
+            ra, rb = self._residues(a, period), other._residues(b, period)
+            if ra and rb and (ra[1] <= rb[0] or rb[1] <= ra[0]):
+                return False
+        return True
+
+    def _byte_dims(self) -> list[tuple[int, int]]:
+        item = self.dtype.itemsize
+        return [(n, s * item) for n, s in zip(self.shape, self.strides, strict=True) if n > 1]
+
+    def _residues(self, dims, period: int) -> tuple[int, int] | None:
+        """[lo, hi) of the bytes this view touches, modulo period; None if that wraps."""
+        lo = self.offset * self.dtype.itemsize % period
+        hi = lo + sum((n - 1) * s for n, s in dims if s % period) + self.dtype.itemsize
+        return (lo, hi) if hi <= period else None
+
     def view(self, shape, strides, offset=0) -> Tensor:
         return Tensor(tuple(shape), self.dtype, self.buffer, self.offset + offset,
                       tuple(strides))

@@ -269,12 +269,9 @@ def _op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
         direct = set()
         accesses = [(t, False) for t in op.inputs] + [(t, True) for t in op.outputs]
         for t, is_write in accesses:
-            lo, hi = t.span()
             for j, other, other_write in history[id(t.buffer)]:
-                if (is_write or other_write) and j != i:
-                    olo, ohi = other.span()
-                    if lo < ohi and olo < hi:
-                        direct.add(j)
+                if (is_write or other_write) and j != i and t.overlaps(other):
+                    direct.add(j)
         reach = 0
         for j in direct:
             reach |= ancestors[j]

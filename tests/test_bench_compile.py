@@ -27,10 +27,10 @@ def test_llama_1b_step_needs_little_memory_besides_its_weights():
     assert program.workspace_bytes + program.constant_bytes < 0.02 * weight_bytes
 
 
-def test_llama_1b_step_waits_at_most_seventeen_times_a_layer():
-    """Fused attention, sibling tiling, the folded copies and short chained sequences leave
-    about 16 dependent stages a layer (norm 3, q/k/v, RoPE halves 2, cache append, extent,
-    attention 2, o, norm 3, gate/up, gating, down); session 4's compiler had about 25. Fewer
+def test_llama_1b_step_waits_at_most_sixteen_times_a_layer():
+    """Fused attention, sibling tiling, the folded copies, short chained sequences and exact
+    overlap of strided views (RoPE's halves run side by side) leave about 15 dependent
+    stages a layer; session 4's compiler had about 25. Fewer
     stages is not always faster: a 2048-wide norm as one task took 68 µs on an H200 against
     24 µs as three ops spread over workers, and independent ops merged into one task lose
     the workers they could have run on."""
@@ -38,5 +38,5 @@ def test_llama_1b_step_waits_at_most_seventeen_times_a_layer():
 
     step, inputs = abstract_step(LLAMA_1B, batch=1)
     lowered = jax_mpk.jit(step, donate_argnums=(2,)).lower(*inputs)
-    assert dependent_stages(lowered.program) <= 17 * LLAMA_1B.layers
+    assert dependent_stages(lowered.program) <= 16 * LLAMA_1B.layers
     assert "dependent stages:" in lowered.as_text()

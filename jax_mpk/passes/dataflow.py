@@ -14,13 +14,6 @@ def reads(op: Op) -> list[Tensor]:
     return op.inputs
 
 
-def overlaps(a: Tensor, b: Tensor) -> bool:
-    if a.buffer is not b.buffer:
-        return False
-    (alo, ahi), (blo, bhi) = a.span(), b.span()
-    return alo < bhi and blo < ahi
-
-
 def remove_dead_ops(graph: Graph) -> None:
     live = {id(t.buffer) for t in graph.outputs}
     kept = []
@@ -102,7 +95,7 @@ def _used_after(graph: Graph, at: int, t: Tensor, skip: Op) -> bool:
     """Whether anything after ops[at] reads t's bytes other than through the copy's result."""
     if any(out.buffer is t.buffer for out in graph.outputs):
         return True
-    return any(overlaps(x, t) for op in graph.ops[at + 1:] if op is not skip
+    return any(x.overlaps(t) for op in graph.ops[at + 1:] if op is not skip
                for x in reads(op) + writes(op))
 
 

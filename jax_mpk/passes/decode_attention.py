@@ -18,7 +18,6 @@ import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.attention import HUGE_NEGATIVE, find_mask, subtree
-from jax_mpk.passes.dataflow import overlaps
 from jax_mpk.task_kinds import Opcode, Reducer, const_value
 
 # kernels/tasks/decode_attention.cuh: its limits, and the task arena in float32 words.
@@ -39,8 +38,8 @@ def fuse_decode_attention(graph: Graph) -> None:
         others = [o for o in graph.ops[first + 1:last] if all(o is not c for c in chain)]
         # The op runs where the values matmul ran: nothing in between may change what the
         # scores read, or touch what the values write.
-        if any(overlaps(w, t) for o in others for w in o.outputs for t in op.inputs) or any(
-                overlaps(t, op.outputs[0]) for o in others for t in o.inputs + o.outputs):
+        if any(w.overlaps(t) for o in others for w in o.outputs for t in op.inputs) or any(
+                t.overlaps(op.outputs[0]) for o in others for t in o.inputs + o.outputs):
             continue
         graph.ops[last] = op
         for o in chain[:-1]:

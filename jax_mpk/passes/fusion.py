@@ -6,7 +6,6 @@ each of several readers."""
 from __future__ import annotations
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
-from jax_mpk.passes.dataflow import overlaps
 from jax_mpk.task_kinds import MAX_ELEMENTWISE_INSTRS, Instr, Opcode, const_bits
 
 CHEAP_INSTRS = 4  # a producer this short is recomputed by each of its readers
@@ -42,7 +41,7 @@ def fuse_elementwise(graph: Graph) -> None:
             plans = [_plan(producer, c) for c in consumers]
             if any(plan is None for plan in plans):
                 continue
-            if any(overlaps(w, r) for consumer in consumers
+            if any(w.overlaps(r) for consumer in consumers
                    for op in ops[position[id(producer)] + 1:position[id(consumer)]]
                    if id(op) not in removed for w in op.outputs for r in producer.inputs):
                 continue
@@ -101,8 +100,8 @@ def fuse_into_writers(graph: Graph) -> None:
             others = [t for t in consumer.inputs if t is not read]
             between = [op for op in ops[first + 1:at] if id(op) not in removed
                        and op not in writers]
-            if any(overlaps(w, t) for op in between for w in op.outputs for t in others) or any(
-                    overlaps(t, result) for op in between for t in op.inputs + op.outputs):
+            if any(w.overlaps(t) for op in between for w in op.outputs for t in others) or any(
+                    t.overlaps(result) for op in between for t in op.inputs + op.outputs):
                 continue
             for writer, dims in zip(writers, plans, strict=True):
                 _append(writer, consumer, j, dims)

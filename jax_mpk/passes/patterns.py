@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from jax_mpk.ir import Graph, Op, Role, Tensor
-from jax_mpk.passes.dataflow import is_plain_copy, overlaps
+from jax_mpk.passes.dataflow import is_plain_copy
 from jax_mpk.task_kinds import Opcode, Reducer
 from jax_mpk.tiling import _op_dependencies, _stream_x
 
@@ -45,7 +45,7 @@ def fold_linear_epilogues(graph: Graph) -> None:
             if other is None or add.outputs[0].dtype != out.dtype:
                 continue
             between = graph.ops[graph.ops.index(op) + 1:graph.ops.index(add)]
-            if any(overlaps(w, other) or overlaps(w, add.outputs[0])
+            if any(w.overlaps(other) or w.overlaps(add.outputs[0])
                    for o in between for w in o.outputs):
                 continue
             kind = _epilogue_kind(other, op)
@@ -119,7 +119,7 @@ def fold_output_copies(graph: Graph) -> None:
             continue
         strides = _copied_strides(matmul.attrs, src, dst)
         at, end = graph.ops.index(matmul), graph.ops.index(copy)
-        if strides is None or any(overlaps(t, dst) for op in graph.ops[at + 1:end]
+        if strides is None or any(t.overlaps(dst) for op in graph.ops[at + 1:end]
                                   for t in op.inputs + op.outputs):
             continue
         matmul.outputs = [dst]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 from jax_mpk.ir import Graph, Op, Tensor
-from jax_mpk.passes.dataflow import overlaps
 from jax_mpk.task_kinds import MAX_ELEMENTWISE_RANK
 
 STEP_KINDS = ("elementwise", "reduce", "gather_rows", "dynamic_slice", "dynamic_update_slice")
@@ -62,7 +61,7 @@ def _continues(op: Op, run: list[Op], written: set[int]) -> bool:
     whatever else it reads that earlier ops write, the run already waits for. Independent
     ops gain more from running on other workers than one task saves in hops, and a step
     with inputs of its own would hold the whole run back until they are ready."""
-    if not any(overlaps(t, out) for t in op.inputs for step in run for out in step.outputs):
+    if not any(t.overlaps(out) for t in op.inputs for step in run for out in step.outputs):
         return False
     waited = {id(t.buffer) for step in run for t in step.inputs}
     return all(id(t.buffer) not in written or id(t.buffer) in waited for t in op.inputs)
@@ -144,7 +143,7 @@ def _splits_by_rows(steps: list[Op], rows: int) -> bool:
         (out,) = op.outputs
         if not out.is_contiguous or id(out.buffer) in written:
             return False
-        if any(overlaps(out, t) for earlier in steps[:i + 1] for t in earlier.inputs):
+        if any(out.overlaps(t) for earlier in steps[:i + 1] for t in earlier.inputs):
             return False  # another row may still read what this row overwrites
         written[id(out.buffer)] = (out, out.size // rows)
     return True
