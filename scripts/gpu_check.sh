@@ -3,6 +3,8 @@
 # command buffers on and off), compute-sanitizer, and the benchmarks.
 # Results land in $OUT (or ./gpu_out): gpu.log with every step's output, the
 # benchmark JSON files and the timeline files. Usage: bash scripts/gpu_check.sh [pytest -k expr]
+# BASELINE_RUNTIME=path/to/libjax_mpk_runtime.so (carried) reruns bench_kinds on that build
+# too, for an A/B of kernel changes in one call; KINDS_ONLY=name,... limits bench_kinds.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 LOGS=$(mktemp -d)
@@ -58,7 +60,15 @@ $PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
 rm -f "$OUT"/timeline_dynamic.* "$OUT"/timeline_static.*  # the device tool returns 8 files
 $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
 step "task kinds inside the megakernel"
-timeout 300 $PY benchmarks/bench_kinds.py --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
+timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
+if [ -n "${BASELINE_RUNTIME:-}" ]; then  # an A/B in one call: the same cases on another runtime build
+  step "task kinds again, on the baseline runtime $BASELINE_RUNTIME"
+  installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+  cp "$installed" /tmp/jax_mpk_runtime_under_test.so && cp "$BASELINE_RUNTIME" "$installed"
+  timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} --json "$OUT/bench_kinds_baseline.json" 2>&1 \
+    | tee "$LOGS/6_bench_kinds_baseline.log" | tail -20
+  cp /tmp/jax_mpk_runtime_under_test.so "$installed"
+fi
 step "decode steps beside jax.jit (DECODE_SWEEP=1: Qwen3-8B too, batch 32, context 2048)"
 if [ -n "${DECODE_SWEEP:-}" ]; then sweep="--models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048"
 else sweep="--models llama-1b --batches 1,8 --contexts 512"; fi
