@@ -13,7 +13,7 @@ import pytest
 import jax_mpk
 from jax_mpk.program import TaskKind
 from jax_mpk.tiling import DeviceSpec
-from tests.harness import assert_close
+from tests.harness import assert_close, expect
 
 DEVICE = DeviceSpec(sm_count=16)  # 16 workers, tiles of 16 columns, K split in chunks >= 64
 K = 256
@@ -34,9 +34,7 @@ def _projections(x, ws):
 
 def _compile_and_check(fn, args, dtype):
     compiled = jax_mpk.jit(fn, backend="reference", device=DEVICE)
-    with jax.default_matmul_precision("highest"):
-        expected = jax.jit(fn)(*args)
-    assert_close(compiled(*args), expected, dtype)
+    assert_close(compiled(*args), expect(fn, *args), dtype)
     cp = compiled.lower(*args).compiled.program
     kinds = collections.defaultdict(collections.Counter)  # op index -> task kind -> tasks
     for record in cp.tasks:

@@ -110,8 +110,7 @@ def sequence_rows(steps: list[Op]) -> int | None:
            for op in steps):
         return None
     total = sum(work(op) for op in steps)
-    interpreted = max((op.outputs[0].size for op in steps if op.kind == "elementwise"),
-                      default=0)
+    interpreted = max((work(op) for op in steps if op.kind == "elementwise"), default=0)
     reduces = [op for op in steps if op.kind == "reduce"]
     if reduces:
         rows = reduces[0].attrs["outer"]
