@@ -217,13 +217,9 @@ NB_MODULE(_jax_mpk, m) {
   m.def("nvshmem_finalize", []() { check(jax_mpk::nvshmem_finalize()); });
   m.def("build_info", []() {
     nb::dict out;
-#ifdef JAX_MPK_NVSHMEM
-    out["nvshmem"] = true;
-#else
-    out["nvshmem"] = false;
-#endif
+    // Asked of the runtime library, which may be a prebuilt one linked against NVSHMEM.
+    out["nvshmem"] = jax_mpk::nvshmem_built();
     out["cuda_version"] = CUDART_VERSION;
-    out["nvshmem_callable"] = jax_mpk::nvshmem_built();
     return out;
   });
 }

@@ -178,8 +178,9 @@ class Function:
             donated.append(position in self.donate_argnums)
             names.append(f"arg{position}{jax.tree_util.keystr(path[1:])}")
         graph = build_graph(closed, donated, names, tp)
-        passes.optimize(graph, fuse_attention=self._device_spec().fused_attention)
-        program = compile_graph(graph, self._device_spec(), tp)
+        spec = self._device_spec()
+        passes.optimize(graph, fuse_attention=spec.fused_attention, fold_norms=spec.fold_norms)
+        program = compile_graph(graph, spec, tp)
         out_leaves, out_tree = jax.tree.flatten(out_shape)
         results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names,

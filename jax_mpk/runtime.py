@@ -35,8 +35,9 @@ def _register_target() -> None:
 
 
 def cuda_devices() -> list[jax.Device]:
+    """This process's CUDA devices (under jax.distributed, jax.devices() lists every process's)."""
     try:
-        return jax.devices("gpu")
+        return jax.local_devices(backend="gpu")
     except RuntimeError:
         return []
 

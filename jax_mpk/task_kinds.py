@@ -20,16 +20,20 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
-MATMUL        operands: out, descriptor, x, w[, residual][, bias][, extent]
+MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale][, extent]
               out[b, m, n] = sum_k x[b, m, k] * w[b, k, n] (+ residual[b, m, n]) (+ bias[n])
               dims: [b_first, b_count, n_first, n_count, k_first, k_count]
               descriptor (int32): [B, B1, M, N, K, x_dtype, w_dtype, out_dtype, flags,
                                    x_stride_b0, x_stride_b1, x_stride_m, x_stride_k,
                                    w_stride_b0, w_stride_b1, w_stride_k, w_stride_n,
-                                   out_stride_b, out_stride_m, out_stride_n, extent_axis]
+                                   out_stride_b, out_stride_m, out_stride_n, extent_axis,
+                                   norm_eps, norm_offset, norm_dtype, scale_dtype]
               Batch index b splits into (b // B1, b % B1) for the x and w strides.
-              flags: 1 has residual (laid out like out), 2 has bias [N]. A task with a partial
-              k range (split-K) writes float32 partial sums for its k range.
+              flags: 1 has residual (laid out like out), 2 has bias [N], 4 (MATMUL_NORM)
+              RMS-normalizes x's rows first: x[m, k] / sqrt(sum over all K of x[m, k]^2 / K
+              + norm_eps) * (norm_offset + scale[k]) in float32, rounded to norm_dtype
+              (eps and offset as float32 bits; B is 1). A task with a partial k range
+              (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
               are written as 0 without reading x or w there; 3 (K): the sum runs over
               k < extent only. Attention bounds its KV-cache matmuls so to the live cache.
@@ -88,6 +92,7 @@ MAX_ELEMENTWISE_INSTRS = 64  # kMaxRegisters of kernels/tasks/elementwise.cuh
 MAX_SLICE_RANK = 4
 SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
 ATTENTION_WHOLE, ATTENTION_PARTIAL, ATTENTION_MERGE = 0, 1, 2  # DECODE_ATTENTION modes
+MATMUL_NORM = 4  # MATMUL flag: RMS-normalize x's rows first
 
 
 class DType(enum.IntEnum):

@@ -21,12 +21,14 @@ from jax_mpk.task_kinds import (
     ATTENTION_MERGE,
     ATTENTION_PARTIAL,
     ATTENTION_WHOLE,
+    MATMUL_NORM,
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
     SEQUENCE_STEP_WORDS,
     ElementwiseProgram,
     Instr,
     Opcode,
+    const_bits,
     dtype_code,
 )
 from jax_mpk.taskgraph import Operand, RuntimeConfig, TaskGraph
@@ -56,6 +58,8 @@ class DeviceSpec:
     # Decode attention as one task kind (passes/decode_attention.py); False keeps the scores
     # matmul, softmax and values matmul (0.5 ms slower a 1B decode step on an H200).
     fused_attention: bool = True
+    # RMS norms read only by matmuls are computed in those matmuls (passes/norm_linear.py).
+    fold_norms: bool = True
     collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
@@ -467,11 +471,14 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     a = dict(op.attrs)
     has_residual = "residual" in a
     has_bias = "bias" in a
+    norm = a.get("norm")  # passes/norm_linear.py: (eps, offset, dtype), scale after the epilogue
     out_strides = a.get("out_strides", (a["M"] * a["N"], a["N"], 1))
     if _stream_x(a, has_bias):
         x, w, a, out_strides = _transposed(x, w, a, out_strides)
     B, M, N, K = a["B"], a["M"], a["N"], a["K"]
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
+    scale_input = op.inputs[2 + len(extra)] if norm else None
+    scale = [pb.location(scale_input)] if norm else []
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
     b_tiles = [(b, 1) for b in range(B)]
@@ -493,7 +500,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     splits = 1
     # Too few output tiles to busy the device: split K. Not over a live extent (attention's
     # values over the cache): splits past it would idle, and the combine costs a stage.
-    if tiles * 2 <= pb.workers and extent_axis != EXTENT_AXES["K"]:
+    # Nor with a norm (passes/norm_linear.py): each task normalizes whole rows of x.
+    if tiles * 2 <= pb.workers and extent_axis != EXTENT_AXES["K"] and not norm:
         splits = max(1, min(pb.workers // tiles, K // pb.device.min_split_k,
                             pb.device.max_split_k))
     k_tiles = _tiles(K, splits)
@@ -501,15 +509,21 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     # are ready: the kernel starts their first loads while it waits.
     prefetch = TASK_PREFETCH if w.buffer.role in READ_ONLY_ROLES and not extent_axis else 0
 
+    eps, offset, norm_dtype = norm or (0.0, 0.0, x.dtype)
+    norm_words = [const_bits(eps, np.float32), const_bits(offset, np.float32),
+                  dtype_code(norm_dtype), dtype_code(scale_input.dtype if norm else x.dtype)]
+
     def desc(out_dtype, flags, strides=out_strides):
+        flags |= MATMUL_NORM if norm else 0
         return pb.descriptor(np.array(
             [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
-             flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis], np.int32))
+             flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis, *norm_words],
+            np.int32))
 
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1
         locations = [pb.location(out), desc(out.dtype, flags), pb.location(x),
-                     pb.location(w)] + [pb.location(t) for t in extra] + extent
+                     pb.location(w)] + [pb.location(t) for t in extra] + scale + extent
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
                 pb.add(TaskKind.MATMUL, locations, [b0, bn, n0, nn, 0, K], index,
@@ -527,7 +541,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         for b0, bn in b_tiles:
             for n0, nn in n_tiles:
                 pb.add(TaskKind.MATMUL, [dst, partial_desc, pb.location(x), pb.location(w)]
-                       + extent, [b0, bn, n0, nn, k0, kn], index, flags=prefetch)
+                       + scale + extent, [b0, bn, n0, nn, k0, kn], index, flags=prefetch)
     f32 = np.dtype(np.float32)
     partials = [Tensor((B * M * N,), f32, scratch, s * B * M * N) for s in range(len(k_tiles))]
     instrs = [Instr(Opcode.LOAD, f32, (), s) for s in range(len(k_tiles))]

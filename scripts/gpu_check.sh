@@ -14,6 +14,9 @@ PY=${PYTHON:-/opt/torch/.venv/bin/python}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 status=0
 step() { echo "== $*"; }
+# A prebuilt runtime linked against NVSHMEM elsewhere finds libnvshmem_host here.
+nvshmem_lib=$($PY -c "import nvidia.nvshmem as n; print(list(n.__path__)[0] + '/lib')" 2>/dev/null) \
+  && export LD_LIBRARY_PATH=$nvshmem_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 step build
 start=$(date +%s)

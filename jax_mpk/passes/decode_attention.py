@@ -23,7 +23,7 @@ from jax_mpk.task_kinds import Opcode, Reducer, const_value
 # kernels/tasks/decode_attention.cuh: its limits, and the task arena in float32 words.
 MAX_HEAD_DIM = 256
 MAX_ROWS = 64
-SHARED_FLOATS = 112 * 1024 // 4
+SHARED_FLOATS = (112 - 32) * 1024 // 4  # the last 32 KiB: the value pass's sums (kReduceFloats)
 MIN_POSITIONS = 64  # positions of the cache a split holds at least
 
 

@@ -199,6 +199,9 @@ def matmul(ctx, dims):
     k = np.arange(k0, k0 + kn)
     x = ctx.load(2, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1] + m * xs[2]
                  + k[None, None, :] * xs[3])
+    if flags & 4:  # the norm's scale follows residual and bias
+        scale_at = 4 + bool(flags & 1) + bool(flags & 2)
+        x = _rms_normed(ctx, scale_at, desc, x_dtype, xs, M, K, rows, k)
     w = ctx.load(3, numpy_dtype(w_dtype), outer * ws[0] + inner * ws[1]
                  + k[None, :, None] * ws[2] + n * ws[3])
     live = np.matmul(x.astype(F32), w.astype(F32))
@@ -213,6 +216,18 @@ def matmul(ctx, dims):
     if flags & 2:
         acc = acc + ctx.load(extra, numpy_dtype(out_dtype), n).astype(F32)
     ctx.store(0, numpy_dtype(out_dtype), out_offsets, acc)
+
+
+def _rms_normed(ctx, scale_at, desc, x_dtype, xs, M, K, rows, k):
+    """Rows [0, rows) of x over k, RMS-normalized over all K as the kernel does (B is 1)."""
+    eps, offset = np.array(desc[21:23], np.int32).view(F32)
+    norm_dtype, scale_dtype = numpy_dtype(int(desc[23])), numpy_dtype(int(desc[24]))
+    whole = ctx.load(2, numpy_dtype(x_dtype), np.arange(M)[:, None] * xs[2]
+                     + np.arange(K)[None, :] * xs[3]).astype(F32)
+    inv = np.float32(1) / np.sqrt((whole * whole).sum(-1, dtype=F32) / np.float32(K) + eps)
+    gain = offset + ctx.load(scale_at, scale_dtype, k).astype(F32)
+    normed = whole[:rows, k] * inv[:rows, None] * gain
+    return normed.astype(norm_dtype)[None]
 
 
 # Indexing ---------------------------------------------------------------------------------

@@ -8,9 +8,13 @@
 // the scores matmul they replace stores them.
 //
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
-// whole, the output [G][Dv]). A thread per position computes its dot products, four query
-// rows a pass over its key row; a warp per query row takes its max and sum; a thread per
-// (g, d) of the output accumulates v.
+// whole, the output [G][Dv]); its last kReduceFloats hold the value pass's per-warp sums.
+// Rows of k and v that are contiguous and 16-byte aligned (bf16, f16, f32) are read 16 bytes
+// a load: a group of C lanes per row, each thread's loads of a round issued together. The
+// dot products are summed across a group by shuffles; the value sums (four query rows a
+// pass) across a warp by shuffles, then across warps in shared memory. Otherwise a thread
+// per position computes its dot products, a thread per (g, d) accumulates v. A warp per
+// query row takes its max and sum.
 #pragma once
 
 #include "../runtime/task_context.cuh"
@@ -26,6 +30,8 @@ struct DecodeAttentionTask {
   static constexpr int kMaxHeadDim = 256;  // jax_mpk.passes.decode_attention.MAX_HEAD_DIM
   static constexpr int kMaxRows = 64;      // query rows a task holds (G)
   static constexpr int kRowsPerPass = 4;   // query rows a thread's pass over a key row serves
+  static constexpr int kLoads = 4;         // 16-byte loads a thread issues before it uses them
+  static constexpr int kReduceFloats = kWarps * kRowsPerPass * kMaxHeadDim;
   enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
 
   struct Problem {
@@ -79,6 +85,143 @@ struct DecodeAttentionTask {
     return v;
   }
 
+  __device__ static float to_float(float v) { return v; }
+  __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static float to_float(__half v) { return __half2float(v); }
+
+  // Lanes per row when rows of `length` elements of T at `row` (stride `stride`, unit
+  // element stride) can be read 16 bytes a lane by a power-of-two group of lanes; else 0.
+  template <typename T>
+  __device__ static int vector_lanes(const T* row, int length, int64_t stride, int64_t unit) {
+    constexpr int V = 16 / sizeof(T);
+    const int lanes = length / V;
+    if (unit != 1 || length % V || stride % V || reinterpret_cast<uintptr_t>(row) % 16) return 0;
+    return lanes >= 1 && lanes <= 32 && (lanes & (lanes - 1)) == 0 ? lanes : 0;
+  }
+
+  // s[g][t] = round(q[g] . k[t0 + t]) * scale; false when k's rows are not vector rows.
+  template <typename T>
+  __device__ static bool scores_by_vectors(const TaskContext& ctx, const Problem& p, const char* kp, int64_t k_b,
+                                           int t0, int n, const float* q, float* s) {
+    constexpr int V = 16 / sizeof(T);
+    const T* k = reinterpret_cast<const T*>(kp) + k_b + int64_t(t0) * p.ks[2];
+    const int C = vector_lanes(k, p.D, p.ks[2], p.ks[3]);
+    if (C == 0) return false;
+    const int c = ctx.thread % C, slot = ctx.thread / C, slots = kWorkerThreads / C;
+    for (int base = 0; base < n; base += kLoads * slots) {  // uniform bounds: every lane shuffles
+      uint4 raw[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int t = base + u * slots + slot;
+        if (t < n) raw[u] = *reinterpret_cast<const uint4*>(k + int64_t(t) * p.ks[2] + c * V);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int t = base + u * slots + slot;
+        const T* e = reinterpret_cast<const T*>(&raw[u]);
+        for (int g = 0; g < p.G; ++g) {
+          const float* qg = q + g * p.D + c * V;
+          float dot = 0.0f;
+#pragma unroll
+          for (int v = 0; v < V; ++v) dot = fmaf(qg[v], to_float(e[v]), dot);
+          for (int offset = C / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
+          if (c == 0 && t < n) s[g * n + t] = round_float(dot, p.scores_dtype) * p.scale;
+        }
+      }
+    }
+    return true;
+  }
+
+  __device__ static void scores_by_scalars(const TaskContext& ctx, const Problem& p, const char* kp, int64_t k_b,
+                                           int t0, int n, const float* q, float* s) {
+    for (int t = ctx.thread; t < n; t += kWorkerThreads) {
+      const int64_t k_t = k_b + int64_t(t0 + t) * p.ks[2];
+      for (int g0 = 0; g0 < p.G; g0 += kRowsPerPass) {
+        float dot[kRowsPerPass] = {};
+#pragma unroll 4
+        for (int d = 0; d < p.D; ++d) {
+          const float k = load_f32(kp, p.k_dtype, k_t + d * p.ks[3]);
+#pragma unroll
+          for (int j = 0; j < kRowsPerPass; ++j)
+            if (g0 + j < p.G) dot[j] = fmaf(q[(g0 + j) * p.D + d], k, dot[j]);  // q: a broadcast
+        }
+#pragma unroll
+        for (int j = 0; j < kRowsPerPass; ++j)
+          if (g0 + j < p.G) s[(g0 + j) * n + t] = round_float(dot[j], p.scores_dtype) * p.scale;
+      }
+    }
+  }
+
+  // acc[g][d] = sum over t of e[g][t] v[t0 + t][d]; false when v's rows are not vector rows.
+  template <typename T>
+  __device__ static bool values_by_vectors(const TaskContext& ctx, const Problem& p, const char* vp, int64_t v_b,
+                                           int t0, int n, const float* e, float* acc_out) {
+    constexpr int V = 16 / sizeof(T);
+    const T* v = reinterpret_cast<const T*>(vp) + v_b + int64_t(t0) * p.vs[2];
+    const int C = vector_lanes(v, p.Dv, p.vs[2], p.vs[3]);
+    if (C == 0) return false;
+    float* sums = reinterpret_cast<float*>(ctx.shared + kTaskSharedBytes) - kReduceFloats;  // [warp][j][Dv]
+    const int c = ctx.thread % C, slot = ctx.thread / C, slots = kWorkerThreads / C;
+    const int lane = ctx.thread % 32, warp = ctx.thread / 32;
+    for (int g0 = 0; g0 < p.G; g0 += kRowsPerPass) {
+      const int rows = min(kRowsPerPass, p.G - g0);
+      float acc[kRowsPerPass][V] = {};
+      for (int base = slot; base < n; base += kLoads * slots) {
+        uint4 raw[kLoads];
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          const int t = base + u * slots;
+          if (t < n) raw[u] = *reinterpret_cast<const uint4*>(v + int64_t(t) * p.vs[2] + c * V);
+        }
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) {
+          const int t = base + u * slots;
+          if (t >= n) break;
+          const T* x = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+          for (int j = 0; j < kRowsPerPass; ++j) {
+            if (j >= rows) break;
+            const float w = e[(g0 + j) * n + t];
+#pragma unroll
+            for (int i = 0; i < V; ++i) acc[j][i] = fmaf(w, to_float(x[i]), acc[j][i]);
+          }
+        }
+      }
+      // Lanes lane ^ C, lane ^ 2C, ... hold the same columns: sum them, then the warps.
+#pragma unroll
+      for (int j = 0; j < kRowsPerPass; ++j)
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          for (int offset = C; offset < 32; offset *= 2) acc[j][i] += __shfl_xor_sync(0xFFFFFFFFu, acc[j][i], offset);
+      if (lane < C)
+#pragma unroll
+        for (int j = 0; j < kRowsPerPass; ++j)
+#pragma unroll
+          for (int i = 0; i < V; ++i) sums[(warp * kRowsPerPass + j) * p.Dv + c * V + i] = acc[j][i];
+      __syncthreads();
+      for (int i = ctx.thread; i < rows * p.Dv; i += kWorkerThreads) {
+        float total = 0.0f;
+        for (int w = 0; w < kWarps; ++w) total += sums[w * kRowsPerPass * p.Dv + i];
+        acc_out[g0 * p.Dv + i] = total;
+      }
+      __syncthreads();
+    }
+    return true;
+  }
+
+  __device__ static void values_by_scalars(const TaskContext& ctx, const Problem& p, const char* vp, int64_t v_b,
+                                           int t0, int n, const float* s, float* acc_out) {
+    for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
+      const int g = i / p.Dv, d = i % p.Dv;
+      const float* e = s + g * n;
+      const int64_t v_d = v_b + d * p.vs[3];
+      float acc = 0.0f;
+#pragma unroll 4
+      for (int t = 0; t < n; ++t) acc = fmaf(e[t], load_f32(vp, p.v_dtype, v_d + int64_t(t0 + t) * p.vs[2]), acc);
+      acc_out[i] = acc;
+    }
+  }
+
   // Positions [t0, t1) of batch index b: m[g], l[g] and acc[g][d] (the last kept per thread:
   // thread i owns (g, d) = (i / Dv, i % Dv), i += kWorkerThreads).
   __device__ static void attend(const TaskContext& ctx, const Problem& p, int b, int t0, int t1, float* m_out,
@@ -96,22 +239,10 @@ struct DecodeAttentionTask {
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads)
       q[i] = load_f32(qp, p.q_dtype, q_b + (i / p.D) * p.qs[2] + (i % p.D) * p.qs[3]);
     __syncthreads();
-    for (int t = ctx.thread; t < n; t += kWorkerThreads) {
-      const int64_t k_t = k_b + int64_t(t0 + t) * p.ks[2];
-      for (int g0 = 0; g0 < p.G; g0 += kRowsPerPass) {
-        float dot[kRowsPerPass] = {};
-#pragma unroll 4
-        for (int d = 0; d < p.D; ++d) {
-          const float k = load_f32(kp, p.k_dtype, k_t + d * p.ks[3]);
-#pragma unroll
-          for (int j = 0; j < kRowsPerPass; ++j)
-            if (g0 + j < p.G) dot[j] = fmaf(q[(g0 + j) * p.D + d], k, dot[j]);  // q: a broadcast
-        }
-#pragma unroll
-        for (int j = 0; j < kRowsPerPass; ++j)
-          if (g0 + j < p.G) s[(g0 + j) * n + t] = round_float(dot[j], p.scores_dtype) * p.scale;
-      }
-    }
+    const bool k_vectors = p.k_dtype == kBF16 ? scores_by_vectors<__nv_bfloat16>(ctx, p, kp, k_b, t0, n, q, s)
+                           : p.k_dtype == kF16 ? scores_by_vectors<__half>(ctx, p, kp, k_b, t0, n, q, s)
+                           : p.k_dtype == kF32 && scores_by_vectors<float>(ctx, p, kp, k_b, t0, n, q, s);
+    if (!k_vectors) scores_by_scalars(ctx, p, kp, k_b, t0, n, q, s);
     __syncthreads();
     for (int g = warp; g < p.G; g += kWarps) {
       float m = -INFINITY;
@@ -130,15 +261,10 @@ struct DecodeAttentionTask {
       }
     }
     __syncthreads();
-    for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
-      const int g = i / p.Dv, d = i % p.Dv;
-      const float* e = s + g * n;
-      const int64_t v_d = v_b + d * p.vs[3];
-      float acc = 0.0f;
-#pragma unroll 4
-      for (int t = 0; t < n; ++t) acc = fmaf(e[t], load_f32(vp, p.v_dtype, v_d + int64_t(t0 + t) * p.vs[2]), acc);
-      acc_out[i] = acc;
-    }
+    const bool v_vectors = p.v_dtype == kBF16 ? values_by_vectors<__nv_bfloat16>(ctx, p, vp, v_b, t0, n, s, acc_out)
+                           : p.v_dtype == kF16 ? values_by_vectors<__half>(ctx, p, vp, v_b, t0, n, s, acc_out)
+                           : p.v_dtype == kF32 && values_by_vectors<float>(ctx, p, vp, v_b, t0, n, s, acc_out);
+    if (!v_vectors) values_by_scalars(ctx, p, vp, v_b, t0, n, s, acc_out);
     for (int g = ctx.thread; g < p.G; g += kWorkerThreads) {
       m_out[g] = row_max[g];
       l_out[g] = row_sum[g];
@@ -150,7 +276,8 @@ struct DecodeAttentionTask {
     store_f32(ctx.operand<char>(0), p.out_dtype, b * p.os[0] + g * p.os[1] + d * p.os[2], value);
   }
 
-  __device__ static void run(const TaskContext& ctx) {
+  // Out of line: inlined into the workers, its 16-byte paths made them spill.
+  __device__ __noinline__ static void run(const TaskContext& ctx) {
     const Problem p = problem_of(ctx);
     if (p.G > kMaxRows || p.D > kMaxHeadDim || p.Dv > kMaxHeadDim) {
       if (ctx.thread == 0) report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind, p.G);

@@ -1,6 +1,8 @@
 // MATMUL: out[b, m, n] = sum_k x[b, m, k] w[b, k, n] (+ residual[b, m, n]) (+ bias[n]) over
-// the task's (b, n, k) ranges and every m, accumulated in float32.
-// operands: out, descriptor, x, w[, residual][, bias][, extent]; dims: b_first, b_count,
+// the task's (b, n, k) ranges and every m, accumulated in float32. With the norm flag, x's
+// rows are RMS-normalized first (passes/norm_linear.py): x[m, k] / sqrt(sum_k x[m, k]^2 / K
+// + eps) * (offset + scale[k]), rounded to the norm's dtype, where stages_whole() holds.
+// operands: out, descriptor, x, w[, residual][, bias][, scale][, extent]; dims: b_first, b_count,
 // n_first, n_count, k_first, k_count; descriptor: see jax_mpk/task_kinds.py (batch index b
 // is (b / B1, b % B1) for the x and w strides). Its extent axis (1 M, 2 N, 3 K) is bounded by
 // the int32 last operand: rows or columns past it get a zero sum (and the epilogue) without
@@ -22,7 +24,9 @@ namespace mpk {
 struct MatmulTask {
   static constexpr TaskKind kKind = kTaskMatmul;
   static constexpr const char* kName = "matmul";
-  static constexpr int kDescWords = 21;
+  static constexpr int kDescWords = 25;
+  static constexpr int kResidual = 1, kBias = 2, kNorm = 4;  // flags
+  static constexpr int kStagedRows = 4;  // rows run() stages whole (jax_mpk.passes.norm_linear)
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
   static constexpr int kUnroll = 4;  // weight loads in flight per thread, without the ring
@@ -64,7 +68,7 @@ struct MatmulTask {
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 4 || d.num_operands > 7)
       return "matmul takes operands out, descriptor, x, w[, residual][, bias][, extent]";
-    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 21 int32";
+    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 25 int32";
     for (int i = 0; i < 6; ++i)
       if (d.dims[i] < 0) return "matmul dims (b, n, k first and count) must be >= 0";
     return nullptr;
@@ -110,6 +114,7 @@ struct MatmulTask {
 
   __device__ static void stage_x(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
                                  int kc, float* staged) {
+    if (!p.x) return;  // run() staged all of x already (stages_whole)
     __syncthreads();  // the previous chunk is consumed
     const int stride = padded(kc);
     for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
@@ -117,6 +122,95 @@ struct MatmulTask {
       staged[r * stride + k] = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3]);
     }
     __syncthreads();
+  }
+
+  // Whether run() stages all of x (stage_whole) before by_columns runs, which then stages
+  // nothing (run() clears p.x): batch index 0 alone, at most kStagedRows rows (one pass of
+  // by_columns), all of k in one chunk, x contiguous along k in 16-byte aligned rows; with
+  // the norm flag, all of K (no split-K).
+  __device__ static bool stages_whole(const TaskContext& ctx, const Problem& p) {
+    const int V = 16 / dtype_size(p.x_dtype);
+    return p.ws[3] == 1 && p.ws[2] != 1 && p.extent_axis == 0 && ctx.desc.dims[0] == 0 && ctx.desc.dims[1] == 1 &&
+           p.M <= kStagedRows && p.M * padded(p.kn) <= kStagedX && p.xs[3] == 1 && p.kn % V == 0 &&
+           (p.M == 1 || p.xs[2] % V == 0) && reinterpret_cast<uintptr_t>(p.x + p.k0 * dtype_size(p.x_dtype)) % 16 == 0 &&
+           (p.x_dtype == kBF16 || p.x_dtype == kF16 || p.x_dtype == kF32) &&
+           (!(p.flags & kNorm) || (p.k0 == 0 && p.kn == ctx.operand<const int32_t>(1)[4]));  // rows whole
+  }
+
+  // Every load of x is on the critical path (its writer just finished), so a thread issues
+  // its 16-byte loads of x before it waits for any. Rows [0, M) over k in [k0, k0 + kn); with
+  // the norm flag, each thread also sums the squares of what it loaded into its row's total,
+  // then normalizes what it staged (the same elements: no barrier between).
+  __device__ static void stage_whole(const TaskContext& ctx, const Problem& p, float* staged) {
+    const bool norm = p.flags & kNorm;
+    float* sums = norm_rows();
+    if (norm) {
+      for (int m = ctx.thread; m < p.M; m += kWorkerThreads) sums[m] = 0.0f;
+      __syncthreads();
+    }
+    if (p.x_dtype == kBF16) stage_vectors<__nv_bfloat16>(ctx, p, staged, norm ? sums : nullptr);
+    else if (p.x_dtype == kF16) stage_vectors<__half>(ctx, p, staged, norm ? sums : nullptr);
+    else stage_vectors<float>(ctx, p, staged, norm ? sums : nullptr);
+    if (norm) {
+      __syncthreads();
+      const float K = float(ctx.operand<const int32_t>(1)[4]), eps = __int_as_float(ctx.operand<const int32_t>(1)[21]);
+      for (int m = ctx.thread; m < p.M; m += kWorkerThreads) sums[m] = 1.0f / sqrtf(sums[m] / K + eps);
+      __syncthreads();
+      normalize_staged(ctx, p, staged, sums);
+    }
+    __syncthreads();
+  }
+
+  // stages_whole() checked that x is contiguous along k and its rows 16-byte aligned.
+  template <typename T>
+  __device__ static void stage_vectors(const TaskContext& ctx, const Problem& p, float* staged, float* sums) {
+    constexpr int V = 16 / sizeof(T);
+    const T* x = reinterpret_cast<const T*>(p.x) + p.k0;
+    const int per_row = p.kn / V, stride = padded(p.kn);
+    for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(i / per_row) * p.xs[2] + (i % per_row) * V);
+      const T* e = reinterpret_cast<const T*>(&raw);
+      float4* to = reinterpret_cast<float4*>(staged + (i / per_row) * stride + (i % per_row) * V);
+      float squares = 0.0f;
+#pragma unroll
+      for (int q = 0; q < V / 4; ++q) {
+        const float4 f = make_float4(to_float(e[4 * q]), to_float(e[4 * q + 1]), to_float(e[4 * q + 2]),
+                                     to_float(e[4 * q + 3]));
+        to[q] = f;
+        // Each square rounds to float32, as the unfused op's do.
+        squares += __fmul_rn(f.x, f.x) + __fmul_rn(f.y, f.y) + __fmul_rn(f.z, f.z) + __fmul_rn(f.w, f.w);
+      }
+      if (sums) atomicAdd(sums + i / per_row, squares);
+    }
+  }
+
+  // Out of line, as it is never called on a valid program: its arguments would otherwise
+  // hold registers through the matmul loops.
+  __device__ __noinline__ static void report_unstaged_norm(const TaskContext& ctx, int M) {
+    if (ctx.thread == 0) report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind, M);
+  }
+
+  // The norm's row sums of squares, then 1 / sqrt(mean square + eps) of each row of x.
+  __device__ static float* norm_rows() {
+    __shared__ float rows[kStagedRows];
+    return rows;
+  }
+
+  // staged[m][k] = round(staged[m][k] * inv_rms[m] * (offset + scale[k0 + k])) for the
+  // vectors this thread staged.
+  __device__ static void normalize_staged(const TaskContext& ctx, const Problem& p, float* staged,
+                                          const float* inv_rms) {
+    const int32_t* desc = ctx.operand<const int32_t>(1);
+    const float offset = __int_as_float(desc[22]);
+    const int norm_dtype = desc[23], scale_dtype = desc[24];
+    const char* scale = ctx.operand<const char>(4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0));
+    const int V = 16 / dtype_size(p.x_dtype), per_row = p.kn / V, stride = padded(p.kn);
+    for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
+      const int m = i / per_row, k = (i % per_row) * V;
+      float* at = staged + m * stride + k;
+      for (int v = 0; v < V; ++v)
+        at[v] = round_float(at[v] * inv_rms[m] * (offset + load_f32(scale, scale_dtype, p.k0 + k + v)), norm_dtype);
+    }
   }
 
   // k values per staged chunk (a multiple of 4 and of `multiple`) for `rows` rows of x at a
@@ -511,8 +605,8 @@ struct MatmulTask {
     p.x = ctx.operand<const char>(2);
     p.w = ctx.operand<const char>(3);
     int extra = 4;
-    p.residual = p.flags & 1 ? ctx.operand<const char>(extra++) : nullptr;
-    p.bias = p.flags & 2 ? ctx.operand<const char>(extra) : nullptr;
+    p.residual = p.flags & kResidual ? ctx.operand<const char>(extra++) : nullptr;
+    p.bias = p.flags & kBias ? ctx.operand<const char>(extra) : nullptr;
     p.n0 = ctx.desc.dims[2];
     p.nn = ctx.desc.dims[3];
     p.k0 = ctx.desc.dims[4];
@@ -562,6 +656,13 @@ struct MatmulTask {
 
   __device__ static void run(const TaskContext& ctx) {
     Problem p = problem_of(ctx);
+    if (stages_whole(ctx, p)) {
+      stage_whole(ctx, p, Shared(ctx.shared).staged);
+      p.x = nullptr;  // the loops stage nothing; a flag would hold a register through them
+    } else if (p.flags & kNorm) {  // passes/norm_linear.py folds a norm only where it holds
+      report_unstaged_norm(ctx, p.M);
+      return;
+    }
     const bool prefetched = ctx.prefetched && prefetchable(ctx, p);
     if (p.extent_axis) {
       const int bound = p.extent_axis == 1 ? p.M : p.extent_axis == 2 ? p.n0 + p.nn : p.k0 + p.kn;
