@@ -82,9 +82,13 @@ def test_norms_it_must_leave_alone():
     def linear(x, scale, wq):
         return rms_norm("llama", x, scale) @ wq
 
+    def gram(x, scale):  # the normed rows as both operands
+        n = rms_norm("llama", x, scale)[:, 0, :]
+        return n @ n.T
+
     for fn, args in ((also_returned, (x, scale, wq)), (layer_norm, (x, scale, wq)),
                      (also_returned, (many_rows, scale, wq)),
-                     (linear, (ragged[0], ragged[2], ragged[3]))):
+                     (linear, (ragged[0], ragged[2], ragged[3])), (gram, (x, scale))):
         compiled = jax_mpk.jit(fn, backend="reference", device=SMALL_DEVICE)
         assert_close(compiled(*args), expect(fn, *args), jnp.bfloat16)
         ops = ops_of(compiled, args)

@@ -9,7 +9,7 @@ Matched strictly on the programs, with either association of the product:
 - squares: `f32(x) * f32(x)`, `square(f32(x))` or `integer_pow(f32(x), 2)`;
 - sums: a SUM over the last axis of the squares, read only by the scaled rows;
 - scaled rows: a product of `f32(x)` (or `f32(x) - 0`), `1 / sqrt(sum / K + eps)` (as
-  RSQRT, `integer_pow(sqrt, -1)` or `1 / sqrt`) and at most one of `f32(scale)` or
+  RSQRT, `integer_pow(sqrt, -1)` or `1 / sqrt`) and one of `f32(scale)` or
   `offset + f32(scale)` (scale a [K] vector), cast to its dtype.
 The kernel computes `x * inv * gain` left to right; a norm whose product associates
 otherwise (Flax's `x * (inv * scale)`) may differ in the last float32 bit before the cast,
@@ -212,7 +212,8 @@ def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs) 
             or (K * x.dtype.itemsize) % 16 or (x.offset * x.dtype.itemsize) % 16
             or x.dtype.itemsize not in (2, 4)
             or a["w_strides"][3] != 1 or a["w_strides"][2] == 1 or "extent_axis" in a
-            or "norm" in a or _stream_x(a, "bias" in a)):
+            or "norm" in a or _stream_x(a, "bias" in a)
+            or any(t.buffer is normed.buffer for t in matmul.inputs[1:])):
         return None
     epilogue = int("residual" in a) + int("bias" in a)
     inputs = [x.view(view.shape, view.strides, view.offset - normed.offset), *matmul.inputs[1:]]
