@@ -18,7 +18,7 @@ import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.attention import HUGE_NEGATIVE, find_mask, subtree
-from jax_mpk.task_kinds import Opcode, Reducer, const_value
+from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/decode_attention.cuh: its limits, and the task arena in float32 words.
 MAX_HEAD_DIM = 256
@@ -140,7 +140,7 @@ def _quotient(op: Op):
         return None, None
     loads = _loads(op)
     a, b = instrs[2].args
-    if {a, b} != {0, 1} or any(not _is_float(instrs[i].dtype) for i in range(3)):
+    if {a, b} != {0, 1} or any(not is_float(instrs[i].dtype) for i in range(3)):
         return None, None
     return loads[a], loads[b]
 
@@ -165,7 +165,7 @@ def _exp_of_difference(op: Op):
         return None, None
     if instrs[x_at].opcode != Opcode.LOAD or instrs[m_at].opcode != Opcode.LOAD:
         return None, None
-    if any(not _is_float(ins.dtype) for ins in instrs):
+    if any(not is_float(ins.dtype) for ins in instrs):
         return None, None
     return op.inputs[instrs[x_at].imm], op.inputs[instrs[m_at].imm]
 
@@ -198,7 +198,7 @@ def _masked_scores(op: Op):
         at = a
     if instrs[at].opcode == Opcode.CONVERT:
         at = instrs[at].args[0]
-    if instrs[at].opcode != Opcode.LOAD or not _is_float(instrs[-1].dtype):
+    if instrs[at].opcode != Opcode.LOAD or not is_float(instrs[-1].dtype):
         return None, None, None
     if float(const_value(instrs[instrs[select_at].args[1]].imm, np.float32)) > HUGE_NEGATIVE:
         return None, None, None
@@ -206,10 +206,6 @@ def _masked_scores(op: Op):
     if sum(t.buffer is scores.buffer for t in op.inputs) != 1:
         return None, None, None
     return scores, scale, t_dim
-
-
-def _is_float(dtype) -> bool:
-    return np.dtype(dtype).kind == "f" or np.dtype(dtype).name == "bfloat16"
 
 
 def _row_reduce(op: Op, reducer: Reducer, src: Tensor) -> bool:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
-from jax_mpk.passes.decode_attention import _is_float, _Links
-from jax_mpk.task_kinds import Opcode, Reducer, const_value
+from jax_mpk.passes.decode_attention import _Links
+from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
 # (MatmulTask::stages_whole): at most kStagedRows rows, kStagedX floats, rows of whole
@@ -85,7 +85,7 @@ def _rms_norm(links: _Links, scaled: Op, users: list[Op]):
         return None
     squares = links.sole_writer(sums.inputs[0], [sums])
     x = None if squares is None or squares.kind != "elementwise" else _squared(squares)
-    if x is None or x.shape != out.shape or not _walks(x, rowwise) or not _is_float(x.dtype):
+    if x is None or x.shape != out.shape or not _walks(x, rowwise) or not is_float(x.dtype):
         return None
     rest = [r for r in leaves if r != inv_reg]
     x_leaves = [r for r in rest if _x_leaf(instrs, r) is not None
@@ -95,7 +95,7 @@ def _rms_norm(links: _Links, scaled: Op, users: list[Op]):
         return None  # a norm without a scale (or with more factors) stays
     scale_at, offset = gains[0]
     scale = scaled.inputs[scale_at]
-    if not _walks(scale, (0,) * (len(out.shape) - 1) + (1,)) or not _is_float(scale.dtype):
+    if not _walks(scale, (0,) * (len(out.shape) - 1) + (1,)) or not is_float(scale.dtype):
         return None
     attrs = (float(eps), float(offset or 0.0), out.dtype)
     return x, scale.view((K,), (1,)), attrs, [squares, sums, scaled]

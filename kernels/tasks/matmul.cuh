@@ -67,7 +67,7 @@ struct MatmulTask {
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 4 || d.num_operands > 7)
-      return "matmul takes operands out, descriptor, x, w[, residual][, bias][, extent]";
+      return "matmul takes operands out, descriptor, x, w[, residual][, bias][, scale][, extent]";
     if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 25 int32";
     for (int i = 0; i < 6; ++i)
       if (d.dims[i] < 0) return "matmul dims (b, n, k first and count) must be >= 0";
