@@ -105,6 +105,11 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
 
         ms = median_seconds(step, repeats=repeats) * 1e3
         row[label] = {"ms": ms, "fraction_of_hbm": floor_ms / ms if floor_ms else None}
+        if fn is not reference and hbm:  # the last timed step's launch, on the GPU
+            from jax_mpk import runtime
+
+            timing = runtime.last_launch_timing()
+            row[label].update(kernel_ms=timing["kernel_us"] / 1e3, run_ms=timing["run_us"] / 1e3)
     row["speedup_vs_jit"] = row["jax.jit"]["ms"] / row["jax_mpk.jit"]["ms"]
     return row
 
@@ -120,6 +125,10 @@ def print_row(row: dict) -> None:
           f"{row['jax_mpk.jit']['ms']:8.3f} ms {fraction(row['jax_mpk.jit'])} | "
           f"{row['speedup_vs_jit']:5.2f}x | logits rel err {row['logits_relative_l2']:.1e}",
           flush=True)
+    if "kernel_ms" in row["jax_mpk.jit"]:
+        ours = row["jax_mpk.jit"]
+        print(f"{'':56} last launch: kernel {ours['kernel_ms']:8.3f} ms, FFI handler "
+              f"{ours['run_ms']:8.3f} ms", flush=True)
     if "jax_mpk.jit unfused attention" in row:
         unfused = row["jax_mpk.jit unfused attention"]
         print(f"{'':56} unfused attention {unfused['ms']:8.3f} ms {fraction(unfused)} | "
@@ -149,18 +158,29 @@ def timeline_report(name: str, batch: int, context: int, directory: str) -> None
 
 
 def host_profile(name: str, batch: int, context: int) -> None:
-    """Where the host spends five jax_mpk.jit calls."""
+    """Where the host spends jax_mpk.jit calls: per call, when it returned, when its
+    result was ready, and the FFI handler's and the kernel's own time; then cProfile."""
     import cProfile
     import pstats
+    import time
+
+    from jax_mpk import runtime
 
     model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
     ours = jax_mpk.jit(model.apply, donate_argnums=(2,), device=device_spec())
     profiler = cProfile.Profile()
-    for i in range(6):
-        if i == 1:  # after the first call's compile
+    for i in range(8):
+        if i == 3:  # after the first call's compile
             profiler.enable()
+        start = time.perf_counter()
         logits, cache = ours(params, tokens, cache, pos)
+        returned = time.perf_counter()
         jax.block_until_ready(logits)
+        ready = time.perf_counter()
+        timing = runtime.last_launch_timing()
+        print(f"call {i}: returned {1e3 * (returned - start):7.3f} ms, ready "
+              f"{1e3 * (ready - start):7.3f} ms; FFI handler {timing['run_us'] / 1e3:7.3f} ms, "
+              f"kernel {timing['kernel_us'] / 1e3:7.3f} ms")
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
 

@@ -174,6 +174,13 @@ NB_MODULE(_jax_mpk, m) {
     out["name"] = info.name;
     return out;
   });
+  m.def("last_launch_timing", []() {
+    const mpk::LaunchTiming t = mpk::last_launch_timing();
+    nb::dict out;
+    out["kernel_us"] = t.kernel_us;
+    out["run_us"] = t.run_us;
+    return out;
+  }, "The last megakernel launch in this process: kernel µs (CUDA events) and the host's µs for the whole run.");
   m.def("copy_rate", [](size_t bytes, int repeats) {
     double rate = 0;
     std::string why = mpk::measure_copy_rate(bytes, repeats, &rate);

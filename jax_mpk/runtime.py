@@ -54,6 +54,13 @@ def hbm_copy_rate(nbytes: int = 1 << 30, repeats: int = 20) -> float:
     return extension().copy_rate(nbytes, repeats)
 
 
+def last_launch_timing() -> dict:
+    """The last megakernel launch in this process: `kernel_us`, the kernel alone (CUDA
+    events on its stream), and `run_us`, the FFI handler's whole run on the host (slot
+    binding, control-region memset, launch, and the wait for the kernel's error record)."""
+    return extension().last_launch_timing()
+
+
 def implemented_task_kinds() -> set[str]:
     """Names (as in program.TaskKind) of the task kinds the CUDA library implements."""
     return {fmt.TaskKind(kind).name for kind in extension().task_kinds()}

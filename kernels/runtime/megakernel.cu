@@ -2,6 +2,7 @@
 #include "message.h"
 #include "symmetric.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "scheduler.cuh"
@@ -87,9 +88,17 @@ std::string Megakernel::create(std::vector<uint8_t> blob, std::unique_ptr<Megake
   return "";
 }
 
+namespace {
+LaunchTiming last_timing;  // written after each launch's wait; read between launches
+}  // namespace
+
+LaunchTiming last_launch_timing() { return last_timing; }
+
 Megakernel::~Megakernel() {
   if (device_blob_) cudaFree(device_blob_);
   if (host_error_) cudaFreeHost(host_error_);
+  if (kernel_start_) cudaEventDestroy(kernel_start_);
+  if (kernel_end_) cudaEventDestroy(kernel_end_);
 }
 
 std::string Megakernel::upload(cudaStream_t stream) {
@@ -112,11 +121,22 @@ std::string Megakernel::upload(cudaStream_t stream) {
   MPK_CUDA(cudaMalloc(&device_blob_, blob_.size()));
   MPK_CUDA(cudaMemcpyAsync(device_blob_, blob_.data(), blob_.size(), cudaMemcpyHostToDevice, stream));
   MPK_CUDA(cudaMallocHost(&host_error_, sizeof(ErrorRecord)));
+  MPK_CUDA(cudaEventCreate(&kernel_start_));
+  MPK_CUDA(cudaEventCreate(&kernel_end_));
   return "";
 }
 
 std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args,
                             const std::vector<Buffer>& rets, Buffer workspace) {
+  const auto started = std::chrono::steady_clock::now();
+  std::string why = bind_and_launch(stream, args, rets, workspace);
+  const std::chrono::duration<double, std::micro> run_time = std::chrono::steady_clock::now() - started;
+  last_timing.run_us = run_time.count();
+  return why;
+}
+
+std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<Buffer>& args,
+                                        const std::vector<Buffer>& rets, Buffer workspace) {
   const ProgramHeader& h = header_;
   if (args.size() != h.num_args || rets.size() != h.num_rets) {
     Message msg;
@@ -259,10 +279,15 @@ std::string Megakernel::launch(cudaStream_t stream, Buffer workspace) {
   cooperative.val.cooperative = 1;
   config.attrs = &cooperative;
   config.numAttrs = 1;
+  MPK_CUDA(cudaEventRecord(kernel_start_, stream));
   MPK_CUDA(cudaLaunchKernelEx(&config, megakernel, params));
+  MPK_CUDA(cudaEventRecord(kernel_end_, stream));
   MPK_CUDA(cudaMemcpyAsync(host_error_, static_cast<uint8_t*>(workspace.data) + params.control.error,
                            sizeof(ErrorRecord), cudaMemcpyDeviceToHost, stream));
   MPK_CUDA(cudaStreamSynchronize(stream));
+  float kernel_ms = 0;
+  MPK_CUDA(cudaEventElapsedTime(&kernel_ms, kernel_start_, kernel_end_));
+  last_timing.kernel_us = 1e3 * kernel_ms;
   const ErrorRecord error = *host_error_;
   if (error.code != kOk) return diagnose(error, static_cast<uint8_t*>(workspace.data), stream);
   return "";

@@ -41,6 +41,14 @@ std::string query_device(int device, DeviceInfo* out);
 // plus bytes written: the HBM ceiling benchmarks report against.
 std::string measure_copy_rate(size_t bytes, int repeats, double* bytes_per_second);
 
+// Where the last launch in this process spent its time, for benchmarks: the kernel alone
+// (CUDA events around it on the stream) and the whole run() on the host, which adds the
+// slot binding, the control-region memset, the launch and the wait for the error record.
+struct LaunchTiming {
+  double kernel_us = 0, run_us = 0;
+};
+LaunchTiming last_launch_timing();
+
 class Megakernel {
  public:
   // Validates the blob; the upload waits for the first run, on that run's device.
@@ -57,6 +65,8 @@ class Megakernel {
 
  private:
   explicit Megakernel(std::vector<uint8_t> blob);
+  std::string bind_and_launch(cudaStream_t stream, const std::vector<Buffer>& args,
+                              const std::vector<Buffer>& rets, Buffer workspace);
   std::string upload(cudaStream_t stream);
   std::string launch(cudaStream_t stream, Buffer workspace);  // with params_ bound
   // kProgramPoisonResults: NaN bytes in the results that are not donated, and in the intermediates.
@@ -70,6 +80,7 @@ class Megakernel {
   std::unique_ptr<LaunchParams> params_;  // 8 KB of slot pointers, reused per run
   uint8_t* device_blob_ = nullptr;
   ErrorRecord* host_error_ = nullptr;  // pinned
+  cudaEvent_t kernel_start_ = nullptr, kernel_end_ = nullptr;
   int device_ = -1;
 };
 

@@ -18,6 +18,19 @@ __device__ __forceinline__ void prefetch_l2(const void* global) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(global));
 }
 
+// A slot of a ring filled by copy16_async, as registers: one 16-byte shared load. Reading
+// the slot through a reference lets the compiler load it element by element instead (8
+// two-byte loads for bf16, each with a 4-way bank conflict: the session-8 profile).
+__device__ __forceinline__ uint4 load_shared16(const void* shared) {
+  uint4 v;
+  const uint32_t from = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(from)
+               : "memory");
+  return v;
+}
+
 // Closes the group of this thread's copies issued since the last commit (maybe none).
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 

@@ -174,6 +174,16 @@ struct ElementwiseTask {
     }
   }
 
+  // The row-major index of element e of the output.
+  __device__ static void element_index(uint32_t e, int rank, const int32_t* out_shape, int32_t* index) {
+    for (int d = rank - 1; d >= 0; --d) {
+      index[d] = int32_t(e % uint32_t(out_shape[d]));
+      e /= uint32_t(out_shape[d]);
+    }
+  }
+
+  __device__ static void prefetch_l1(const void* global) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(global)); }
+
   __device__ static void run(const TaskContext& ctx) {
     __shared__ int32_t shared_program[kSharedProgramWords];
     const int32_t* global_program = ctx.operand<const int32_t>(1);
@@ -198,14 +208,23 @@ struct ElementwiseTask {
     char* out = ctx.operand<char>(0);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
 
+    // The interpreter reaches each LOAD after the instructions before it, so a thread's loads
+    // would go to memory one after another (the inputs were just written: L2 round trips).
+    // Every element's inputs are asked into L1 first, all in flight together.
+    for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
+      int32_t index[kMaxRank];
+      element_index(e, rank, out_shape, index);
+      for (int j = 0; j < num_inputs; ++j) {
+        const int32_t* in = inputs + j * (1 + rank);
+        int64_t offset = 0;
+        for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * in[1 + d];
+        prefetch_l1(ctx.operand<const char>(2 + j) + offset * dtype_size(in[0]));
+      }
+    }
     uint32_t regs[kMaxRegisters];
     for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
       int32_t index[kMaxRank];
-      uint32_t rest = e;
-      for (int d = rank - 1; d >= 0; --d) {
-        index[d] = int32_t(rest % uint32_t(out_shape[d]));
-        rest /= uint32_t(out_shape[d]);
-      }
+      element_index(e, rank, out_shape, index);
       for (int i = 0; i < num_instrs; ++i) {
         const int32_t* ins = instrs + i * kInstrWords;
         const int32_t op = ins[0], dt = ins[1], imm = ins[5];

@@ -15,6 +15,8 @@
 // Otherwise one column per thread, scalar loads.
 #pragma once
 
+#include <type_traits>
+
 #include "../runtime/task_context.cuh"
 #include "async_copy.cuh"
 #include "dtype.cuh"
@@ -93,7 +95,20 @@ struct MatmulTask {
       return reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(w) + at);
     }
     __device__ static Raw load(const char* w, int32_t, int64_t at) { return __ldg(address(w, at)); }
-    __device__ static float get(const Raw& raw, int v) { return to_float(reinterpret_cast<const T*>(&raw)[v]); }
+    // Element v of the 16 bytes, unpacked by shifts from the register that holds it.
+    __device__ static float get(const Raw& raw, int v) {
+      const uint32_t word = v * int(sizeof(T)) / 4 == 0   ? raw.x
+                            : v * int(sizeof(T)) / 4 == 1 ? raw.y
+                            : v * int(sizeof(T)) / 4 == 2 ? raw.z
+                                                          : raw.w;
+      if constexpr (sizeof(T) == 4) {
+        return __uint_as_float(word);
+      } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        return __uint_as_float(v % 2 ? word & 0xFFFF0000u : word << 16);
+      } else {
+        return __half2float(__ushort_as_half(static_cast<unsigned short>(v % 2 ? word >> 16 : word)));
+      }
+    }
   };
 
   struct ScalarWeights {
@@ -167,6 +182,7 @@ struct MatmulTask {
     constexpr int V = 16 / sizeof(T);
     const T* x = reinterpret_cast<const T*>(p.x) + p.k0;
     const int per_row = p.kn / V, stride = padded(p.kn);
+    float row_squares[kStagedRows] = {};
     for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
       const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(i / per_row) * p.xs[2] + (i % per_row) * V);
       const T* e = reinterpret_cast<const T*>(&raw);
@@ -180,7 +196,19 @@ struct MatmulTask {
         // Each square rounds to float32, as the unfused op's do.
         squares += __fmul_rn(f.x, f.x) + __fmul_rn(f.y, f.y) + __fmul_rn(f.z, f.z) + __fmul_rn(f.w, f.w);
       }
-      if (sums) atomicAdd(sums + i / per_row, squares);
+#pragma unroll
+      for (int r = 0; r < kStagedRows; ++r)
+        if (r == i / per_row) row_squares[r] += squares;
+    }
+    if (!sums) return;
+    // Summed within each warp first: a float atomicAdd on shared memory is a compare-and-swap
+    // loop, and 256 threads on one word took 7% of the step's samples (session 8's profile).
+#pragma unroll
+    for (int r = 0; r < kStagedRows; ++r) {
+      if (r >= p.M) break;  // uniform
+      float sum = row_squares[r];
+      for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+      if (ctx.thread % 32 == 0) atomicAdd(sums + r, sum);
     }
   }
 
@@ -207,9 +235,15 @@ struct MatmulTask {
     const int V = 16 / dtype_size(p.x_dtype), per_row = p.kn / V, stride = padded(p.kn);
     for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
       const int m = i / per_row, k = (i % per_row) * V;
+      // Every gain is loaded before the first store, so the loads are in flight together.
+      float gain[8];
+#pragma unroll
+      for (int v = 0; v < 8; ++v)
+        if (v < V) gain[v] = offset + load_f32(scale, scale_dtype, p.k0 + k + v);
       float* at = staged + m * stride + k;
-      for (int v = 0; v < V; ++v)
-        at[v] = round_float(at[v] * inv_rms[m] * (offset + load_f32(scale, scale_dtype, p.k0 + k + v)), norm_dtype);
+#pragma unroll
+      for (int v = 0; v < 8; ++v)
+        if (v < V) at[v] = round_float(at[v] * inv_rms[m] * gain[v], norm_dtype);
     }
   }
 
@@ -246,12 +280,13 @@ struct MatmulTask {
     }
   };
 
-  // This thread's weight loads in a staged chunk: 16 bytes at first + j * step, j < steps.
+  // This thread's weight loads in a staged chunk: 16 bytes at first + j * step, j < steps,
+  // issued in order; `next` is the address of the next one to issue.
   struct WeightStream {
-    const char* first;
+    const char* next;
     int64_t step;
     unsigned steps;
-    __device__ const void* at(unsigned j) const { return first + int64_t(j) * step; }
+    __device__ void skip(unsigned loads) { next += int64_t(loads) * step; }
   };
 
   template <typename Weights>
@@ -262,14 +297,18 @@ struct MatmulTask {
             kc > share.s ? unsigned(kc - share.s + share.slices - 1) / unsigned(share.slices) : 0u};
   }
 
-  // Issues load j of the stream into this thread's ring slot (maybe none) as one group.
-  __device__ static void issue(uint4* mine, const WeightStream& stream, unsigned j) {
-    if (j < stream.steps) copy16_async(mine + (j % kStages) * kWorkerThreads, stream.at(j));
+  // Issues load j of the stream, the next in order, into this thread's ring slot (maybe
+  // none: past the last) as one group.
+  __device__ static void issue(uint4* mine, WeightStream& stream, unsigned j) {
+    if (j < stream.steps) {
+      copy16_async(mine + (j % kStages) * kWorkerThreads, stream.next);
+      stream.next += stream.step;
+    }
     commit_copies();
   }
 
   // The loads kept in flight ahead of the first use.
-  __device__ static void prologue(uint4* mine, const WeightStream& stream) {
+  __device__ static void prologue(uint4* mine, WeightStream& stream) {
     for (unsigned j = 0; j < kStages - 1; ++j) issue(mine, stream, j);
   }
 
@@ -304,22 +343,25 @@ struct MatmulTask {
           const int64_t w_col = w_b + int64_t(n) * p.ws[3];
           if constexpr (Weights::kAsync) {
             // This thread's loads k = s + j * slices, kStages - 1 ahead of their use.
-            const WeightStream stream = stream_of<Weights>(p, w_col, kc0, kc, share);
+            WeightStream stream = stream_of<Weights>(p, w_col, kc0, kc, share);
             uint4* mine = sh.ring + ctx.thread;
-            if (!in_flight) prologue(mine, stream);
+            if (in_flight)  // MatmulTask::prefetch issued the prologue
+              stream.skip(kStages - 1);
+            else
+              prologue(mine, stream);
             const int stride = padded(kc);
             if (live == V && live_rows == rows) {
 #pragma unroll 2
               for (unsigned j = 0; j < stream.steps; ++j) {
                 issue(mine, stream, j + kStages - 1);
                 wait_copies<kStages - 1>();
-                accumulate_all<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], staged + s + j * slices, stride);
+                accumulate_all<rows, Weights>(acc, load_shared16(mine + (j % kStages) * kWorkerThreads), staged + s + j * slices, stride);
               }
             } else {
               for (unsigned j = 0; j < stream.steps; ++j) {
                 issue(mine, stream, j + kStages - 1);
                 wait_copies<kStages - 1>();
-                accumulate<rows, Weights>(acc, mine[(j % kStages) * kWorkerThreads], live, live_rows,
+                accumulate<rows, Weights>(acc, load_shared16(mine + (j % kStages) * kWorkerThreads), live, live_rows,
                                           staged + s + j * slices, stride);
               }
             }
@@ -521,7 +563,7 @@ struct MatmulTask {
         const int n = p.n0 + now.c;
         const bool active = now.c < p.nn && n < p.live_end && live_rows > 0;
         if (active && now.i < vectors)
-          dot<rows, Weights>(acc, mine[(q % kStages) * kWorkerThreads], live_rows, sh.staged + now.i * V, stride);
+          dot<rows, Weights>(acc, load_shared16(mine + (q % kStages) * kWorkerThreads), live_rows, sh.staged + now.i * V, stride);
         if (!now.last_of_column()) continue;
         // The column's last load: its scalar tail, then the lanes' sums.
         if (active)
@@ -630,9 +672,9 @@ struct MatmulTask {
     if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
     const int kc = min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
-    const WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
+    WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
     prologue(Shared(ctx.shared).ring + ctx.thread, stream);
-    for (unsigned j = kStages - 1; j < min(stream.steps, kL2PrefetchLoads); ++j) prefetch_l2(stream.at(j));
+    for (unsigned j = kStages - 1; j < min(stream.steps, kL2PrefetchLoads); ++j, stream.skip(1)) prefetch_l2(stream.next);
   }
 
   __device__ static bool prefetchable(const TaskContext& ctx, const Problem& p) {
