@@ -155,7 +155,7 @@ class ProgramBuilder:
         self.tasks.append((None, list(locations), emit, op_index, 0, 0))
 
     def build(self) -> CompiledProgram:
-        op_deps, ancestors = _op_dependencies(self.graph.ops)
+        op_deps, ancestors = op_dependencies(self.graph.ops)
         for i, op in enumerate(self.graph.ops):
             TILERS[op.kind](self, op, i)
         self._plan_workspace(ancestors)
@@ -263,7 +263,7 @@ class ProgramBuilder:
         return CompiledProgram(built.program, graph, ordered, op_tasks, symmetric)
 
 
-def _op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
+def op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
     """For each op, the earlier ops it must wait for, without those implied transitively;
     and as bitsets, all the ops that happen before it."""
     history: dict[int, list[tuple[int, Tensor, bool]]] = collections.defaultdict(list)

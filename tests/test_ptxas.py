@@ -1,23 +1,38 @@
-"""The megakernel's ptxas report: no spills, within the registers its launch bounds allow."""
+"""The megakernel's machine code, read without a GPU: the ptxas report (no spills, within the
+registers its launch bounds allow) and the weight-streaming loops' instructions."""
 
+import glob
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_megakernel_compiles_for_sm90a_without_spills(tmp_path):
+@pytest.fixture(scope="module")
+def megakernel(tmp_path_factory):
+    """megakernel.cu compiled for sm_90a: (object path, ptxas report)."""
     nvcc = shutil.which("nvcc")
     assert nvcc, "nvcc is not on PATH: the package cannot have been built here"
+    obj = tmp_path_factory.mktemp("megakernel") / "mk.o"
     result = subprocess.run(
         [nvcc, "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas=-v",
          "-Xptxas=--warn-on-spills", "-I", str(ROOT), "-c",
-         str(ROOT / "kernels" / "runtime" / "megakernel.cu"), "-o", str(tmp_path / "mk.o")],
+         str(ROOT / "kernels" / "runtime" / "megakernel.cu"), "-o", str(obj)],
         capture_output=True, text=True, timeout=900)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
+    return obj, report
+
+
+def test_megakernel_compiles_for_sm90a_without_spills(megakernel):
+    _, report = megakernel
     kernel = report[report.index("_ZN3mpk10megakernel"):]
     # The kernel and the functions it calls (the task dispatcher is not inlined).
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
@@ -27,3 +42,54 @@ def test_megakernel_compiles_for_sm90a_without_spills(tmp_path):
     # __launch_bounds__(256, 1) allows 255 registers a thread.
     assert int(registers.group(1)) <= 255
     print(registers.group(0), "| spills:", spills)
+
+
+def _tool(name: str) -> str | None:
+    """A CUDA binary tool from the toolkit, or from its pip wheel (nvidia-cuda-<name>)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations if spec else []):
+        for path in glob.glob(os.path.join(root, "*", "bin", name)):
+            return path
+    return None
+
+
+def _loops(sass: str) -> list[Counter]:
+    """The opcode counts of each loop body: code between a backward branch and its target."""
+    instructions = [(int(m.group(1), 16), m.group(2).strip()) for m in
+                    re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    at = {address: i for i, (address, _) in enumerate(instructions)}
+    loops = []
+    for end, (address, text) in enumerate(instructions):
+        branch = re.search(r"BRA (?:`\()?0x([0-9a-f]+)", text)
+        if not branch or int(branch.group(1), 16) >= address:
+            continue
+        start = at.get(int(branch.group(1), 16))
+        if start is None or end - start > 1500:
+            continue
+        words = (text.split() for _, text in instructions[start:end + 1])
+        loops.append(Counter(w[1] if w[0].startswith("@") else w[0] for w in words))
+    return loops
+
+
+def test_weight_streaming_loops_read_their_ring_16_bytes_a_load(megakernel):
+    """The matmul's cp.async ring is read back one 16-byte shared load a slot. Read through a
+    reference, the compiler loaded each element on its own (8 two-byte loads a bf16 slot,
+    with bank conflicts), which made the M=1 linears 1.4x slower (session 8)."""
+    cuobjdump, nvdisasm = _tool("cuobjdump"), _tool("nvdisasm")
+    if not (cuobjdump and nvdisasm):
+        pytest.skip("cuobjdump and nvdisasm not found: pip install nvidia-cuda-cuobjdump "
+                    "nvidia-cuda-nvdisasm")
+    obj, _ = megakernel
+    env = dict(os.environ, PATH=os.path.dirname(nvdisasm) + os.pathsep + os.environ["PATH"])
+    sass = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True,
+                          env=env, timeout=600, check=True).stdout
+    streaming = [ops for ops in _loops(sass)
+                 if ops["LDGSTS.E.BYPASS.128"] and ops["FFMA"]]
+    assert streaming, "no loop both issues cp.async copies and accumulates"
+    narrow = [dict(ops) for ops in streaming
+              if any(op.startswith(("LDS.U16", "LDS.S16", "LDS.U8", "LDS.S8")) for op in ops)]
+    assert not narrow, f"ring slots read in pieces: {narrow}"
+    print(f"{len(streaming)} weight-streaming loops, all reading 16-byte slots")

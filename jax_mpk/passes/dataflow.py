@@ -157,3 +157,30 @@ def coalesce_copies(graph: Graph) -> None:
 
 def _same_place(a: Tensor, b: Tensor) -> bool:
     return a.offset == b.offset and a.shape == b.shape and a.strides == b.strides
+
+
+class Links:
+    """Writers and readers of each buffer."""
+
+    def __init__(self, graph: Graph):
+        self.writers: dict[int, list[Op]] = {}
+        self.readers: dict[int, list[Op]] = {}
+        for op in graph.ops:
+            for t in op.outputs:
+                self.writers.setdefault(id(t.buffer), []).append(op)
+            for t in op.inputs:
+                self.readers.setdefault(id(t.buffer), []).append(op)
+        self.results = {id(t.buffer) for t in graph.outputs}
+
+    def sole_writer(self, t: Tensor, readers: list[Op]) -> Op | None:
+        """The op writing t's buffer, whole, read by exactly `readers` (an intermediate)."""
+        writers = self.writers.get(id(t.buffer), [])
+        if (len(writers) != 1 or t.buffer.role is not Role.INTERMEDIATE
+                or id(t.buffer) in self.results
+                or {id(o) for o in self.readers.get(id(t.buffer), [])} != {id(o) for o in readers}
+                or len(writers[0].outputs) != 1):
+            return None
+        out = writers[0].outputs[0]
+        if out.offset or not out.is_contiguous or out.nbytes != out.buffer.nbytes:
+            return None
+        return writers[0]

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
+from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
 from jax_mpk.passes.attention import HUGE_NEGATIVE, find_mask, subtree
+from jax_mpk.passes.dataflow import Links
 from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/decode_attention.cuh: its limits, and the task arena in float32 words.
@@ -46,35 +47,8 @@ def fuse_decode_attention(graph: Graph) -> None:
             graph.ops.remove(o)
 
 
-class _Links:
-    """Writers and readers of each buffer."""
-
-    def __init__(self, graph: Graph):
-        self.writers: dict[int, list[Op]] = {}
-        self.readers: dict[int, list[Op]] = {}
-        for op in graph.ops:
-            for t in op.outputs:
-                self.writers.setdefault(id(t.buffer), []).append(op)
-            for t in op.inputs:
-                self.readers.setdefault(id(t.buffer), []).append(op)
-        self.results = {id(t.buffer) for t in graph.outputs}
-
-    def sole_writer(self, t: Tensor, readers: list[Op]) -> Op | None:
-        """The op writing t's buffer, whole, read by exactly `readers` (an intermediate)."""
-        writers = self.writers.get(id(t.buffer), [])
-        if (len(writers) != 1 or t.buffer.role is not Role.INTERMEDIATE
-                or id(t.buffer) in self.results
-                or {id(o) for o in self.readers.get(id(t.buffer), [])} != {id(o) for o in readers}
-                or len(writers[0].outputs) != 1):
-            return None
-        out = writers[0].outputs[0]
-        if out.offset or not out.is_contiguous or out.nbytes != out.buffer.nbytes:
-            return None
-        return writers[0]
-
-
 def _fused(graph: Graph, values: Op):
-    links = _Links(graph)
+    links = Links(graph)
     probs_at = next((i for i in (0, 1) if _writer_kind(links, values.inputs[i]) == "elementwise"),
                     None)
     if probs_at is None or len(values.inputs) != 3:
@@ -121,7 +95,7 @@ def _fused(graph: Graph, values: Op):
     return op, [scores, masked, maxes, exps, sums, quotient, values]
 
 
-def _writer_kind(links: _Links, t: Tensor) -> str | None:
+def _writer_kind(links: Links, t: Tensor) -> str | None:
     writers = links.writers.get(id(t.buffer), [])
     return writers[0].kind if len(writers) == 1 else None
 

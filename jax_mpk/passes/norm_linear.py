@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
-from jax_mpk.passes.decode_attention import _Links
+from jax_mpk.passes.dataflow import Links
 from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
@@ -32,7 +32,7 @@ STAGED_FLOATS = 8192
 
 
 def fold_norms_into_linears(graph: Graph) -> None:
-    links = _Links(graph)
+    links = Links(graph)
     for scaled in [op for op in graph.ops if op.kind == "elementwise"]:
         out = scaled.outputs[0]
         users = links.readers.get(id(out.buffer), [])
@@ -54,10 +54,10 @@ def fold_norms_into_linears(graph: Graph) -> None:
             graph.ops[graph.ops.index(user)] = op
         for o in chain:
             graph.ops.remove(o)
-        links = _Links(graph)
+        links = Links(graph)
 
 
-def _rms_norm(links: _Links, scaled: Op, users: list[Op]):
+def _rms_norm(links: Links, scaled: Op, users: list[Op]):
     """(x, scale, attrs, [squares, sums, scaled]) when `scaled` ends an RMS norm; else None."""
     if links.sole_writer(scaled.outputs[0], users) is not scaled:
         return None

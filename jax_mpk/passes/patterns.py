@@ -6,7 +6,7 @@ from __future__ import annotations
 from jax_mpk.ir import Graph, Op, Role, Tensor
 from jax_mpk.passes.dataflow import is_plain_copy
 from jax_mpk.task_kinds import Opcode, Reducer
-from jax_mpk.tiling import _op_dependencies, _stream_x
+from jax_mpk.tiling import _stream_x, op_dependencies
 
 
 def _readers(graph: Graph) -> dict[int, list[Op]]:
@@ -221,7 +221,7 @@ def group_sibling_matmuls(graph: Graph) -> None:
             continue
         # Any chain of dependencies between two members runs through the ops between them.
         lo = members[0]
-        _, ancestors = _op_dependencies(graph.ops[lo:members[-1] + 1])
+        _, ancestors = op_dependencies(graph.ops[lo:members[-1] + 1])
         groups: list[list[int]] = []
         for i in members:
             group = next((g for g in groups
