@@ -11,7 +11,7 @@ import pytest
 
 import jax_mpk
 from jax_mpk.ir import Buffer, Role, Tensor
-from jax_mpk.tiling import _op_dependencies
+from jax_mpk.tiling import op_dependencies
 from tests.harness import SMALL_DEVICE, assert_close, expect
 
 
@@ -80,5 +80,5 @@ def test_the_halves_of_a_rotation_do_not_wait_for_each_other(backend):
     ops = compiled.lower(x, cos, sin).compiled.program.graph.ops
     writers = [i for i, op in enumerate(ops) if op.outputs[0].buffer.role is Role.OUTPUT]
     assert len(writers) == 2
-    deps, _ = _op_dependencies(ops)
+    deps, _ = op_dependencies(ops)
     assert writers[0] not in deps[writers[1]]

@@ -92,7 +92,7 @@ def test_a_graph_without_op_dependencies_is_caught(monkeypatch):
     def fn(x, w):
         return jnp.tanh(x @ w).sum(-1)
 
-    monkeypatch.setattr(tiling, "_op_dependencies",
+    monkeypatch.setattr(tiling, "op_dependencies",
                         lambda ops: ([[] for _ in ops], [0 for _ in ops]))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8)), jnp.float32)
     with pytest.raises(RaceError):

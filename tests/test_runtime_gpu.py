@@ -167,6 +167,21 @@ def test_inside_jit_with_donated_state(schedule):
         np.testing.assert_array_equal(np.asarray(y), expected + np.asarray(x))
 
 
+def test_last_launch_timing_lies_inside_the_call():
+    """The kernel's CUDA-event time is positive, within the handler's host time, and that
+    within the call's wall time."""
+    n = 200_000
+    registered = runtime.RegisteredProgram(affine_program(n, 3, 11, "static"))
+    shape = jax.ShapeDtypeStruct((n,), np.uint32)
+    state = jnp.asarray(np.random.default_rng(6).integers(0, 2**32, n, dtype=np.uint32))
+    jax.block_until_ready(runtime.call(registered, [state], [shape, shape]))  # uploads
+    start = time.perf_counter()
+    jax.block_until_ready(runtime.call(registered, [state], [shape, shape]))
+    wall_us = (time.perf_counter() - start) * 1e6
+    timing = runtime.last_launch_timing()
+    assert 0 < timing["kernel_us"] <= timing["run_us"] <= wall_us, (timing, wall_us)
+
+
 def test_too_many_workers_is_a_clear_error():
     g = tg.TaskGraph()
     g.add_task(fmt.TaskKind.NOOP)

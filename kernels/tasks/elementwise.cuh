@@ -24,6 +24,7 @@ struct ElementwiseTask {
   static constexpr int kMaxRegisters = 64;      // instructions per program
   static constexpr int kSharedProgramWords = 1024;  // longer programs are read from global memory
   static constexpr int kInstrWords = 6;             // opcode, dtype, a, b, c, imm
+  static constexpr uint32_t kPrefetchedElements = 4;  // per thread, inputs into L1 up front
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 2) return "elementwise takes operands out, program, inputs...";
@@ -210,8 +211,10 @@ struct ElementwiseTask {
 
     // The interpreter reaches each LOAD after the instructions before it, so a thread's loads
     // would go to memory one after another (the inputs were just written: L2 round trips).
-    // Every element's inputs are asked into L1 first, all in flight together.
-    for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
+    // The inputs of a thread's first kPrefetchedElements are asked into L1 first, all in
+    // flight together (a decode step's tasks have one or two elements a thread; more would
+    // only evict one another in large tasks).
+    for (uint32_t e = first + ctx.thread, k = 0; e < end && k < kPrefetchedElements; e += kWorkerThreads, ++k) {
       int32_t index[kMaxRank];
       element_index(e, rank, out_shape, index);
       for (int j = 0; j < num_inputs; ++j) {
