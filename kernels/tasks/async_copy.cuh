@@ -18,6 +18,11 @@ __device__ __forceinline__ void prefetch_l2(const void* global) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(global));
 }
 
+// The same into this SM's L1, for plain loads that follow soon.
+__device__ __forceinline__ void prefetch_l1(const void* global) {
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(global));
+}
+
 // A slot of a ring filled by copy16_async, as registers: one 16-byte shared load. Reading
 // the slot through a reference lets the compiler load it element by element instead (8
 // two-byte loads for bf16, each with a 4-way bank conflict: the session-8 profile).

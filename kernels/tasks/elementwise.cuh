@@ -4,6 +4,7 @@
 #pragma once
 
 #include "../runtime/task_context.cuh"
+#include "async_copy.cuh"
 #include "dtype.cuh"
 
 namespace mpk {
@@ -182,8 +183,6 @@ struct ElementwiseTask {
       e /= uint32_t(out_shape[d]);
     }
   }
-
-  __device__ static void prefetch_l1(const void* global) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(global)); }
 
   __device__ static void run(const TaskContext& ctx) {
     __shared__ int32_t shared_program[kSharedProgramWords];

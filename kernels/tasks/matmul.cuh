@@ -280,8 +280,8 @@ struct MatmulTask {
     }
   };
 
-  // This thread's weight loads in a staged chunk: 16 bytes at first + j * step, j < steps,
-  // issued in order; `next` is the address of the next one to issue.
+  // This thread's weight loads in a staged chunk: `steps` loads of 16 bytes, `step` bytes
+  // apart, issued in order; `next` is the address of the next one to issue.
   struct WeightStream {
     const char* next;
     int64_t step;
