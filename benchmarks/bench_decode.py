@@ -149,12 +149,20 @@ def timeline_report(name: str, batch: int, context: int, directory: str) -> None
           f"{timeline['end_us'].max():.0f} µs, mean occupancy {busy.mean():.2f}; wrote "
           f"{base}.json and .png")
     table = profile.op_table(timeline, lowered.compiled.program)
-    by_kind: dict[str, list[float]] = {}
+    by_kind: dict[str, list[dict]] = {}
     for row in table:
-        by_kind.setdefault(row["what"], []).append(row["span_us"])
-    print("op kind                        ops   span µs (sum)  mean")
-    for what, spans in sorted(by_kind.items(), key=lambda kv: -sum(kv[1])):
-        print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f}")
+        by_kind.setdefault(row["what"], []).append(row)
+    print("op kind                        ops   span µs (sum)  mean  task µs (mean)")
+    for what, rows in sorted(by_kind.items(), key=lambda kv: -sum(r["span_us"] for r in kv[1])):
+        spans = [r["span_us"] for r in rows]
+        task_us = sum(r["busy_us"] for r in rows) / sum(r["tasks"] for r in rows)
+        print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f} "
+              f"{task_us:9.1f}")
+    middle = len(table) // 2  # one layer's ops in order, from the middle of the step
+    print("ops around the middle of the step: start µs, span µs, tasks, busy µs per task")
+    for row in table[middle:middle + 16]:
+        print(f"{row['start_us']:9.1f} {row['span_us']:7.1f} {row['tasks']:5} "
+              f"{row['busy_us'] / row['tasks']:7.1f}  {row['what']}")
 
 
 def host_profile(name: str, batch: int, context: int) -> None:
@@ -183,6 +191,18 @@ def host_profile(name: str, batch: int, context: int) -> None:
               f"kernel {timing['kernel_us'] / 1e3:7.3f} ms")
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+    # The same arguments through a trivial jax.jit function: jax's own dispatch cost.
+    trivial = jax.jit(lambda params, tokens, cache, pos: tokens + 1)
+    for i in range(5):
+        start = time.perf_counter()
+        out = trivial(params, tokens, cache, pos)
+        returned = time.perf_counter()
+        jax.block_until_ready(out)
+        ready = time.perf_counter()
+        print(f"trivial jax.jit of the same arguments, call {i}: returned "
+              f"{1e3 * (returned - start):7.3f} ms, ready {1e3 * (ready - start):7.3f} ms")
+    workspace = ours.lower(params, tokens, cache, pos).program.workspace_bytes
+    print(f"workspace {workspace / 2**20:.1f} MiB")
 
 
 def plot(rows: list[dict], path: str) -> None:

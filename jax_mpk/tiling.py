@@ -60,6 +60,9 @@ class DeviceSpec:
     fused_attention: bool = True
     # RMS norms read only by matmuls are computed in those matmuls (passes/norm_linear.py).
     fold_norms: bool = True
+    # A decode-attention split holds at least this many cache positions; a cache this long
+    # or shorter is one task per head group, with no merge.
+    attention_split_positions: int = decode_attention.MIN_POSITIONS
     collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
@@ -578,7 +581,7 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     (out,) = op.outputs
     a = op.attrs
     B, G, T, D = a["B"], a["G"], a["T"], a["D"]
-    splits = max(1, min(pb.workers // B, -(-T // decode_attention.MIN_POSITIONS)))
+    splits = max(1, min(pb.workers // B, -(-T // pb.device.attention_split_positions)))
     length = -(-T // splits)
     while G * (D + a["Dv"] + length) > decode_attention.SHARED_FLOATS:
         length = -(-length // 2)

@@ -7,9 +7,22 @@
 
 namespace mpk {
 
+// An L2 cache policy: the lines a copy brings in are the first to leave L2. Not volatile: the
+// compiler builds it once, outside the loops, in uniform registers.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// The bytes are marked first to leave L2: a weight is read once a step, and a step streams
+// many times L2's size of them, which would otherwise evict what the next small task needs
+// from L2 (its code, its inputs, the KV cache).
 __device__ __forceinline__ void copy16_async(void* shared, const void* global) {
   const uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global) : "memory");
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(to), "l"(global),
+               "l"(evict_first_policy())
+               : "memory");
 }
 
 // Asks L2 to fetch the line holding `global` (a hint: no registers, no shared memory, no
