@@ -80,3 +80,20 @@ def test_scanned_and_nnx_decoders_fuse_too(api, scan):
     compiled = jax_mpk.jit(step, backend="reference", device=FUSED)
     assert_close(compiled(*args), jax.jit(step)(*args), cfg.dtype)
     assert len(fused_ops(compiled, args)) == cfg.layers
+
+
+def test_split_length_follows_the_device_spec():
+    """DeviceSpec.attention_split_positions: splits of at least that many positions, and a
+    cache no longer than it runs whole (one task per head group, no merge)."""
+    cfg = FAMILIES["llama"].replace(dtype=jnp.bfloat16, max_len=300)
+    step, args = decode_step(cfg, "linen", 1, 1, seed=7)
+    for positions, splits in ((100, 3), (150, 2), (300, 1)):  # under the workers a head group gets
+        device = dataclasses.replace(FUSED, attention_split_positions=positions)
+        compiled = jax_mpk.jit(step, backend="reference", device=device)
+        assert_close(compiled(*args), expect(step, *args), jnp.bfloat16)
+        dims = [t["dims"] for t in compiled.lower(*args).program.tasks
+                if t["kind"] == TaskKind.DECODE_ATTENTION]
+        partial = [d for d in dims if int(d[4]) == ATTENTION_PARTIAL]
+        whole = [d for d in dims if int(d[4]) == ATTENTION_WHOLE]
+        heads = cfg.layers * fused_ops(compiled, args)[0].attrs["B"]
+        assert (len(partial), len(whole)) == ((heads * splits, 0) if splits > 1 else (0, heads))
