@@ -74,10 +74,15 @@ def elementwise_cases(rng):
            scores.nbytes + scores.size * 4)
     g, u = normal(rng, (64, 8192)), normal(rng, (64, 8192))
     yield "silu gating 64x8192", lambda g, u: jax.nn.silu(g) * u, (g, u), 3 * g.nbytes
+    g, u = normal(rng, (1, 8192)), normal(rng, (1, 8192))  # a decode step's, at batch 1
+    yield "silu gating 1x8192", lambda g, u: jax.nn.silu(g) * u, (g, u), 3 * g.nbytes
     cfg = LLAMA_1B
     q = normal(rng, (8, 1, 32, 64))
     positions = jnp.arange(1, dtype=jnp.int32) + 17
     yield ("rope 8x32x64", lambda q, p: layers.apply_rope(q, p, cfg), (q, positions),
+           2 * q.nbytes)
+    q = normal(rng, (1, 1, 32, 64))
+    yield ("rope 1x32x64", lambda q, p: layers.apply_rope(q, p, cfg), (q, positions),
            2 * q.nbytes)
 
 

@@ -20,7 +20,7 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
-MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale][, extent]
+MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale | up][, extent]
               out[b, m, n] = sum_k x[b, m, k] * w[b, k, n] (+ residual[b, m, n]) (+ bias[n])
               dims: [b_first, b_count, n_first, n_count, k_first, k_count]
               descriptor (int32): [B, B1, M, N, K, x_dtype, w_dtype, out_dtype, flags,
@@ -32,7 +32,9 @@ MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale][, ext
               flags: 1 has residual (laid out like out), 2 has bias [N], 4 (MATMUL_NORM)
               RMS-normalizes x's rows first: x[m, k] / sqrt(sum over all K of x[m, k]^2 / K
               + norm_eps) * (norm_offset + scale[k]) in float32, rounded to norm_dtype
-              (eps and offset as float32 bits; B is 1). A task with a partial k range
+              (eps and offset as float32 bits; B is 1). 8 (MATMUL_GATE): x is a gate g and
+              the matmul reads g * logistic(g) * up in float32, rounded to x's dtype (up laid
+              out as x, of its dtype). A task with a partial k range
               (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
               are written as 0 without reading x or w there; 3 (K): the sum runs over
@@ -93,6 +95,7 @@ MAX_SLICE_RANK = 4
 SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
 ATTENTION_WHOLE, ATTENTION_PARTIAL, ATTENTION_MERGE = 0, 1, 2  # DECODE_ATTENTION modes
 MATMUL_NORM = 4  # MATMUL flag: RMS-normalize x's rows first
+MATMUL_GATE = 8  # MATMUL flag: x is silu(x) * up
 
 
 class DType(enum.IntEnum):

@@ -21,6 +21,7 @@ from jax_mpk.task_kinds import (
     ATTENTION_MERGE,
     ATTENTION_PARTIAL,
     ATTENTION_WHOLE,
+    MATMUL_GATE,
     MATMUL_NORM,
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
@@ -60,6 +61,8 @@ class DeviceSpec:
     fused_attention: bool = True
     # RMS norms read only by matmuls are computed in those matmuls (passes/norm_linear.py).
     fold_norms: bool = True
+    # So are gatings silu(g) * up read only by matmuls (passes/gating_linear.py).
+    fold_gating: bool = True
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
@@ -475,13 +478,14 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     has_residual = "residual" in a
     has_bias = "bias" in a
     norm = a.get("norm")  # passes/norm_linear.py: (eps, offset, dtype), scale after the epilogue
+    gate = a.get("gate", False)  # passes/gating_linear.py: up after the epilogue
     out_strides = a.get("out_strides", (a["M"] * a["N"], a["N"], 1))
     if _stream_x(a, has_bias):
         x, w, a, out_strides = _transposed(x, w, a, out_strides)
     B, M, N, K = a["B"], a["M"], a["N"], a["K"]
     extra = [op.inputs[2 + i] for i in range(int(has_residual) + int(has_bias))]
     scale_input = op.inputs[2 + len(extra)] if norm else None
-    scale = [pb.location(scale_input)] if norm else []
+    scale = [pb.location(op.inputs[2 + len(extra)])] if norm or gate else []
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
     b_tiles = [(b, 1) for b in range(B)]
@@ -517,7 +521,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
                   dtype_code(norm_dtype), dtype_code(scale_input.dtype if norm else x.dtype)]
 
     def desc(out_dtype, flags, strides=out_strides):
-        flags |= MATMUL_NORM if norm else 0
+        flags |= (MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
         return pb.descriptor(np.array(
             [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
              flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis, *norm_words],

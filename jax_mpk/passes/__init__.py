@@ -14,6 +14,7 @@ from jax_mpk.passes.dataflow import (
 )
 from jax_mpk.passes.decode_attention import fuse_decode_attention
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
+from jax_mpk.passes.gating_linear import fold_gating_into_linears
 from jax_mpk.passes.norm_linear import fold_norms_into_linears
 from jax_mpk.passes.patterns import (
     fold_linear_epilogues,
@@ -26,9 +27,11 @@ from jax_mpk.passes.sequence import fuse_sequences
 __all__ = ["optimize"]
 
 
-def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = False) -> Graph:
-    """fuse_attention: decode attention as one op (DeviceSpec.fused_attention); fold_norms:
-    RMS norms into the matmuls that read them (DeviceSpec.fold_norms)."""
+def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = False,
+             fold_gating: bool = False) -> Graph:
+    """fuse_attention: decode attention as one op (DeviceSpec.fused_attention); fold_norms,
+    fold_gating: RMS norms and silu(g) * up into the matmuls that read them
+    (DeviceSpec.fold_norms, DeviceSpec.fold_gating)."""
     remove_dead_ops(graph)
     update_in_place(graph)
     coalesce_copies(graph)
@@ -45,6 +48,8 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
     fold_output_copies(graph)
     if fold_norms:
         fold_norms_into_linears(graph)
+    if fold_gating:
+        fold_gating_into_linears(graph)
     if fuse_attention:
         fuse_decode_attention(graph)
     group_sibling_matmuls(graph)

@@ -155,6 +155,32 @@ def coalesce_copies(graph: Graph) -> None:
         retarget(graph, dst_buffer, src_buffer, 0)
 
 
+def walks(t: Tensor, strides) -> bool:
+    """t's strides are `strides` wherever its dims are longer than 1."""
+    return all(s == e for s, e, n in zip(t.strides, strides, t.shape, strict=True) if n > 1)
+
+
+def same_view(a: Tensor, b: Tensor) -> bool:
+    return (a.buffer is b.buffer and a.offset == b.offset and a.shape == b.shape
+            and a.dtype == b.dtype and walks(a, b.strides))
+
+
+def written_between(graph: Graph, chain: list[Op], users: list[Op], tensors) -> bool:
+    """Whether an op from the first of `chain` to the last of `users`, outside the chain,
+    writes any of `tensors` (which the users will read in the chain's place)."""
+    first, last = graph.ops.index(chain[0]), max(graph.ops.index(u) for u in users)
+    between = [o for o in graph.ops[first:last + 1] if all(o is not c for c in chain)]
+    return any(w.overlaps(t) for o in between for w in o.outputs for t in tensors)
+
+
+def replace_ops(graph: Graph, chain: list[Op], users: list[Op], folded: list[Op]) -> None:
+    """Each user replaced by its folded op, and the chain it folded removed."""
+    for user, op in zip(users, folded, strict=True):
+        graph.ops[graph.ops.index(user)] = op
+    for o in chain:
+        graph.ops.remove(o)
+
+
 def _same_place(a: Tensor, b: Tensor) -> bool:
     return a.offset == b.offset and a.shape == b.shape and a.strides == b.strides
 

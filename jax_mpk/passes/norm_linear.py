@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
-from jax_mpk.passes.dataflow import Links
+from jax_mpk.passes.dataflow import Links, replace_ops, same_view, walks, written_between
 from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
@@ -46,14 +46,9 @@ def fold_norms_into_linears(graph: Graph) -> None:
         if any(f is None for f in folded):
             continue
         # The matmuls now read x where they run: nothing between may write it.
-        first, last = graph.ops.index(chain[0]), max(graph.ops.index(u) for u in users)
-        between = [o for o in graph.ops[first:last + 1] if all(o is not c for c in chain)]
-        if any(w.overlaps(t) for o in between for w in o.outputs for t in (x, scale)):
+        if written_between(graph, chain, users, (x, scale)):
             continue
-        for user, op in zip(users, folded, strict=True):
-            graph.ops[graph.ops.index(user)] = op
-        for o in chain:
-            graph.ops.remove(o)
+        replace_ops(graph, chain, users, folded)
         links = Links(graph)
 
 
@@ -81,29 +76,24 @@ def _rms_norm(links: Links, scaled: Op, users: list[Op]):
     sums = links.sole_writer(scaled.inputs[sums_at], [scaled])
     if (sums is None or sums.kind != "reduce" or sums.attrs["reducer"] != Reducer.SUM
             or sums.attrs["inner"] != 1 or sums.attrs["length"] != K
-            or not _walks(scaled.inputs[sums_at], contiguous_strides(out.shape[:-1]) + (0,))):
+            or not walks(scaled.inputs[sums_at], contiguous_strides(out.shape[:-1]) + (0,))):
         return None
     squares = links.sole_writer(sums.inputs[0], [sums])
     x = None if squares is None or squares.kind != "elementwise" else _squared(squares)
-    if x is None or x.shape != out.shape or not _walks(x, rowwise) or not is_float(x.dtype):
+    if x is None or x.shape != out.shape or not walks(x, rowwise) or not is_float(x.dtype):
         return None
     rest = [r for r in leaves if r != inv_reg]
     x_leaves = [r for r in rest if _x_leaf(instrs, r) is not None
-                and _same_view(scaled.inputs[_x_leaf(instrs, r)], x)]
+                and same_view(scaled.inputs[_x_leaf(instrs, r)], x)]
     gains = [_gain(instrs, r) for r in rest if r not in x_leaves]
     if len(x_leaves) != 1 or len(gains) != 1 or gains[0] is None:
         return None  # a norm without a scale (or with more factors) stays
     scale_at, offset = gains[0]
     scale = scaled.inputs[scale_at]
-    if not _walks(scale, (0,) * (len(out.shape) - 1) + (1,)) or not is_float(scale.dtype):
+    if not walks(scale, (0,) * (len(out.shape) - 1) + (1,)) or not is_float(scale.dtype):
         return None
     attrs = (float(eps), float(offset or 0.0), out.dtype)
     return x, scale.view((K,), (1,)), attrs, [squares, sums, scaled]
-
-
-def _walks(t: Tensor, strides) -> bool:
-    """t's strides are `strides` wherever its dims are longer than 1."""
-    return all(s == e for s, e, n in zip(t.strides, strides, t.shape, strict=True) if n > 1)
 
 
 def _product_leaves(instrs, r: int) -> list[int]:
@@ -186,14 +176,9 @@ def _squared(op: Op) -> Tensor | None:
         a = b = _f32_load(instrs, last.args[0])
     else:
         return None
-    if a is None or b is None or not _same_view(op.inputs[a], op.inputs[b]):
+    if a is None or b is None or not same_view(op.inputs[a], op.inputs[b]):
         return None
     return op.inputs[a] if op.inputs[a].shape == op.outputs[0].shape else None
-
-
-def _same_view(a: Tensor, b: Tensor) -> bool:
-    return (a.buffer is b.buffer and a.offset == b.offset and a.shape == b.shape
-            and a.dtype == b.dtype and _walks(a, b.strides))
 
 
 def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs) -> Op | None:

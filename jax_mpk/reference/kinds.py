@@ -199,9 +199,15 @@ def matmul(ctx, dims):
     k = np.arange(k0, k0 + kn)
     x = ctx.load(2, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1] + m * xs[2]
                  + k[None, None, :] * xs[3])
-    if flags & 4:  # the norm's scale follows residual and bias
-        scale_at = 4 + bool(flags & 1) + bool(flags & 2)
-        x = _rms_normed(ctx, scale_at, desc, x_dtype, xs, M, K, rows, k)
+    after_epilogue = 4 + bool(flags & 1) + bool(flags & 2)  # the norm's scale or the gate's up
+    if flags & 4:
+        x = _rms_normed(ctx, after_epilogue, desc, x_dtype, xs, M, K, rows, k)
+    if flags & 8:
+        g = x.astype(F32)
+        up = ctx.load(after_epilogue, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1]
+                      + m * xs[2] + k[None, None, :] * xs[3]).astype(F32)
+        with np.errstate(over="ignore"):
+            x = (g * (np.float32(1) / (np.float32(1) + np.exp(-g))) * up).astype(x.dtype)
     w = ctx.load(3, numpy_dtype(w_dtype), outer * ws[0] + inner * ws[1]
                  + k[None, :, None] * ws[2] + n * ws[3])
     live = np.matmul(x.astype(F32), w.astype(F32))

@@ -1,8 +1,10 @@
 // MATMUL: out[b, m, n] = sum_k x[b, m, k] w[b, k, n] (+ residual[b, m, n]) (+ bias[n]) over
 // the task's (b, n, k) ranges and every m, accumulated in float32. With the norm flag, x's
 // rows are RMS-normalized first (passes/norm_linear.py): x[m, k] / sqrt(sum_k x[m, k]^2 / K
-// + eps) * (offset + scale[k]), rounded to the norm's dtype, where stages_whole() holds.
-// operands: out, descriptor, x, w[, residual][, bias][, scale][, extent]; dims: b_first, b_count,
+// + eps) * (offset + scale[k]), rounded to the norm's dtype, where stages_whole() holds. With
+// the gate flag, x is the gate g and each staged element is x[m, k] * logistic(x[m, k]) *
+// up[m, k] in float32, rounded to x's dtype (passes/gating_linear.py: silu(g) * up).
+// operands: out, descriptor, x, w[, residual][, bias][, scale | up][, extent]; dims: b_first, b_count,
 // n_first, n_count, k_first, k_count; descriptor: see jax_mpk/task_kinds.py (batch index b
 // is (b / B1, b % B1) for the x and w strides). Its extent axis (1 M, 2 N, 3 K) is bounded by
 // the int32 last operand: rows or columns past it get a zero sum (and the epilogue) without
@@ -27,7 +29,7 @@ struct MatmulTask {
   static constexpr TaskKind kKind = kTaskMatmul;
   static constexpr const char* kName = "matmul";
   static constexpr int kDescWords = 25;
-  static constexpr int kResidual = 1, kBias = 2, kNorm = 4;  // flags
+  static constexpr int kResidual = 1, kBias = 2, kNorm = 4, kGate = 8;  // flags
   static constexpr int kStagedRows = 4;  // rows run() stages whole (jax_mpk.passes.norm_linear)
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
@@ -63,13 +65,14 @@ struct MatmulTask {
     char* out;
     const char* residual;
     const char* bias;
+    const char* up;  // the gate's other factor (kGate), laid out as x; else null
     int n0, nn, k0, kn;
     int extent_axis;
   };
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 4 || d.num_operands > 7)
-      return "matmul takes operands out, descriptor, x, w[, residual][, bias][, scale][, extent]";
+      return "matmul takes operands out, descriptor, x, w[, residual][, bias][, scale | up][, extent]";
     if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 25 int32";
     for (int i = 0; i < 6; ++i)
       if (d.dims[i] < 0) return "matmul dims (b, n, k first and count) must be >= 0";
@@ -123,6 +126,11 @@ struct MatmulTask {
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static float to_float(__half v) { return __half2float(v); }
 
+  // silu(g) * up as the elementwise program computes it: float32, left to right, rounded once.
+  __device__ static float gated(float g, float up, int32_t dtype) {
+    return round_float(g * (1.0f / (1.0f + expf(-g))) * up, dtype);
+  }
+
   // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc), as float32: staged[r * stride + (k - k0)],
   // stride = padded(kc) keeps rows 16-byte aligned. Every thread calls it.
   __device__ static int padded(int kc) { return (kc + 3) & ~3; }
@@ -134,7 +142,9 @@ struct MatmulTask {
     const int stride = padded(kc);
     for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
       const int r = i / kc, k = i % kc;
-      staged[r * stride + k] = load_f32(p.x, p.x_dtype, x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3]);
+      const int64_t at = x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3];
+      const float x = load_f32(p.x, p.x_dtype, at);
+      staged[r * stride + k] = p.up ? gated(x, load_f32(p.up, p.x_dtype, at), p.x_dtype) : x;
     }
     __syncthreads();
   }
@@ -148,6 +158,7 @@ struct MatmulTask {
     return p.ws[3] == 1 && p.ws[2] != 1 && p.extent_axis == 0 && ctx.desc.dims[0] == 0 && ctx.desc.dims[1] == 1 &&
            p.M <= kStagedRows && p.M * padded(p.kn) <= kStagedX && p.xs[3] == 1 && p.kn % V == 0 &&
            (p.M == 1 || p.xs[2] % V == 0) && reinterpret_cast<uintptr_t>(p.x + p.k0 * dtype_size(p.x_dtype)) % 16 == 0 &&
+           (!p.up || reinterpret_cast<uintptr_t>(p.up + p.k0 * dtype_size(p.x_dtype)) % 16 == 0) &&
            (p.x_dtype == kBF16 || p.x_dtype == kF16 || p.x_dtype == kF32) &&
            (!(p.flags & kNorm) || (p.k0 == 0 && p.kn == ctx.operand<const int32_t>(1)[4]));  // rows whole
   }
@@ -184,14 +195,21 @@ struct MatmulTask {
     const int per_row = p.kn / V, stride = padded(p.kn);
     float row_squares[kStagedRows] = {};
     for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(i / per_row) * p.xs[2] + (i % per_row) * V);
+      const int64_t at = int64_t(i / per_row) * p.xs[2] + (i % per_row) * V;
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + at);
+      uint4 up_raw;
+      if (p.up) up_raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(p.up) + p.k0 + at);
       const T* e = reinterpret_cast<const T*>(&raw);
+      const T* u = reinterpret_cast<const T*>(&up_raw);
       float4* to = reinterpret_cast<float4*>(staged + (i / per_row) * stride + (i % per_row) * V);
       float squares = 0.0f;
 #pragma unroll
       for (int q = 0; q < V / 4; ++q) {
-        const float4 f = make_float4(to_float(e[4 * q]), to_float(e[4 * q + 1]), to_float(e[4 * q + 2]),
-                                     to_float(e[4 * q + 3]));
+        float4 f = make_float4(to_float(e[4 * q]), to_float(e[4 * q + 1]), to_float(e[4 * q + 2]),
+                               to_float(e[4 * q + 3]));
+        if (p.up)
+          f = make_float4(gated(f.x, to_float(u[4 * q]), p.x_dtype), gated(f.y, to_float(u[4 * q + 1]), p.x_dtype),
+                          gated(f.z, to_float(u[4 * q + 2]), p.x_dtype), gated(f.w, to_float(u[4 * q + 3]), p.x_dtype));
         to[q] = f;
         // Each square rounds to float32, as the unfused op's do.
         squares += __fmul_rn(f.x, f.x) + __fmul_rn(f.y, f.y) + __fmul_rn(f.z, f.z) + __fmul_rn(f.w, f.w);
@@ -648,7 +666,8 @@ struct MatmulTask {
     p.w = ctx.operand<const char>(3);
     int extra = 4;
     p.residual = p.flags & kResidual ? ctx.operand<const char>(extra++) : nullptr;
-    p.bias = p.flags & kBias ? ctx.operand<const char>(extra) : nullptr;
+    p.bias = p.flags & kBias ? ctx.operand<const char>(extra++) : nullptr;
+    p.up = p.flags & kGate ? ctx.operand<const char>(extra) : nullptr;
     p.n0 = ctx.desc.dims[2];
     p.nn = ctx.desc.dims[3];
     p.k0 = ctx.desc.dims[4];

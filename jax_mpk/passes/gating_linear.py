@@ -1,0 +1,96 @@
+"""A gating silu(g) * up folded into the linears that read it.
+
+In a gated MLP the gating is an elementwise stage between the gate/up projections and the
+down projection: a dependent stage of small tasks in every layer. Where only matmuls read
+its result, each of those matmuls reads g and up instead and computes the gating on the
+rows of x it stages (MATMUL_GATE in jax_mpk/task_kinds.py), and the stage goes.
+
+Matched strictly on the program, in one float dtype (the registers hold float32, as in
+the elementwise interpreter, and the result rounds once): the product of `up` and
+`g * logistic(g)`, either order in each product, with g loaded twice or once. g and up
+are laid out as the result, so a matmul's view of the result is the same view of each.
+"""
+
+from __future__ import annotations
+
+from jax_mpk.ir import Graph, Op, Tensor
+from jax_mpk.passes.dataflow import Links, replace_ops, same_view, walks, written_between
+from jax_mpk.task_kinds import Opcode, is_float
+
+
+def fold_gating_into_linears(graph: Graph) -> None:
+    links = Links(graph)
+    for gating in [op for op in graph.ops if op.kind == "elementwise"]:
+        out = gating.outputs[0]
+        users = links.readers.get(id(out.buffer), [])
+        if not users or any(u.kind != "matmul" for u in users):
+            continue
+        if links.sole_writer(out, users) is not gating:
+            continue
+        factors = _silu_times_up(gating)
+        if factors is None:
+            continue
+        g, up = factors
+        folded = [_gated_matmul(u, out, g, up) for u in users]
+        if any(f is None for f in folded) or written_between(graph, [gating], users, (g, up)):
+            continue
+        replace_ops(graph, [gating], users, folded)
+        links = Links(graph)
+
+
+def _silu_times_up(op: Op) -> tuple[Tensor, Tensor] | None:
+    """(g, up) when op writes silu(g) * up, all of one float dtype and layout; else None."""
+    instrs, out = op.attrs["instrs"], op.outputs[0]
+    dtype = out.dtype
+    if not is_float(dtype) or any(i.dtype != dtype for i in instrs):
+        return None
+    for t in op.inputs:
+        if t.dtype != dtype or t.shape != out.shape or not walks(t, out.strides):
+            return None
+    last = instrs[-1]
+    if last.opcode != Opcode.MUL:
+        return None
+    for silu, up in (last.args, last.args[::-1]):
+        g, u = _silu_of(instrs, op.inputs, silu), _load(instrs, up)
+        if g is not None and u is not None and not same_view(op.inputs[g], op.inputs[u]):
+            return op.inputs[g], op.inputs[u]
+    return None
+
+
+def _load(instrs, r: int) -> int | None:
+    ins = instrs[r]
+    return ins.imm if ins.opcode == Opcode.LOAD else None
+
+
+def _silu_of(instrs, inputs: list[Tensor], r: int) -> int | None:
+    """The input index of g when register r is g * logistic(g), either order."""
+    ins = instrs[r]
+    if ins.opcode != Opcode.MUL:
+        return None
+    for g, sigmoid in (ins.args, ins.args[::-1]):
+        at, s = _load(instrs, g), instrs[sigmoid]
+        if at is None or s.opcode != Opcode.LOGISTIC:
+            continue
+        inner = _load(instrs, s.args[0])
+        if inner is not None and same_view(inputs[inner], inputs[at]):
+            return at
+    return None
+
+
+def _gated_matmul(matmul: Op, gated: Tensor, g: Tensor, up: Tensor) -> Op | None:
+    """The matmul reading g and up in place of their gating, or None where its kernel paths
+    would not stage x (x streamed as the weights) or it already folds something in."""
+    from jax_mpk.tiling import _stream_x
+
+    a = matmul.attrs
+    view = matmul.inputs[0]
+    if (view.buffer is not gated.buffer or "norm" in a or "gate" in a or "extent_axis" in a
+            or _stream_x(a, "bias" in a)
+            or any(t.buffer is gated.buffer for t in matmul.inputs[1:])):
+        return None
+    shift = view.offset - gated.offset
+    inputs = [g.view(view.shape, view.strides, shift), *matmul.inputs[1:]]
+    epilogue = int("residual" in a) + int("bias" in a)
+    inputs.insert(2 + epilogue, up.view(view.shape, view.strides, shift))
+    return Op("matmul", inputs, matmul.outputs, {**a, "gate": True}, matmul.source,
+              matmul.label or "gated_mlp")
