@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import jax
@@ -30,7 +31,7 @@ from timing import median_seconds  # noqa: E402
 import jax_mpk  # noqa: E402
 from examples.models.config import FAMILIES  # noqa: E402
 from examples.models.linen import Decoder  # noqa: E402
-from jax_mpk import profile  # noqa: E402
+from jax_mpk import profile, runtime  # noqa: E402
 from jax_mpk.tiling import DeviceSpec  # noqa: E402
 from tests.harness import relative_error  # noqa: E402
 
@@ -48,8 +49,6 @@ def device_spec(**extra) -> DeviceSpec | None:
     """The GPU's DeviceSpec with the --tiling overrides; None (jax_mpk's default) on a CPU."""
     if not has_gpu():
         return None
-    from jax_mpk import runtime
-
     return DeviceSpec.of_cuda_device(runtime.device_info(), **TILING, **extra)
 
 
@@ -98,18 +97,21 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
         variants.append(("jax_mpk.jit unfused attention", unfused))
     for label, fn in variants:
         state = {"cache": fresh_cache()}
+        launches = []  # (kernel, FFI handler) µs of each step's launch, on the GPU
+        timed = fn is not reference and hbm
 
-        def step(fn=fn, state=state):
+        def step(fn=fn, state=state, launches=launches, timed=timed):
             logits, state["cache"] = fn(params, tokens, state["cache"], pos)
+            if timed:  # the handler synchronizes: the record is this step's launch
+                timing = runtime.last_launch_timing()
+                launches.append((timing["kernel_us"], timing["run_us"]))
             return logits
 
         ms = median_seconds(step, repeats=repeats) * 1e3
         row[label] = {"ms": ms, "fraction_of_hbm": floor_ms / ms if floor_ms else None}
-        if fn is not reference and hbm:  # the last timed step's launch, on the GPU
-            from jax_mpk import runtime
-
-            timing = runtime.last_launch_timing()
-            row[label].update(kernel_ms=timing["kernel_us"] / 1e3, run_ms=timing["run_us"] / 1e3)
+        if launches:  # medians over the timed steps (and the warm-up's)
+            row[label].update(kernel_ms=statistics.median(k for k, _ in launches) / 1e3,
+                              run_ms=statistics.median(r for _, r in launches) / 1e3)
     row["speedup_vs_jit"] = row["jax.jit"]["ms"] / row["jax_mpk.jit"]["ms"]
     return row
 
@@ -127,7 +129,7 @@ def print_row(row: dict) -> None:
           flush=True)
     if "kernel_ms" in row["jax_mpk.jit"]:
         ours = row["jax_mpk.jit"]
-        print(f"{'':56} last launch: kernel {ours['kernel_ms']:8.3f} ms, FFI handler "
+        print(f"{'':56} median launch: kernel {ours['kernel_ms']:8.3f} ms, FFI handler "
               f"{ours['run_ms']:8.3f} ms", flush=True)
     if "jax_mpk.jit unfused attention" in row:
         unfused = row["jax_mpk.jit unfused attention"]
@@ -171,8 +173,6 @@ def host_profile(name: str, batch: int, context: int) -> None:
     import cProfile
     import pstats
     import time
-
-    from jax_mpk import runtime
 
     model, params, tokens, cache, pos = setup(MODELS[name], batch, context)
     ours = jax_mpk.jit(model.apply, donate_argnums=(2,), device=device_spec())
@@ -256,8 +256,6 @@ def main() -> None:
     hbm = None
     device = "cpu (reference executor)"
     if has_gpu():
-        from jax_mpk import runtime
-
         hbm = runtime.hbm_copy_rate()
         device = runtime.device_info()["name"]
     print(f"{device}: HBM copy rate "
