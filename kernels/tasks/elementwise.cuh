@@ -116,9 +116,38 @@ struct ElementwiseTask {
     return dtype_is_signed(d) ? int64_t(int32_t(v)) : int64_t(v);
   }
 
+  // The float ops of a decode step's programs (norms, RoPE, gatings, softmax), as
+  // float_unary and float_binary compute them. Kept apart from `evaluate`, which is out of
+  // line: the interpreter's loop then stays a few hundred instructions long instead of
+  // reaching across the general switch (tens of KB of code) for every instruction.
+  __device__ static bool is_common_float(int32_t op) {
+    switch (op) {
+      case kOpNeg: case kOpExp: case kOpLogistic: case kOpRsqrt: case kOpSqrt: case kOpSquare:
+      case kOpAdd: case kOpSub: case kOpMul: case kOpDiv: case kOpMax: case kOpMin: return true;
+      default: return false;
+    }
+  }
+
+  __device__ static float common_float(int32_t op, float a, float b) {
+    switch (op) {
+      case kOpNeg: return -a;
+      case kOpExp: return expf(a);
+      case kOpLogistic: return 1.0f / (1.0f + expf(-a));
+      case kOpRsqrt: return 1.0f / sqrtf(a);
+      case kOpSqrt: return sqrtf(a);
+      case kOpSquare: return a * a;
+      case kOpAdd: return a + b;
+      case kOpSub: return a - b;
+      case kOpMul: return a * b;
+      case kOpDiv: return a / b;
+      case kOpMax: return isnan(a) || isnan(b) ? a + b : fmaxf(a, b);
+      default: return isnan(a) || isnan(b) ? a + b : fminf(a, b);  // kOpMin
+    }
+  }
+
   // One instruction: its result as a held value of dtype `dt`. `ad` is the dtype of
   // register a (comparisons, IS_FINITE and CONVERT compute in their operand's dtype).
-  __device__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
+  __device__ __noinline__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
                                       uint32_t b, uint32_t c) {
     const bool is_float = dtype_is_float(dt);
     switch (op) {
@@ -241,8 +270,13 @@ struct ElementwiseTask {
         } else if (op == kOpIota) {
           v = convert_held(uint32_t(index[imm]), kI32, dt, false);
         } else {
-          const int32_t a = ins[2];
-          v = evaluate(op, dt, instrs[a * kInstrWords + 1], imm, regs[a], regs[ins[3]], regs[ins[4]]);
+          const int32_t a = ins[2], ad = instrs[a * kInstrWords + 1];
+          if (dtype_is_float(dt) && is_common_float(op))
+            v = f_bits(common_float(op, bits_f(regs[a]), bits_f(regs[ins[3]])));
+          else if (op == kOpConvert && dtype_is_float(dt) && dtype_is_float(ad))
+            v = f_bits(round_float(bits_f(regs[a]), dt));
+          else
+            v = evaluate(op, dt, ad, imm, regs[a], regs[ins[3]], regs[ins[4]]);
         }
         regs[i] = v;
       }
