@@ -18,7 +18,6 @@
 #pragma once
 
 #include "../runtime/task_context.cuh"
-#include "async_copy.cuh"
 #include "dtype.cuh"
 
 namespace mpk {
@@ -223,15 +222,6 @@ struct DecodeAttentionTask {
     }
   }
 
-  // The 128-byte lines of n rows of `length` contiguous elements, `stride` apart, into L1.
-  __device__ static void prefetch_rows(const TaskContext& ctx, const char* base, int32_t dtype, int64_t first, int n,
-                                       int length, int64_t stride, int64_t unit) {
-    const int size = dtype_size(dtype), lines = (length * size + 127) / 128;
-    if (unit != 1) return;
-    for (int i = ctx.thread; i < n * lines; i += kWorkerThreads)
-      prefetch_l1(base + (first + (i / lines) * stride) * size + (i % lines) * 128);
-  }
-
   // Positions [t0, t1) of batch index b: m[g], l[g] and acc[g][d] (the last kept per thread:
   // thread i owns (g, d) = (i / Dv, i % Dv), i += kWorkerThreads).
   __device__ static void attend(const TaskContext& ctx, const Problem& p, int b, int t0, int t1, float* m_out,
@@ -246,10 +236,6 @@ struct DecodeAttentionTask {
     const int64_t outer = b / p.B1, inner = b % p.B1;
     const int64_t q_b = outer * p.qs[0] + inner * p.qs[1], k_b = outer * p.ks[0] + inner * p.ks[1];
     const int64_t v_b = outer * p.vs[0] + inner * p.vs[1];
-    // The split's rows of k and v are asked into L1 with q's loads: the value pass would
-    // otherwise go to memory only after the scores, one more round trip on every split.
-    prefetch_rows(ctx, kp, p.k_dtype, k_b + int64_t(t0) * p.ks[2], n, p.D, p.ks[2], p.ks[3]);
-    prefetch_rows(ctx, vp, p.v_dtype, v_b + int64_t(t0) * p.vs[2], n, p.Dv, p.vs[2], p.vs[3]);
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads)
       q[i] = load_f32(qp, p.q_dtype, q_b + (i / p.D) * p.qs[2] + (i % p.D) * p.qs[3]);
     __syncthreads();
