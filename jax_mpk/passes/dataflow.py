@@ -165,20 +165,32 @@ def same_view(a: Tensor, b: Tensor) -> bool:
             and a.dtype == b.dtype and walks(a, b.strides))
 
 
-def written_between(graph: Graph, chain: list[Op], users: list[Op], tensors) -> bool:
-    """Whether an op from the first of `chain` to the last of `users`, outside the chain,
-    writes any of `tensors` (which the users will read in the chain's place)."""
-    first, last = graph.ops.index(chain[0]), max(graph.ops.index(u) for u in users)
-    between = [o for o in graph.ops[first:last + 1] if all(o is not c for c in chain)]
-    return any(w.overlaps(t) for o in between for w in o.outputs for t in tensors)
-
-
-def replace_ops(graph: Graph, chain: list[Op], users: list[Op], folded: list[Op]) -> None:
-    """Each user replaced by its folded op, and the chain it folded removed."""
-    for user, op in zip(users, folded, strict=True):
-        graph.ops[graph.ops.index(user)] = op
-    for o in chain:
-        graph.ops.remove(o)
+def fold_into_matmuls(graph: Graph, fold) -> None:
+    """Folds what computes a matmul's x into the matmuls (passes/norm_linear.py,
+    passes/gating_linear.py). For each elementwise op read by matmuls alone, `fold(links,
+    op, readers)` gives (the ops that go, ending with op; each reader's replacement or None;
+    the tensors the replacements read instead) or None. It applies where every reader has a
+    replacement and nothing between the first op that goes and the last reader writes those
+    tensors."""
+    links = Links(graph)
+    for op in [o for o in graph.ops if o.kind == "elementwise"]:
+        readers = links.readers.get(id(op.outputs[0].buffer), [])
+        if not readers or any(r.kind != "matmul" for r in readers):
+            continue
+        found = fold(links, op, readers)
+        if found is None:
+            continue
+        chain, folded, reads = found
+        first, last = graph.ops.index(chain[0]), max(graph.ops.index(r) for r in readers)
+        between = [o for o in graph.ops[first:last + 1] if all(o is not c for c in chain)]
+        if (any(f is None for f in folded)
+                or any(w.overlaps(t) for o in between for w in o.outputs for t in reads)):
+            continue
+        for reader, new in zip(readers, folded, strict=True):
+            graph.ops[graph.ops.index(reader)] = new
+        for o in chain:
+            graph.ops.remove(o)
+        links = Links(graph)
 
 
 def _same_place(a: Tensor, b: Tensor) -> bool:

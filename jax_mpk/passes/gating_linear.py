@@ -14,28 +14,21 @@ are laid out as the result, so a matmul's view of the result is the same view of
 from __future__ import annotations
 
 from jax_mpk.ir import Graph, Op, Tensor
-from jax_mpk.passes.dataflow import Links, replace_ops, same_view, walks, written_between
+from jax_mpk.passes.dataflow import Links, fold_into_matmuls, same_view, walks
 from jax_mpk.task_kinds import Opcode, is_float
 
 
 def fold_gating_into_linears(graph: Graph) -> None:
-    links = Links(graph)
-    for gating in [op for op in graph.ops if op.kind == "elementwise"]:
-        out = gating.outputs[0]
-        users = links.readers.get(id(out.buffer), [])
-        if not users or any(u.kind != "matmul" for u in users):
-            continue
-        if links.sole_writer(out, users) is not gating:
-            continue
-        factors = _silu_times_up(gating)
-        if factors is None:
-            continue
-        g, up = factors
-        folded = [_gated_matmul(u, out, g, up) for u in users]
-        if any(f is None for f in folded) or written_between(graph, [gating], users, (g, up)):
-            continue
-        replace_ops(graph, [gating], users, folded)
-        links = Links(graph)
+    fold_into_matmuls(graph, _fold_gating)
+
+
+def _fold_gating(links: Links, gating: Op, users: list[Op]):
+    out = gating.outputs[0]
+    factors = _silu_times_up(gating) if links.sole_writer(out, users) is gating else None
+    if factors is None:
+        return None
+    g, up = factors
+    return [gating], [_gated_matmul(u, out, g, up) for u in users], (g, up)
 
 
 def _silu_times_up(op: Op) -> tuple[Tensor, Tensor] | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
-from jax_mpk.passes.dataflow import Links, replace_ops, same_view, walks, written_between
+from jax_mpk.passes.dataflow import Links, fold_into_matmuls, same_view, walks
 from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
@@ -32,24 +32,15 @@ STAGED_FLOATS = 8192
 
 
 def fold_norms_into_linears(graph: Graph) -> None:
-    links = Links(graph)
-    for scaled in [op for op in graph.ops if op.kind == "elementwise"]:
-        out = scaled.outputs[0]
-        users = links.readers.get(id(out.buffer), [])
-        if not users or any(u.kind != "matmul" for u in users):
-            continue
-        norm = _rms_norm(links, scaled, users)
-        if norm is None:
-            continue
-        x, scale, attrs, chain = norm
-        folded = [_normed_matmul(u, out, x, scale, attrs) for u in users]
-        if any(f is None for f in folded):
-            continue
-        # The matmuls now read x where they run: nothing between may write it.
-        if written_between(graph, chain, users, (x, scale)):
-            continue
-        replace_ops(graph, chain, users, folded)
-        links = Links(graph)
+    fold_into_matmuls(graph, _fold_norm)
+
+
+def _fold_norm(links: Links, scaled: Op, users: list[Op]):
+    norm = _rms_norm(links, scaled, users)
+    if norm is None:
+        return None
+    x, scale, attrs, chain = norm
+    return chain, [_normed_matmul(u, scaled.outputs[0], x, scale, attrs) for u in users], (x, scale)
 
 
 def _rms_norm(links: Links, scaled: Op, users: list[Op]):
