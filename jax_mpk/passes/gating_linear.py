@@ -85,5 +85,5 @@ def _gated_matmul(matmul: Op, gated: Tensor, g: Tensor, up: Tensor) -> Op | None
     inputs = [g.view(view.shape, view.strides, shift), *matmul.inputs[1:]]
     epilogue = int("residual" in a) + int("bias" in a)
     inputs.insert(2 + epilogue, up.view(view.shape, view.strides, shift))
-    return Op("matmul", inputs, matmul.outputs, {**a, "gate": True}, matmul.source,
-              matmul.label or "gated_mlp")
+    # Named for the gating it now computes (a down projection was a residual_linear).
+    return Op("matmul", inputs, matmul.outputs, {**a, "gate": True}, matmul.source, "gated_mlp")
