@@ -117,9 +117,9 @@ struct ElementwiseTask {
   }
 
   // The float ops of a decode step's programs (norms, RoPE, gatings, softmax), as
-  // float_unary and float_binary compute them. Kept apart from `evaluate`, which is out of
-  // line: the interpreter's loop then stays a few hundred instructions long instead of
-  // reaching across the general switch (tens of KB of code) for every instruction.
+  // float_unary and float_binary compute them, in a switch of their own: the interpreter
+  // reaches the general one (tens of KB of code with the math functions inlined) only for
+  // other ops. (`evaluate` out of line as well was 8 bytes of spills in the workers.)
   __device__ static bool is_common_float(int32_t op) {
     switch (op) {
       case kOpNeg: case kOpExp: case kOpLogistic: case kOpRsqrt: case kOpSqrt: case kOpSquare:
@@ -147,7 +147,7 @@ struct ElementwiseTask {
 
   // One instruction: its result as a held value of dtype `dt`. `ad` is the dtype of
   // register a (comparisons, IS_FINITE and CONVERT compute in their operand's dtype).
-  __device__ __noinline__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
+  __device__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
                                       uint32_t b, uint32_t c) {
     const bool is_float = dtype_is_float(dt);
     switch (op) {

@@ -65,7 +65,6 @@ struct MatmulTask {
     char* out;
     const char* residual;
     const char* bias;
-    const char* up;  // the gate's other factor (kGate), laid out as x; else null
     int n0, nn, k0, kn;
     int extent_axis;
   };
@@ -126,6 +125,13 @@ struct MatmulTask {
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static float to_float(__half v) { return __half2float(v); }
 
+  // The gate's other factor (kGate), laid out as x; else null. Read where x is staged, not
+  // kept in Problem: a pointer held through the loops made ptxas spill.
+  __device__ static const char* up_of(const TaskContext& ctx, const Problem& p) {
+    return p.flags & kGate ? ctx.operand<const char>(4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0))
+                           : nullptr;
+  }
+
   // silu(g) * up as the elementwise program computes it: float32, left to right, rounded once.
   __device__ static float gated(float g, float up, int32_t dtype) {
     return round_float(g * (1.0f / (1.0f + expf(-g))) * up, dtype);
@@ -140,11 +146,12 @@ struct MatmulTask {
     if (!p.x) return;  // run() staged all of x already (stages_whole)
     __syncthreads();  // the previous chunk is consumed
     const int stride = padded(kc);
+    const char* up = up_of(ctx, p);
     for (int i = ctx.thread; i < rows * kc; i += kWorkerThreads) {
       const int r = i / kc, k = i % kc;
       const int64_t at = x_b + int64_t(m0 + r) * p.xs[2] + int64_t(k0 + k) * p.xs[3];
       const float x = load_f32(p.x, p.x_dtype, at);
-      staged[r * stride + k] = p.up ? gated(x, load_f32(p.up, p.x_dtype, at), p.x_dtype) : x;
+      staged[r * stride + k] = up ? gated(x, load_f32(up, p.x_dtype, at), p.x_dtype) : x;
     }
     __syncthreads();
   }
@@ -158,7 +165,7 @@ struct MatmulTask {
     return p.ws[3] == 1 && p.ws[2] != 1 && p.extent_axis == 0 && ctx.desc.dims[0] == 0 && ctx.desc.dims[1] == 1 &&
            p.M <= kStagedRows && p.M * padded(p.kn) <= kStagedX && p.xs[3] == 1 && p.kn % V == 0 &&
            (p.M == 1 || p.xs[2] % V == 0) && reinterpret_cast<uintptr_t>(p.x + p.k0 * dtype_size(p.x_dtype)) % 16 == 0 &&
-           (!p.up || reinterpret_cast<uintptr_t>(p.up + p.k0 * dtype_size(p.x_dtype)) % 16 == 0) &&
+           (!(p.flags & kGate) || reinterpret_cast<uintptr_t>(up_of(ctx, p) + p.k0 * dtype_size(p.x_dtype)) % 16 == 0) &&
            (p.x_dtype == kBF16 || p.x_dtype == kF16 || p.x_dtype == kF32) &&
            (!(p.flags & kNorm) || (p.k0 == 0 && p.kn == ctx.operand<const int32_t>(1)[4]));  // rows whole
   }
@@ -193,12 +200,13 @@ struct MatmulTask {
     constexpr int V = 16 / sizeof(T);
     const T* x = reinterpret_cast<const T*>(p.x) + p.k0;
     const int per_row = p.kn / V, stride = padded(p.kn);
+    const char* up = up_of(ctx, p);
     float row_squares[kStagedRows] = {};
     for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
       const int64_t at = int64_t(i / per_row) * p.xs[2] + (i % per_row) * V;
       const uint4 raw = *reinterpret_cast<const uint4*>(x + at);
       uint4 up_raw;
-      if (p.up) up_raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(p.up) + p.k0 + at);
+      if (up) up_raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(up) + p.k0 + at);
       const T* e = reinterpret_cast<const T*>(&raw);
       const T* u = reinterpret_cast<const T*>(&up_raw);
       float4* to = reinterpret_cast<float4*>(staged + (i / per_row) * stride + (i % per_row) * V);
@@ -207,7 +215,7 @@ struct MatmulTask {
       for (int q = 0; q < V / 4; ++q) {
         float4 f = make_float4(to_float(e[4 * q]), to_float(e[4 * q + 1]), to_float(e[4 * q + 2]),
                                to_float(e[4 * q + 3]));
-        if (p.up)
+        if (up)
           f = make_float4(gated(f.x, to_float(u[4 * q]), p.x_dtype), gated(f.y, to_float(u[4 * q + 1]), p.x_dtype),
                           gated(f.z, to_float(u[4 * q + 2]), p.x_dtype), gated(f.w, to_float(u[4 * q + 3]), p.x_dtype));
         to[q] = f;
@@ -666,8 +674,7 @@ struct MatmulTask {
     p.w = ctx.operand<const char>(3);
     int extra = 4;
     p.residual = p.flags & kResidual ? ctx.operand<const char>(extra++) : nullptr;
-    p.bias = p.flags & kBias ? ctx.operand<const char>(extra++) : nullptr;
-    p.up = p.flags & kGate ? ctx.operand<const char>(extra) : nullptr;
+    p.bias = p.flags & kBias ? ctx.operand<const char>(extra) : nullptr;
     p.n0 = ctx.desc.dims[2];
     p.nn = ctx.desc.dims[3];
     p.k0 = ctx.desc.dims[4];
