@@ -61,6 +61,27 @@ def test_the_gating_runs_inside_its_linear(dtype, rows, k, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k, n", [(12288, 48), (256, 8)], ids=["chunked-x", "split-k"])
+def test_the_gating_on_every_staging_path(k, n, backend):
+    """x longer than a task stages at once (a Qwen3-8B down projection: K 12288), and K split
+    over tasks (few columns), each task gating its own k range."""
+    g, up, _, _ = inputs(jnp.bfloat16, 1, k, seed=k + n)
+    w_down = jnp.asarray(np.random.default_rng(n).standard_normal((k, n)) * k ** -0.5,
+                         jnp.bfloat16)
+
+    def fn(g, up, w_down):
+        return (jax.nn.silu(g) * up) @ w_down
+
+    args = (g, up, w_down)
+    folded = jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    got = folded(*args)
+    assert_close(got, expect(fn, *args), jnp.bfloat16)
+    assert gated_ops(folded, args)[0] == 1
+    unfolded = jax_mpk.jit(fn, backend=backend, device=poisoned(UNFOLDED, backend))
+    assert_same_bits(got, unfolded(*args))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cfg", [LLAMA, QWEN3.replace(dtype=jnp.bfloat16)],
                          ids=["llama", "qwen3-bf16"])
 def test_a_decoder_step_folds_every_gating(cfg, backend):
