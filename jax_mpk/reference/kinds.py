@@ -10,6 +10,8 @@ from jax_mpk.reference.memory import RaceError, TaskAccess
 from jax_mpk.task_kinds import (
     ATTENTION_MERGE,
     ATTENTION_WHOLE,
+    MATMUL_GATE,
+    MATMUL_NORM,
     SEQUENCE_STEP_WORDS,
     ElementwiseProgram,
     Opcode,
@@ -197,17 +199,16 @@ def matmul(ctx, dims):
     m = np.arange(rows)[None, :, None]
     n = np.arange(n0, max(n0, cols))[None, None, :]
     k = np.arange(k0, k0 + kn)
-    x = ctx.load(2, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1] + m * xs[2]
-                 + k[None, None, :] * xs[3])
+    x_at = outer * xs[0] + inner * xs[1] + m * xs[2] + k[None, None, :] * xs[3]
+    x = ctx.load(2, numpy_dtype(x_dtype), x_at)
     after_epilogue = 4 + bool(flags & 1) + bool(flags & 2)  # the norm's scale or the gate's up
-    if flags & 4:
+    if flags & MATMUL_NORM:
         x = _rms_normed(ctx, after_epilogue, desc, x_dtype, xs, M, K, rows, k)
-    if flags & 8:
+    if flags & MATMUL_GATE:  # silu(g) * up as the elementwise program computes it
         g = x.astype(F32)
-        up = ctx.load(after_epilogue, numpy_dtype(x_dtype), outer * xs[0] + inner * xs[1]
-                      + m * xs[2] + k[None, None, :] * xs[3]).astype(F32)
+        up = ctx.load(after_epilogue, numpy_dtype(x_dtype), x_at).astype(F32)
         with np.errstate(over="ignore"):
-            x = (g * (np.float32(1) / (np.float32(1) + np.exp(-g))) * up).astype(x.dtype)
+            x = (g * _FLOAT_UNARY[Opcode.LOGISTIC](g) * up).astype(x.dtype)
     w = ctx.load(3, numpy_dtype(w_dtype), outer * ws[0] + inner * ws[1]
                  + k[None, :, None] * ws[2] + n * ws[3])
     live = np.matmul(x.astype(F32), w.astype(F32))

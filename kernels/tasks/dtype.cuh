@@ -38,6 +38,10 @@ __device__ __forceinline__ float round_float(float f, int32_t d) {
   return f;
 }
 
+// The one logistic of the kinds (ELEMENTWISE's LOGISTIC, MATMUL's gate): a folded gating
+// must round as the elementwise op it replaces.
+__device__ __forceinline__ float logistic(float x) { return 1.0f / (1.0f + expf(-x)); }
+
 // An integer held value wrapped into integer dtype d, as numpy's astype does.
 __device__ __forceinline__ uint32_t wrap_int(uint32_t v, int32_t d) {
   switch (d) {

@@ -34,38 +34,56 @@ struct ElementwiseTask {
     return nullptr;
   }
 
-  // a op b for float32 values.
-  __device__ static float float_binary(int32_t op, float a, float b) {
+  // The float ops of a decode step's programs (norms, RoPE, gatings, softmax) in a switch of
+  // their own, which float_unary and float_binary share: the interpreter calls it directly
+  // and reaches the general `evaluate` (tens of KB of code with the math functions inlined)
+  // only for other ops. (`evaluate` out of line as well was 8 bytes of spills in the workers.)
+  __device__ static bool is_common_float(int32_t op) {
     switch (op) {
+      case kOpNeg: case kOpExp: case kOpLogistic: case kOpRsqrt: case kOpSqrt: case kOpSquare:
+      case kOpAdd: case kOpSub: case kOpMul: case kOpDiv: case kOpMax: case kOpMin: return true;
+      default: return false;
+    }
+  }
+
+  __device__ static float common_float(int32_t op, float a, float b) {
+    switch (op) {
+      case kOpNeg: return -a;
+      case kOpExp: return expf(a);
+      case kOpLogistic: return logistic(a);
+      case kOpRsqrt: return 1.0f / sqrtf(a);
+      case kOpSqrt: return sqrtf(a);
+      case kOpSquare: return a * a;
       case kOpAdd: return a + b;
       case kOpSub: return a - b;
       case kOpMul: return a * b;
       case kOpDiv: return a / b;
+      case kOpMax: return isnan(a) || isnan(b) ? a + b : fmaxf(a, b);  // numpy propagates NaN
+      default: return isnan(a) || isnan(b) ? a + b : fminf(a, b);  // kOpMin
+    }
+  }
+
+  // a op b for float32 values: ADD, SUB, MUL, DIV, REM, POW, MAX, MIN.
+  __device__ static float float_binary(int32_t op, float a, float b) {
+    switch (op) {
       case kOpRem: return fmodf(a, b);
       case kOpPow: return powf(a, b);
-      case kOpMax: return isnan(a) || isnan(b) ? a + b : fmaxf(a, b);  // numpy propagates NaN
-      case kOpMin: return isnan(a) || isnan(b) ? a + b : fminf(a, b);
-      default: return 0.0f;
+      default: return common_float(op, a, b);
     }
   }
 
   __device__ static float float_unary(int32_t op, float x) {
+    if (is_common_float(op)) return common_float(op, x, 0.0f);
     switch (op) {
-      case kOpNeg: return -x;
       case kOpAbs: return fabsf(x);
       case kOpSign: return isnan(x) ? x : float((x > 0.0f) - (x < 0.0f));
-      case kOpSquare: return x * x;
-      case kOpExp: return expf(x);
       case kOpExp2: return exp2f(x);
       case kOpLog: return logf(x);
       case kOpLog1p: return log1pf(x);
       case kOpExpm1: return expm1f(x);
       case kOpTanh: return tanhf(x);
-      case kOpLogistic: return 1.0f / (1.0f + expf(-x));
       case kOpErf: return erff(x);
       case kOpErfc: return erfcf(x);
-      case kOpRsqrt: return 1.0f / sqrtf(x);
-      case kOpSqrt: return sqrtf(x);
       case kOpSin: return sinf(x);
       case kOpCos: return cosf(x);
       case kOpTan: return tanf(x);
@@ -114,35 +132,6 @@ struct ElementwiseTask {
 
   __device__ static int64_t as_int64(uint32_t v, int32_t d) {
     return dtype_is_signed(d) ? int64_t(int32_t(v)) : int64_t(v);
-  }
-
-  // The float ops of a decode step's programs (norms, RoPE, gatings, softmax), as
-  // float_unary and float_binary compute them, in a switch of their own: the interpreter
-  // reaches the general one (tens of KB of code with the math functions inlined) only for
-  // other ops. (`evaluate` out of line as well was 8 bytes of spills in the workers.)
-  __device__ static bool is_common_float(int32_t op) {
-    switch (op) {
-      case kOpNeg: case kOpExp: case kOpLogistic: case kOpRsqrt: case kOpSqrt: case kOpSquare:
-      case kOpAdd: case kOpSub: case kOpMul: case kOpDiv: case kOpMax: case kOpMin: return true;
-      default: return false;
-    }
-  }
-
-  __device__ static float common_float(int32_t op, float a, float b) {
-    switch (op) {
-      case kOpNeg: return -a;
-      case kOpExp: return expf(a);
-      case kOpLogistic: return 1.0f / (1.0f + expf(-a));
-      case kOpRsqrt: return 1.0f / sqrtf(a);
-      case kOpSqrt: return sqrtf(a);
-      case kOpSquare: return a * a;
-      case kOpAdd: return a + b;
-      case kOpSub: return a - b;
-      case kOpMul: return a * b;
-      case kOpDiv: return a / b;
-      case kOpMax: return isnan(a) || isnan(b) ? a + b : fmaxf(a, b);
-      default: return isnan(a) || isnan(b) ? a + b : fminf(a, b);  // kOpMin
-    }
   }
 
   // One instruction: its result as a held value of dtype `dt`. `ad` is the dtype of

@@ -134,7 +134,7 @@ struct MatmulTask {
 
   // silu(g) * up as the elementwise program computes it: float32, left to right, rounded once.
   __device__ static float gated(float g, float up, int32_t dtype) {
-    return round_float(g * (1.0f / (1.0f + expf(-g))) * up, dtype);
+    return round_float(g * logistic(g) * up, dtype);
   }
 
   // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc), as float32: staged[r * stride + (k - k0)],
