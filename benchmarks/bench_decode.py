@@ -160,6 +160,10 @@ def timeline_report(name: str, batch: int, context: int, directory: str) -> None
         task_us = sum(r["busy_us"] for r in rows) / sum(r["tasks"] for r in rows)
         print(f"{what:30} {len(spans):5} {sum(spans):12.0f} {sum(spans) / len(spans):7.1f} "
               f"{task_us:9.1f}")
+    print("op kind                        tasks after the same kind (µs) | after another (µs)")
+    for row in profile.after_same_kind(timeline, lowered.compiled.program):
+        print(f"{row['what']:30} {row['warm_tasks']:6} {row['warm_us']:7.1f} | "
+              f"{row['cold_tasks']:6} {row['cold_us']:7.1f}")
     middle = len(table) // 2  # one layer's ops in order, from the middle of the step
     print("ops around the middle of the step: start µs, span µs, tasks, busy µs per task")
     for row in table[middle:middle + 16]:

@@ -123,3 +123,26 @@ def op_table(timeline: np.ndarray, compiled_program) -> list[dict]:
                      "span_us": float(mine["end_us"].max() - mine["start_us"].min()),
                      "busy_us": float((mine["end_us"] - mine["start_us"]).sum())})
     return sorted(rows, key=lambda r: r["start_us"])
+
+
+
+def after_same_kind(timeline: np.ndarray, compiled_program) -> list[dict]:
+    """Per op kind of a compiled model step: the mean µs of its tasks that ran right after a
+    task of the same task kind on their worker ("warm": that code just ran there) and of
+    those that ran first or after another kind ("cold"). A large gap points at the
+    instruction cache rather than at the task's bytes."""
+    ops = compiled_program.graph.ops
+    whats = [op.kind + (f" [{op.label}]" if op.label else "") for op in ops]
+    op_of = np.array([record.op for record in compiled_program.tasks])
+    split: dict[str, dict[str, list[float]]] = {}
+    for worker in np.unique(timeline["worker"]):
+        previous = None
+        for entry in timeline[timeline["worker"] == worker]:  # in order of start
+            bucket = "warm" if entry["kind"] == previous else "cold"
+            times = split.setdefault(whats[op_of[entry["task"]]], {"warm": [], "cold": []})
+            times[bucket].append(float(entry["end_us"] - entry["start_us"]))
+            previous = entry["kind"]
+    rows = [{"what": what, **{f"{b}_tasks": len(t) for b, t in times.items()},
+             **{f"{b}_us": float(np.mean(t)) if t else float("nan") for b, t in times.items()}}
+            for what, times in split.items()]
+    return sorted(rows, key=lambda r: -(r["warm_tasks"] + r["cold_tasks"]))

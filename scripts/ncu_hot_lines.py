@@ -1,6 +1,7 @@
 """The SASS lines where the megakernel's warps spent the most sampled cycles, from ncu's
 source page (`ncu --import R.ncu-rep --page source --csv --print-source sass`), which for the
-whole megakernel runs to tens of MB: keeps the top N rows and the stall-reason columns.
+whole megakernel runs to tens of MB: keeps the top N rows and the stall-reason columns, and
+prints each reason's share of all samples to stderr.
 
     python scripts/ncu_hot_lines.py source.csv [N] > hot.csv
 """
@@ -28,6 +29,11 @@ def main() -> None:
     total = sum(number(row[samples]) for row in body if len(row) > samples)
     keep = [i for i, c in enumerate(header)
             if i <= samples or "stall" in c.lower() or c in ("Address", "Source")]
+    # Over every line, not only the kept ones: each stall reason's share of the samples.
+    totals = {header[i]: sum(number(row[i]) for row in body if len(row) > i)
+              for i in keep if i > samples and "stall" in header[i].lower()}
+    for name, value in sorted(totals.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"{value / total if total else 0.0:6.3f} {name}", file=sys.stderr)
     out = csv.writer(sys.stdout)
     out.writerow(["share"] + [header[i] for i in keep])
     for row in body[:top]:

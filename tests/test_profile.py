@@ -70,3 +70,23 @@ def test_trace_and_occupancy(tmp_path):
 def test_unprofiled_program_is_refused():
     with pytest.raises(ValueError, match="profile_capacity"):
         profile.read(profiled_program(capacity=0), np.zeros(16, np.uint8))
+
+
+
+def test_after_same_kind_splits_by_the_previous_task_on_the_worker():
+    from types import SimpleNamespace as NS
+
+    graph = NS(ops=[NS(kind="matmul", label="o"), NS(kind="matmul", label="o"),
+                    NS(kind="elementwise", label="")])
+    compiled = NS(graph=graph, tasks=[NS(op=0), NS(op=1), NS(op=2), NS(op=0)])
+    matmul, elementwise = int(fmt.TaskKind.MATMUL), int(fmt.TaskKind.ELEMENTWISE)
+    kind = {0: matmul, 1: matmul, 2: elementwise, 3: matmul}
+    # worker 0: the elementwise task, then o cold, then o warm; worker 1: o cold, o warm
+    entries = [(0, 2, 0, 2), (0, 0, 3, 9), (0, 1, 10, 12), (1, 3, 1, 8), (1, 3, 9, 13)]
+    timeline = np.array([(w, t, 0, kind[t], s, e) for w, t, s, e in entries], profile.TIMELINE)
+    rows = profile.after_same_kind(np.sort(timeline, order="start_us"), compiled)
+    o, ew = rows
+    assert o["what"] == "matmul [o]" and ew["what"] == "elementwise"
+    assert (o["cold_tasks"], o["warm_tasks"]) == (2, 2)
+    assert (o["cold_us"], o["warm_us"]) == (pytest.approx(6.5), pytest.approx(3.0))
+    assert (ew["cold_tasks"], ew["warm_tasks"]) == (1, 0)
