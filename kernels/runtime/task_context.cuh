@@ -13,22 +13,54 @@ constexpr int kWorkerThreads = 256;
 // time on a worker, so they share one arena instead of each declaring its own arrays.
 constexpr int kTaskSharedBytes = 112 * 1024;
 
+// A task's first operands are resolved into shared memory by its worker (before the task's
+// wait, under the static schedule): an address from the program takes two dependent global
+// loads (operand record, then slot), and an acquiring wait leaves L1 empty.
+constexpr int kResolvedOperands = 8;
+
+__device__ __forceinline__ uint64_t operand_address(const LaunchParams& params, const TaskDesc& desc, int i,
+                                                    uint32_t iteration) {
+  const Operand& o = params.operands[desc.first_operand + i];
+  return uint64_t(params.slots[o.slot]) + o.offset + uint64_t(iteration) * o.iteration_stride;
+}
+
+// A descriptor beside the addresses of its task's first operands in this iteration, in
+// shared memory: TaskContext finds them next to its `desc`, at no register's cost.
+struct ResolvedTask {
+  TaskDesc desc;
+  uint64_t operands[kResolvedOperands];
+};
+
+// Fills in the operands of tasks[0, n), whose descriptors are in place. Every thread calls it.
+__device__ __forceinline__ void resolve_operands(const LaunchParams& params, ResolvedTask* tasks, uint32_t n,
+                                                 uint32_t iteration, uint32_t thread) {
+  for (uint32_t k = thread; k < n * kResolvedOperands; k += blockDim.x) {
+    ResolvedTask& t = tasks[k / kResolvedOperands];
+    const int i = k % kResolvedOperands;
+    if (i < t.desc.num_operands) t.operands[i] = operand_address(params, t.desc, i, iteration);
+  }
+}
+
 struct TaskContext {
   const LaunchParams& params;
-  const TaskDesc& desc;
+  const TaskDesc& desc;  // a ResolvedTask's
   uint32_t task;
   uint32_t iteration;
   int thread;  // 0 .. kWorkerThreads-1
   char* shared;  // kTaskSharedBytes, 16-byte aligned; contents undefined at task start
   // The task's `prefetch` ran before its wait (static schedule, kTaskPrefetch): its copies
   // into `shared` are in flight.
-  bool prefetched = false;
+  bool prefetched;
+
+  __device__ TaskContext(const LaunchParams& params, const ResolvedTask& resolved, uint32_t task, uint32_t iteration,
+                         int thread, char* shared, bool prefetched = false)
+      : params(params), desc(resolved.desc), task(task), iteration(iteration), thread(thread), shared(shared),
+        prefetched(prefetched) {}
 
   template <typename T>
   __device__ __forceinline__ T* operand(int i) const {
-    const Operand& o = params.operands[desc.first_operand + i];
-    return reinterpret_cast<T*>(params.slots[o.slot] + o.offset +
-                                uint64_t(iteration) * o.iteration_stride);
+    return reinterpret_cast<T*>(i < kResolvedOperands ? reinterpret_cast<const ResolvedTask&>(desc).operands[i]
+                                                      : operand_address(params, desc, i, iteration));
   }
 
   __device__ __forceinline__ uint64_t operand_bytes(int i) const {

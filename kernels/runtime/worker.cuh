@@ -92,13 +92,14 @@ __device__ __forceinline__ void load_desc(TaskDesc& desc, const TaskDesc& from, 
 
 // Runs one task with every thread of the block, then triggers its events.
 template <Schedule kSchedule>
-__device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Control& c, const TaskDesc& desc,
+__device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Control& c, const ResolvedTask& resolved,
                                                 uint32_t task, uint32_t iteration, bool prefetched = false) {
+  const TaskDesc& desc = resolved.desc;
   const int thread = threadIdx.x;
   const bool profiling = p.profile_capacity != 0 && thread == 0;
   const uint64_t start = profiling ? global_timer_ns() : 0;
   extern __shared__ __align__(16) char task_shared[];
-  const TaskContext ctx{p, desc, task, iteration, thread, task_shared, prefetched};
+  const TaskContext ctx(p, resolved, task, iteration, thread, task_shared, prefetched);
   if (!run_task(AllTasks{}, ctx) && thread == 0)
     report_error(c.error, kBadTaskKind, task, 0xFFFFFFFFu, iteration, desc.kind, kNumTaskKinds);
   // Read before the barrier: after it, other threads load the next descriptor.
@@ -117,13 +118,14 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
 // task waits for its launch event to reach this iteration's threshold (the
 // start event stands for "the previous iteration ended"), unless all its
 // producers ran earlier on this worker. List entries and descriptors are
-// staged into shared memory a chunk at a time, one round trip per chunk. A task
+// staged into shared memory a chunk at a time, one round trip per chunk, and so are the
+// addresses of the tasks' first operands. A task
 // flagged kTaskPrefetch starts loading its weights before the wait.
 constexpr uint32_t kStagedTasks = 32;
 
 __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker) {
   __shared__ WorkerTask items[kStagedTasks];
-  __shared__ TaskDesc descs[kStagedTasks];
+  __shared__ ResolvedTask staged[kStagedTasks];
   __shared__ int stop;
   constexpr uint32_t kWords = sizeof(TaskDesc) / 4;
   const Control c(p);
@@ -137,15 +139,17 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
       if (thread < n) items[thread] = p.worker_tasks[chunk + thread];
       __syncthreads();
       for (uint32_t k = thread; k < n * kWords; k += blockDim.x)
-        reinterpret_cast<uint32_t*>(descs)[k] =
+        reinterpret_cast<uint32_t*>(&staged[k / kWords].desc)[k % kWords] =
             reinterpret_cast<const uint32_t*>(&p.tasks[items[k / kWords].task])[k % kWords];
+      __syncthreads();
+      resolve_operands(p, staged, n, iteration, thread);
       __syncthreads();
       for (uint32_t j = 0; j < n; ++j) {
         const WorkerTask item = items[j];
         bool prefetched = false;
-        if (descs[j].flags & kTaskPrefetch) {
+        if (staged[j].desc.flags & kTaskPrefetch) {
           extern __shared__ __align__(16) char task_shared[];
-          prefetched = prefetch_task(AllTasks{}, TaskContext{p, descs[j], item.task, iteration, int(thread), task_shared});
+          prefetched = prefetch_task(AllTasks{}, TaskContext(p, staged[j], item.task, iteration, int(thread), task_shared));
         }
         if (thread == 0) {
           int verdict = Watchdog::kWait;
@@ -165,7 +169,7 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
         }
         __syncthreads();
         if (stop) return;
-        run_and_trigger<kScheduleStatic>(p, c, descs[j], item.task, iteration, prefetched);
+        run_and_trigger<kScheduleStatic>(p, c, staged[j], item.task, iteration, prefetched);
       }
     }
   }
@@ -175,7 +179,7 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
 __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker) {
   __shared__ uint64_t batch[kFetchBatch];
   __shared__ int batch_size;  // -1: exit
-  __shared__ TaskDesc desc;
+  __shared__ ResolvedTask resolved;
   const Control c(p);
   const int thread = threadIdx.x;
   const uint64_t cap = p.worker_queue_capacity;
@@ -215,9 +219,11 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
       const uint32_t task = uint32_t(batch[i]);
       const uint32_t iteration = uint32_t(batch[i] >> 32) & 0xFFFFu;
       if (task == kTerminateTask) return;
-      load_desc(desc, p.tasks[task], thread);
+      load_desc(resolved.desc, p.tasks[task], thread);
       __syncthreads();
-      run_and_trigger<kScheduleDynamic>(p, c, desc, task, iteration);
+      resolve_operands(p, &resolved, 1, iteration, thread);
+      __syncthreads();
+      run_and_trigger<kScheduleDynamic>(p, c, resolved, task, iteration);
     }
     __syncthreads();
   }

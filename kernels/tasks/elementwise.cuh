@@ -36,8 +36,8 @@ struct ElementwiseTask {
 
   // The float ops of a decode step's programs (norms, RoPE, gatings, softmax) in a switch of
   // their own, which float_unary and float_binary share: the interpreter calls it directly
-  // and reaches the general `evaluate` (tens of KB of code with the math functions inlined)
-  // only for other ops. (`evaluate` out of line as well was 8 bytes of spills in the workers.)
+  // and reaches the general `evaluate` (tens of KB of code with the math functions, out of
+  // line so that it stays out of the instruction cache) only for other ops.
   __device__ static bool is_common_float(int32_t op) {
     switch (op) {
       case kOpNeg: case kOpExp: case kOpLogistic: case kOpRsqrt: case kOpSqrt: case kOpSquare:
@@ -136,7 +136,7 @@ struct ElementwiseTask {
 
   // One instruction: its result as a held value of dtype `dt`. `ad` is the dtype of
   // register a (comparisons, IS_FINITE and CONVERT compute in their operand's dtype).
-  __device__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
+  __device__ __noinline__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
                                       uint32_t b, uint32_t c) {
     const bool is_float = dtype_is_float(dt);
     switch (op) {

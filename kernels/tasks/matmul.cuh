@@ -537,66 +537,62 @@ struct MatmulTask {
     }
   }
 
-  // Where a lane's q-th load of by_k_pipelined falls: column c (of the tile), vector i along
-  // k, and whether it is the column's last. Advanced step by step: no division per load.
-  struct ColumnCursor {
-    int c, i, within;
-    int per_column, L, column_step, sl;
-    __device__ void advance() {
-      i += L;
-      if (++within == per_column) {
-        within = 0;
-        i = sl;
-        c += column_step;
-      }
-    }
-    __device__ bool last_of_column() const { return within == per_column - 1; }
-  };
-
   // by_k when x fits the stage whole: a lane's loads over all its columns form one
-  // sequence, kept kStages - 1 ahead of use through the ring.
+  // sequence, kept kStages - 1 ahead of use through the ring. The next load's address steps
+  // along k, or on to the lane's next column, instead of being computed for each load.
   template <typename Weights, int rows>
   __device__ static void by_k_pipelined(const TaskContext& ctx, const Problem& p, int b, const Shared& sh, int L) {
+    using T = typename Weights::Elem;
     constexpr int V = Weights::kWidth;
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
-    const int per_warp = 32 / L, sub = lane / L, sl = lane % L;
+    const int per_warp = 32 / L, sl = lane % L;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int vectors = p.kn / V, stride = padded(p.kn);
-    // Loads per lane and column, the same in a warp; at least one step, where the column's
-    // scalar tail and store happen (k may be shorter than a vector, or cut to 0).
+    // Loads per column, the same for every lane: at least one, where the column's scalar tail
+    // and store happen (k may be shorter than a vector, or cut to 0). This lane's are fewer
+    // where L does not divide the vectors.
     const int per_column = max(1, (vectors + L - 1) / L);
-    const int column_step = kWarps * per_warp, first = warp * per_warp;
-    const int columns = first < p.nn ? (p.nn - first + column_step - 1) / column_step : 0;  // warp-uniform
-    const int steps = columns * per_column;
-    const ColumnCursor start{first + sub, sl, 0, per_column, L, column_step, sl};
+    const int lane_loads = sl < vectors ? (vectors - sl + L - 1) / L : 0;
+    const int column_step = kWarps * per_warp, warp_first = warp * per_warp, first = warp_first + lane / L;
+    const int columns = warp_first < p.nn ? (p.nn - warp_first + column_step - 1) / column_step : 0;  // warp-uniform
+    const unsigned steps = unsigned(columns * per_column);
+    const int64_t along = int64_t(L) * V, to_next_column = int64_t(column_step) * p.ws[3] - (per_column - 1) * along;
     uint4* mine = sh.ring + ctx.thread;
     for (int m0 = 0; m0 < p.M; m0 += rows) {
       const int live_rows = min(rows, max(0, p.live_rows - m0));
       stage_x(ctx, p, x_b, m0, live_rows, p.k0, p.kn, sh.staged);
-      ColumnCursor ahead = start, now = start;
-      auto issue = [&](int q) {
-        if (q < steps && ahead.c < p.nn && p.n0 + ahead.c < p.live_end && ahead.i < vectors && live_rows > 0)
-          copy16_async(mine + (q % kStages) * kWorkerThreads,
-                       Weights::address(p.w, w_b + int64_t(p.n0 + ahead.c) * p.ws[3] + p.k0 + ahead.i * V));
+      auto live = [&](int c) { return c < p.nn && p.n0 + c < p.live_end && live_rows > 0; };
+      const T* ahead = reinterpret_cast<const T*>(p.w) + w_b + int64_t(p.n0 + first) * p.ws[3] + p.k0 + sl * V;
+      int ahead_c = first, ahead_j = 0;
+      bool ahead_live = live(first);
+      auto issue = [&](unsigned q) {
+        if (q < steps && ahead_live && ahead_j < lane_loads) copy16_async(mine + (q % kStages) * kWorkerThreads, ahead);
         commit_copies();
-        ahead.advance();
+        if (++ahead_j < per_column) {
+          ahead += along;
+        } else {
+          ahead_j = 0;
+          ahead += to_next_column;
+          ahead_c += column_step;
+          ahead_live = live(ahead_c);
+        }
       };
-      for (int q = 0; q < kStages - 1; ++q) issue(q);
-      float acc[rows] = {};
-      for (int q = 0; q < steps; ++q, now.advance()) {
-        issue(q + kStages - 1);
-        wait_copies<kStages - 1>();
-        const int n = p.n0 + now.c;
-        const bool active = now.c < p.nn && n < p.live_end && live_rows > 0;
-        if (active && now.i < vectors)
-          dot<rows, Weights>(acc, load_shared16(mine + (q % kStages) * kWorkerThreads), live_rows, sh.staged + now.i * V, stride);
-        if (!now.last_of_column()) continue;
-        // The column's last load: its scalar tail, then the lanes' sums.
+      for (unsigned q = 0; q < kStages - 1; ++q) issue(q);
+      unsigned q = 0;
+      for (int column = 0; column < columns; ++column) {
+        const int c = first + column * column_step, n = p.n0 + c;
+        const bool active = live(c);
+        float acc[rows] = {};
+        const float* xk = sh.staged + sl * V;
+        for (int j = 0; j < per_column; ++j, ++q, xk += along) {
+          issue(q + kStages - 1);
+          wait_copies<kStages - 1>();
+          if (active && j < lane_loads)
+            dot<rows, Weights>(acc, load_shared16(mine + (q % kStages) * kWorkerThreads), live_rows, xk, stride);
+        }
         if (active)
           tail<rows>(p, acc, w_b + int64_t(n) * p.ws[3] + p.k0, vectors * V + sl, p.kn, L, live_rows, sh.staged, stride);
-        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && now.c < p.nn);
-#pragma unroll
-        for (int r = 0; r < rows; ++r) acc[r] = 0.0f;
+        store_column<rows>(p, acc, b, m0, n, L, sl == 0 && c < p.nn);
       }
     }
   }

@@ -52,17 +52,22 @@ struct SequenceTask {
     const int steps = words[0];
     uint32_t operand = ctx.desc.first_operand + 1;
     for (int s = 0; s < steps; ++s) {
-      const TaskDesc step = step_desc(words + 1 + s * kStepWords, ctx.desc, operand);
-      operand += step.num_operands;
-      const TaskContext sub{ctx.params, step, ctx.task, ctx.iteration, ctx.thread, ctx.shared};
-      switch (step.kind) {
+      __shared__ ResolvedTask step;
+      if (ctx.thread == 0) step.desc = step_desc(words + 1 + s * kStepWords, ctx.desc, operand);
+      __syncthreads();
+      resolve_operands(ctx.params, &step, 1, ctx.iteration, ctx.thread);
+      operand += step.desc.num_operands;
+      __syncthreads();
+      const TaskContext sub(ctx.params, step, ctx.task, ctx.iteration, ctx.thread, ctx.shared);
+      switch (step.desc.kind) {
         case kTaskElementwise: ElementwiseTask::run(sub); break;
         case kTaskReduce: ReduceTask::run(sub); break;
         case kTaskGatherRows: GatherRowsTask::run(sub); break;
         case kTaskDynamicSlice: DynamicSliceTask::run(sub); break;
         case kTaskDynamicUpdateSlice: DynamicUpdateSliceTask::run(sub); break;
         default:
-          if (ctx.thread == 0) report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind, step.kind);
+          if (ctx.thread == 0)
+            report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind, step.desc.kind);
           return;
       }
       __syncthreads();  // the next step may read what this one wrote
