@@ -3,6 +3,8 @@
 // report a failure. Tasks never read blockIdx: the block is the worker.
 #pragma once
 
+#include <type_traits>
+
 #include "launch_params.h"
 #include "sync.cuh"
 
@@ -24,11 +26,24 @@ __device__ __forceinline__ uint64_t operand_address(const LaunchParams& params, 
   return uint64_t(params.slots[o.slot]) + o.offset + uint64_t(iteration) * o.iteration_stride;
 }
 
-// A descriptor beside the addresses of its task's first operands in this iteration, in
-// shared memory: TaskContext finds them next to its `desc`, at no register's cost.
+// Kinds that define kDescWords read a constant int32 descriptor of that many words at
+// operand 1; the worker stages it too (at most kStagedDescWords), as no task writes it.
+constexpr int kStagedDescWords = 28;
+
+template <typename T, typename = void>
+struct DescWords : std::integral_constant<int, 0> {};
+template <typename T>
+struct DescWords<T, std::void_t<decltype(T::kDescWords)>> : std::integral_constant<int, T::kDescWords> {
+  static_assert(T::kDescWords <= kStagedDescWords, "raise kStagedDescWords");
+};
+
+// A descriptor beside the addresses of its task's first operands in this iteration and its
+// constant descriptor words, in shared memory: TaskContext finds them next to its `desc`, at
+// no register's cost.
 struct ResolvedTask {
   TaskDesc desc;
   uint64_t operands[kResolvedOperands];
+  int32_t desc_words[kStagedDescWords];
 };
 
 // Fills in the operands of tasks[0, n), whose descriptors are in place. Every thread calls it.
@@ -61,6 +76,11 @@ struct TaskContext {
   __device__ __forceinline__ T* operand(int i) const {
     return reinterpret_cast<T*>(i < kResolvedOperands ? reinterpret_cast<const ResolvedTask&>(desc).operands[i]
                                                       : operand_address(params, desc, i, iteration));
+  }
+
+  // The constant descriptor at operand 1 of a kind with kDescWords, staged by the worker.
+  __device__ __forceinline__ const int32_t* descriptor() const {
+    return reinterpret_cast<const ResolvedTask&>(desc).desc_words;
   }
 
   __device__ __forceinline__ uint64_t operand_bytes(int i) const {

@@ -42,6 +42,23 @@ __device__ __forceinline__ bool prefetch_task(TaskList<Tasks...>, const TaskCont
   return done;
 }
 
+template <typename... Tasks>
+__device__ __forceinline__ int desc_words(TaskList<Tasks...>, uint32_t kind) {
+  int words = 0;
+  ((kind == Tasks::kKind ? (words = DescWords<Tasks>::value) : 0), ...);
+  return words;
+}
+
+// Copies each task's constant descriptor (operand 1, already resolved) into its ResolvedTask.
+// Every thread calls it.
+__device__ __forceinline__ void stage_descriptors(ResolvedTask* tasks, uint32_t n, uint32_t thread) {
+  for (uint32_t k = thread; k < n * kStagedDescWords; k += blockDim.x) {
+    ResolvedTask& t = tasks[k / kStagedDescWords];
+    const int w = k % kStagedDescWords;
+    if (w < desc_words(AllTasks{}, t.desc.kind)) t.desc_words[w] = reinterpret_cast<const int32_t*>(t.operands[1])[w];
+  }
+}
+
 // An NVSHMEM event: add 1 to a signal word in a peer's copy of the signal
 // buffer. The release at system scope publishes the task's stores, which the
 // block barrier ordered before this thread's trigger, to the peer first.
@@ -119,7 +136,7 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
 // start event stands for "the previous iteration ended"), unless all its
 // producers ran earlier on this worker. List entries and descriptors are
 // staged into shared memory a chunk at a time, one round trip per chunk, and so are the
-// addresses of the tasks' first operands. A task
+// addresses of the tasks' first operands and their constant descriptors. A task
 // flagged kTaskPrefetch starts loading its weights before the wait.
 constexpr uint32_t kStagedTasks = 32;
 
@@ -143,6 +160,8 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
             reinterpret_cast<const uint32_t*>(&p.tasks[items[k / kWords].task])[k % kWords];
       __syncthreads();
       resolve_operands(p, staged, n, iteration, thread);
+      __syncthreads();
+      stage_descriptors(staged, n, thread);
       __syncthreads();
       for (uint32_t j = 0; j < n; ++j) {
         const WorkerTask item = items[j];
@@ -222,6 +241,8 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
       load_desc(resolved.desc, p.tasks[task], thread);
       __syncthreads();
       resolve_operands(p, &resolved, 1, iteration, thread);
+      __syncthreads();
+      stage_descriptors(&resolved, 1, thread);
       __syncthreads();
       run_and_trigger<kScheduleDynamic>(p, c, resolved, task, iteration);
     }

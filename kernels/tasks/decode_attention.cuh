@@ -52,7 +52,7 @@ struct DecodeAttentionTask {
   }
 
   __device__ static Problem problem_of(const TaskContext& ctx) {
-    const int32_t* w = ctx.operand<const int32_t>(1);
+    const int32_t* w = ctx.descriptor();
     Problem p;
     p.B1 = max(w[1], 1);
     p.G = w[2];

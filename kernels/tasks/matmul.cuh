@@ -167,7 +167,7 @@ struct MatmulTask {
            (p.M == 1 || p.xs[2] % V == 0) && reinterpret_cast<uintptr_t>(p.x + p.k0 * dtype_size(p.x_dtype)) % 16 == 0 &&
            (!(p.flags & kGate) || reinterpret_cast<uintptr_t>(up_of(ctx, p) + p.k0 * dtype_size(p.x_dtype)) % 16 == 0) &&
            (p.x_dtype == kBF16 || p.x_dtype == kF16 || p.x_dtype == kF32) &&
-           (!(p.flags & kNorm) || (p.k0 == 0 && p.kn == ctx.operand<const int32_t>(1)[4]));  // rows whole
+           (!(p.flags & kNorm) || (p.k0 == 0 && p.kn == ctx.descriptor()[4]));  // rows whole
   }
 
   // Every load of x is on the critical path (its writer just finished), so a thread issues
@@ -186,7 +186,7 @@ struct MatmulTask {
     else stage_vectors<float>(ctx, p, staged, norm ? sums : nullptr);
     if (norm) {
       __syncthreads();
-      const float K = float(ctx.operand<const int32_t>(1)[4]), eps = __int_as_float(ctx.operand<const int32_t>(1)[21]);
+      const float K = float(ctx.descriptor()[4]), eps = __int_as_float(ctx.descriptor()[21]);
       for (int m = ctx.thread; m < p.M; m += kWorkerThreads) sums[m] = 1.0f / sqrtf(sums[m] / K + eps);
       __syncthreads();
       normalize_staged(ctx, p, staged, sums);
@@ -254,7 +254,7 @@ struct MatmulTask {
   // vectors this thread staged.
   __device__ static void normalize_staged(const TaskContext& ctx, const Problem& p, float* staged,
                                           const float* inv_rms) {
-    const int32_t* desc = ctx.operand<const int32_t>(1);
+    const int32_t* desc = ctx.descriptor();
     const float offset = __int_as_float(desc[22]);
     const int norm_dtype = desc[23], scale_dtype = desc[24];
     const char* scale = ctx.operand<const char>(4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0));
@@ -652,7 +652,7 @@ struct MatmulTask {
   }
 
   __device__ static Problem problem_of(const TaskContext& ctx) {
-    const int32_t* desc = ctx.operand<const int32_t>(1);
+    const int32_t* desc = ctx.descriptor();
     Problem p;
     p.B1 = max(desc[1], 1);
     p.M = desc[2];

@@ -27,6 +27,12 @@ struct SequenceTask {
     return nullptr;
   }
 
+  // Steps find their operands resolved, not their descriptors staged (stage_descriptors).
+  static_assert(!DescWords<ElementwiseTask>::value && !DescWords<ReduceTask>::value &&
+                    !DescWords<GatherRowsTask>::value && !DescWords<DynamicSliceTask>::value &&
+                    !DescWords<DynamicUpdateSliceTask>::value,
+                "a step kind with a descriptor needs it staged");
+
   static MPK_HOST_DEVICE bool is_step_kind(int32_t kind) {
     return kind == kTaskElementwise || kind == kTaskReduce || kind == kTaskGatherRows ||
            kind == kTaskDynamicSlice || kind == kTaskDynamicUpdateSlice;
