@@ -216,6 +216,7 @@ class Function:
         return jax.tree.unflatten(compiled.out_tree, [jax.numpy.asarray(o) for o in outs])
 
 
+@functools.cache  # asked on every call; the devices of a process do not change
 def _has_cuda() -> bool:
     try:
         return bool(jax.devices("gpu"))
