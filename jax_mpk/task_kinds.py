@@ -17,6 +17,11 @@ ELEMENTWISE   operands: out, program, in_0..in_{n-1}
               ROUND rounds halves away from zero (imm 0) or to even (imm 1). Float registers
               hold float32 whatever their dtype; only CONVERT and the store round narrower.
               The last register, cast to out_dtype, is stored at out_strides.
+              rank | PROGRAM_DYNAMIC_ROW adds five words after out_dtype: [input j, elements
+              per row, rows, rows written, wrap]: the output base moves by clamp(s, 0, rows -
+              rows written) rows, s the int32 at input j's first element (plus rows if it is
+              negative and wrap is 1): a cache append folded into the writer of its update
+              (passes/cache_append.py), clamped as dynamic_update_slice clamps.
 REDUCE        operands: out, in       in [outer, length, inner] contiguous, out [outer, inner]
               dims: [outer, length, inner, reducer, in_dtype, out_dtype, first, count]
               (first, count: output elements). ARGMAX/ARGMIN write int32 indices, first wins.
@@ -85,11 +90,13 @@ import numpy as np
 from jax_mpk.program import TaskKind
 
 __all__ = ["TaskKind", "DType", "Opcode", "Reducer", "dtype_code", "numpy_dtype", "is_float",
-           "MAX_ELEMENTWISE_RANK", "MAX_ELEMENTWISE_INSTRS", "MAX_SLICE_RANK",
+           "MAX_ELEMENTWISE_RANK", "MAX_ELEMENTWISE_INSTRS", "PROGRAM_DYNAMIC_ROW",
+           "MAX_SLICE_RANK",
            "SEQUENCE_STEP_WORDS", "ATTENTION_WHOLE", "ATTENTION_PARTIAL", "ATTENTION_MERGE",
            "ElementwiseProgram", "Instr"]
 
 MAX_ELEMENTWISE_RANK = 6
+PROGRAM_DYNAMIC_ROW = 1 << 8  # ElementwiseProgram: the rank word's flag for a dynamic row
 MAX_ELEMENTWISE_INSTRS = 64  # kMaxRegisters of kernels/tasks/elementwise.cuh
 MAX_SLICE_RANK = 4
 SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
@@ -228,9 +235,11 @@ def const_value(bits: int, dtype) -> np.ndarray:
 class ElementwiseProgram:
     """Instructions over n inputs computing one output element; see ELEMENTWISE above."""
 
-    def __init__(self, instrs: list[Instr], num_inputs: int):
+    def __init__(self, instrs: list[Instr], num_inputs: int,
+                 dynamic_row: tuple[int, int, int, int, int] | None = None):
         self.instrs = instrs
         self.num_inputs = num_inputs
+        self.dynamic_row = dynamic_row  # (input, elements per row, rows, rows written, wrap)
 
     @property
     def out_dtype(self) -> np.dtype:
@@ -238,8 +247,9 @@ class ElementwiseProgram:
 
     def encode(self, out_shape, out_strides, in_dtypes, in_strides) -> np.ndarray:
         rank = len(out_shape)
-        words = [rank, self.num_inputs, len(self.instrs), dtype_code(self.out_dtype),
-                 *out_shape, *out_strides]
+        flag = PROGRAM_DYNAMIC_ROW if self.dynamic_row else 0
+        words = [rank | flag, self.num_inputs, len(self.instrs), dtype_code(self.out_dtype),
+                 *(self.dynamic_row or ()), *out_shape, *out_strides]
         for dtype, strides in zip(in_dtypes, in_strides, strict=False):
             assert len(strides) == rank
             words += [dtype_code(dtype), *strides]
@@ -251,7 +261,9 @@ class ElementwiseProgram:
     @staticmethod
     def decode(words: np.ndarray):
         rank, n_in, n_instr, out_dtype = (int(w) for w in words[:4])
-        at = 4
+        dynamic_row = tuple(int(w) for w in words[4:9]) if rank & PROGRAM_DYNAMIC_ROW else None
+        rank &= PROGRAM_DYNAMIC_ROW - 1
+        at = 9 if dynamic_row else 4
         out_shape = tuple(int(w) for w in words[at:at + rank])
         out_strides = tuple(int(w) for w in words[at + rank:at + 2 * rank])
         at += 2 * rank
@@ -266,4 +278,4 @@ class ElementwiseProgram:
             nargs = NUM_ARGS[Opcode(op)]
             instrs.append(Instr(Opcode(op), numpy_dtype(dt), (a, b, c)[:nargs], imm))
             at += 6
-        return out_shape, out_strides, numpy_dtype(out_dtype), inputs, instrs
+        return out_shape, out_strides, numpy_dtype(out_dtype), inputs, instrs, dynamic_row

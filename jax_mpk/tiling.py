@@ -63,6 +63,9 @@ class DeviceSpec:
     fold_norms: bool = True
     # So are gatings silu(g) * up read only by matmuls (passes/gating_linear.py).
     fold_gating: bool = True
+    # Cache appends go into the elementwise ops computing what they append, e.g. k's RoPE
+    # (passes/cache_append.py). Off until timed on a GPU.
+    fold_cache_appends: bool = False
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
@@ -277,7 +280,9 @@ def op_dependencies(ops: list[Op]) -> tuple[list[list[int]], list[int]]:
     deps_of = []
     for i, op in enumerate(ops):
         direct = set()
-        accesses = [(t, False) for t in op.inputs] + [(t, True) for t in op.outputs]
+        # A write at a dynamic place (passes/cache_append.py) names every place it may land.
+        writes = op.outputs + op.attrs.get("writes_within", [])
+        accesses = [(t, False) for t in op.inputs] + [(t, True) for t in writes]
         for t, is_write in accesses:
             for j, other, other_write in history[id(t.buffer)]:
                 if (is_write or other_write) and j != i and t.overlaps(other):
@@ -350,9 +355,15 @@ def _elementwise_step(pb: ProgramBuilder, op: Op) -> _Step:
     if len(instrs) > MAX_ELEMENTWISE_INSTRS:
         raise NotImplementedError(f"elementwise op of {len(instrs)} instructions, beyond the "
                                   f"task's {MAX_ELEMENTWISE_INSTRS} ({op.source})")
-    program = ElementwiseProgram(instrs, len(op.inputs))
+    dynamic_row = op.attrs.get("dynamic_row")  # passes/cache_append.py
+    program = ElementwiseProgram(instrs, len(op.inputs), dynamic_row)
     words = program.encode(shape, strides[0], [t.dtype for t in op.inputs], strides[1:])
-    locations = [pb.location(out), pb.descriptor(words)] + [pb.location(t) for t in op.inputs]
+    written = pb.location(out)
+    if dynamic_row:  # the operand spans every row the output may land on
+        _, per_row, rows, rows_written, _ = dynamic_row
+        extra = (rows - rows_written) * per_row * out.dtype.itemsize
+        written = _Location(written.buffer, written.offset, written.nbytes + extra)
+    locations = [written, pb.descriptor(words)] + [pb.location(t) for t in op.inputs]
     return _Step(TaskKind.ELEMENTWISE, locations, [0, out.size], 0, out.size)
 
 
@@ -374,6 +385,7 @@ def _elementwise_tasks(pb: ProgramBuilder, op: Op, index: int, stage: int = 0,
 def _is_byte_copy(op: Op, instrs) -> bool:
     out = op.outputs[0]
     return (len(instrs) == 1 and instrs[0].opcode == Opcode.LOAD and out.is_contiguous
+            and "dynamic_row" not in op.attrs
             and op.inputs[0].is_contiguous and op.inputs[0].dtype == out.dtype)
 
 

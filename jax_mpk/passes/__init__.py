@@ -5,6 +5,7 @@ from __future__ import annotations
 from jax_mpk.frontend.builder import GraphBuilder
 from jax_mpk.ir import Graph
 from jax_mpk.passes.attention import bound_attention_to_live_cache
+from jax_mpk.passes.cache_append import fold_cache_appends
 from jax_mpk.passes.dataflow import (
     assign_results,
     coalesce_copies,
@@ -28,10 +29,11 @@ __all__ = ["optimize"]
 
 
 def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = False,
-             fold_gating: bool = False) -> Graph:
+             fold_gating: bool = False, fold_appends: bool = False) -> Graph:
     """fuse_attention: decode attention as one op (DeviceSpec.fused_attention); fold_norms,
     fold_gating: RMS norms and silu(g) * up into the matmuls that read them
-    (DeviceSpec.fold_norms, DeviceSpec.fold_gating)."""
+    (DeviceSpec.fold_norms, DeviceSpec.fold_gating); fold_appends: cache appends into the
+    elementwise ops that compute them (DeviceSpec.fold_cache_appends)."""
     remove_dead_ops(graph)
     update_in_place(graph)
     coalesce_copies(graph)
@@ -52,6 +54,8 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
         fold_gating_into_linears(graph)
     if fuse_attention:
         fuse_decode_attention(graph)
+    if fold_appends:
+        fold_cache_appends(graph)
     group_sibling_matmuls(graph)
     fuse_sequences(graph)
     return graph

@@ -41,7 +41,10 @@ def fuse_sequences(graph: Graph) -> None:
     while i < len(ops):
         best, best_rows = i + 1, None
         j = i
-        while j < len(ops) and j - i < MAX_STEPS and ops[j].kind in STEP_KINDS:
+        # A write at a dynamic row (passes/cache_append.py) stays an op: a sequence's merged
+        # op would not name the places it may land.
+        while (j < len(ops) and j - i < MAX_STEPS and ops[j].kind in STEP_KINDS
+               and "dynamic_row" not in ops[j].attrs):
             if j > i and not _continues(ops[j], ops[i:j], written):
                 break  # as its own op it runs beside the run, or waits for its own inputs
             j += 1

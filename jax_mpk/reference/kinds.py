@@ -142,7 +142,8 @@ def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
 
 def elementwise(ctx, dims):
     start, count = int(dims[0]), int(dims[1])
-    out_shape, out_strides, out_dtype, inputs, instrs = ElementwiseProgram.decode(_words(ctx, 1))
+    out_shape, out_strides, out_dtype, inputs, instrs, dynamic_row = ElementwiseProgram.decode(
+        _words(ctx, 1))
     index = list(np.unravel_index(np.arange(start, start + count), out_shape)) \
         if out_shape else []
 
@@ -157,7 +158,14 @@ def elementwise(ctx, dims):
     regs: list[np.ndarray] = []
     for instr in instrs:
         regs.append(np.broadcast_to(evaluate(instr, regs, loaded, index), (count,)))
-    ctx.store(0, out_dtype, offsets(out_strides), regs[-1].astype(out_dtype))
+    base = 0
+    if dynamic_row:  # a folded cache append: the output's row comes from an input
+        j, per_row, rows, written, wrap = dynamic_row
+        row = int(ctx.load(2 + j, I32, [0])[0])
+        if wrap and row < 0:
+            row += rows
+        base = min(max(row, 0), rows - written) * per_row
+    ctx.store(0, out_dtype, base + offsets(out_strides), regs[-1].astype(out_dtype))
 
 
 # Reductions and contractions -----------------------------------------------------------

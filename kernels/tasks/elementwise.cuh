@@ -26,6 +26,7 @@ struct ElementwiseTask {
   static constexpr int kSharedProgramWords = 1024;  // longer programs are read from global memory
   static constexpr int kInstrWords = 6;             // opcode, dtype, a, b, c, imm
   static constexpr uint32_t kPrefetchedElements = 4;  // per thread, inputs into L1 up front
+  static constexpr int32_t kProgramDynamicRow = 1 << 8;  // jax_mpk.task_kinds.PROGRAM_DYNAMIC_ROW
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 2) return "elementwise takes operands out, program, inputs...";
@@ -194,6 +195,14 @@ struct ElementwiseTask {
     }
   }
 
+  // Elements the output base moves for a dynamic row: words [input j, elements per row, rows,
+  // rows written, wrap], clamped as dynamic_update_slice clamps its start.
+  __device__ static int64_t row_offset(const TaskContext& ctx, const int32_t* words) {
+    int64_t row = *ctx.operand<const int32_t>(2 + words[0]);
+    if (words[4] && row < 0) row += words[2];
+    return min(max(row, int64_t(0)), int64_t(words[2] - words[3])) * words[1];
+  }
+
   // The row-major index of element e of the output.
   __device__ static void element_index(uint32_t e, int rank, const int32_t* out_shape, int32_t* index) {
     for (int d = rank - 1; d >= 0; --d) {
@@ -212,18 +221,22 @@ struct ElementwiseTask {
       __syncthreads();  // every thread: `words` is the same for all
       prog = shared_program;
     }
-    const int rank = prog[0], num_inputs = prog[1], num_instrs = prog[2], out_dtype = prog[3];
+    // jax_mpk.task_kinds.PROGRAM_DYNAMIC_ROW: five words after the header place the output's row.
+    const bool dynamic_row = prog[0] & kProgramDynamicRow;
+    const int rank = prog[0] & (kProgramDynamicRow - 1), num_inputs = prog[1], num_instrs = prog[2],
+              out_dtype = prog[3];
     if (rank > kMaxRank || num_instrs > kMaxRegisters || num_instrs < 1) {
       if (ctx.thread == 0)
         report_error(ctx.error(), kBadTaskKind, ctx.task, 0xFFFFFFFFu, ctx.iteration, kKind,
                      num_instrs > kMaxRegisters ? num_instrs : rank);
       return;
     }
-    const int32_t* out_shape = prog + 4;
-    const int32_t* out_strides = prog + 4 + rank;
-    const int32_t* inputs = prog + 4 + 2 * rank;   // per input: dtype, strides[rank]
+    const int32_t* out_shape = prog + (dynamic_row ? 9 : 4);
+    const int32_t* out_strides = out_shape + rank;
+    const int32_t* inputs = out_shape + 2 * rank;   // per input: dtype, strides[rank]
     const int32_t* instrs = inputs + num_inputs * (1 + rank);
     char* out = ctx.operand<char>(0);
+    if (dynamic_row) out += row_offset(ctx, prog + 4) * dtype_size(out_dtype);
     const uint32_t first = uint32_t(ctx.desc.dims[0]), end = first + uint32_t(ctx.desc.dims[1]);
 
     // The interpreter reaches each LOAD after the instructions before it, so a thread's loads

@@ -1,0 +1,90 @@
+"""Cache appends folded into the elementwise ops that compute what they append
+(passes/cache_append.py, DeviceSpec.fold_cache_appends): against jax.jit on both backends,
+bit for bit against the unfolded append, and the appends the pass must leave alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jax_mpk
+from examples.models.config import GPT2, LLAMA, QWEN3
+from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
+
+BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
+FOLDED = dataclasses.replace(SMALL_DEVICE, fold_cache_appends=True)
+
+
+def appends(fn, args) -> int:
+    lowered = jax_mpk.jit(fn, backend="reference", device=FOLDED).lower(*args)
+    return sum(op.kind == "dynamic_update_slice" for op in lowered.compiled.program.graph.ops)
+
+
+def rope_append(x, cos, sin, cache, pos):
+    """Half-split rotation of x [B, 1, H, D], appended at row pos of cache [B, T, H, D]."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+    cache = lax.dynamic_update_slice(cache, rotated, (0, pos, 0, 0))
+    return cache, cache.astype(jnp.float32).sum(axis=1)  # a reader of every row
+
+
+def rope_inputs(dtype, pos, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((2, 1, 3, 16)), dtype)
+    cos, sin = (jnp.asarray(rng.uniform(-1, 1, (1, 1, 1, 8)), jnp.float32) for _ in range(2))
+    cache = jnp.asarray(rng.standard_normal((2, 12, 3, 16)), dtype)
+    return x, cos, sin, cache, jnp.int32(pos)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pos", [0, 5, 11, 40, -3])  # 40 clamps to the last row; -3 to the first
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_the_rope_writes_its_cache_row(dtype, pos, backend):
+    args = rope_inputs(dtype, pos, seed=pos + 7)
+    folded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(FOLDED, backend))
+    got = folded(*args)
+    assert_close(got, expect(rope_append, *args), dtype)
+    assert appends(rope_append, args) == 0
+    unfolded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    np.testing.assert_array_equal(np.asarray(got[0], np.float32),
+                                  np.asarray(unfolded(*args)[0], np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cfg", [LLAMA, QWEN3.replace(dtype=jnp.bfloat16), GPT2],
+                         ids=["llama", "qwen3-bf16", "gpt2"])
+def test_a_decoder_step_with_folded_appends(cfg, backend):
+    step, args = decode_step(cfg, "linen", 1, 1, seed=5)
+    folded = jax_mpk.jit(step, backend=backend, device=poisoned(FOLDED, backend))
+    logits, cache = folded(*args)
+    expected_logits, expected_cache = expect(step, *args)
+    assert_close(logits, expected_logits, cfg.dtype)
+    assert_close(cache, expected_cache, cfg.dtype)
+    # k's append folds into its RoPE; v's has a matmul for writer, and GPT-2 has no RoPE.
+    assert appends(step, args) == (2 if cfg.family == "gpt2" else 1) * cfg.layers
+
+
+def test_appends_it_must_leave_alone():
+    x, _, _, cache, pos = rope_inputs(jnp.float32, 3)
+
+    def from_a_matmul(x, w, cache, pos):  # the update's writer is no elementwise op
+        return lax.dynamic_update_slice(cache, (x.reshape(2, 48) @ w).reshape(2, 1, 3, 16),
+                                        (0, pos, 0, 0))
+
+    def also_returned(x, cache, pos):  # the update has another reader
+        y = x * 2.0
+        return lax.dynamic_update_slice(cache, y, (0, pos, 0, 0)), y
+
+    def two_dynamic_axes(x, cache, pos):
+        return lax.dynamic_update_slice(cache, x[:, :, :2] * 2.0, (0, pos, pos, 0))
+
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((48, 48)), jnp.float32)
+    for fn, args in ((from_a_matmul, (x, w, cache, pos)), (also_returned, (x, cache, pos)),
+                     (two_dynamic_axes, (x, cache, pos))):
+        assert appends(fn, args) == 1, fn.__name__
+        got = jax_mpk.jit(fn, backend="reference", device=FOLDED)(*args)
+        assert_close(got, expect(fn, *args), jnp.float32)
