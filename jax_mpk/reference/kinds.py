@@ -161,10 +161,7 @@ def elementwise(ctx, dims):
     base = 0
     if dynamic_row:  # a folded cache append: the output's row comes from an input
         j, per_row, rows, written, wrap = dynamic_row
-        row = int(ctx.load(2 + j, I32, [0])[0])
-        if wrap and row < 0:
-            row += rows
-        base = min(max(row, 0), rows - written) * per_row
+        base = _clamped_start(int(ctx.load(2 + j, I32, [0])[0]), rows, written, wrap) * per_row
     ctx.store(0, out_dtype, base + offsets(out_strides), regs[-1].astype(out_dtype))
 
 
@@ -262,18 +259,22 @@ def gather_rows(ctx, dims):
               values)
 
 
+def _clamped_start(s: int, big: int, small: int, wrap: int) -> int:
+    """A start clamped so that `small` elements from it fit in `big` (a negative start first
+    counts from the end where `wrap`), as JAX's dynamic slices clamp."""
+    if wrap and s < 0:
+        s += big
+    return min(max(s, 0), big - small)
+
+
 def _box(ctx, dims):
     """(offsets into the big tensor, offsets into the small one) of a dynamic slice."""
     rank = int(dims[0])
     big = [int(d) for d in dims[1:1 + rank]]
     small = [int(d) for d in dims[5:5 + rank]]
     wrap = int(dims[9])
-    starts = []
-    for d in range(rank):
-        s = int(ctx.load(2 + d, I32, [0])[0])
-        if (wrap >> d) & 1 and s < 0:
-            s += big[d]
-        starts.append(min(max(s, 0), big[d] - small[d]))
+    starts = [_clamped_start(int(ctx.load(2 + d, I32, [0])[0]), big[d], small[d], (wrap >> d) & 1)
+              for d in range(rank)]
     grids = np.meshgrid(*[np.arange(n) for n in small], indexing="ij")
     big_offsets = np.zeros(small, np.int64)
     small_offsets = np.zeros(small, np.int64)

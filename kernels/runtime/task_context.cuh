@@ -46,13 +46,33 @@ struct ResolvedTask {
   int32_t desc_words[kStagedDescWords];
 };
 
-// Fills in the operands of tasks[0, n), whose descriptors are in place. Every thread calls it.
-__device__ __forceinline__ void resolve_operands(const LaunchParams& params, ResolvedTask* tasks, uint32_t n,
-                                                 uint32_t iteration, uint32_t thread) {
+template <typename... Tasks>
+struct TaskList {};
+
+template <typename... Tasks>
+__device__ __forceinline__ int desc_words(TaskList<Tasks...>, uint32_t kind) {
+  int words = 0;
+  ((kind == Tasks::kKind ? (words = DescWords<Tasks>::value) : 0), ...);
+  return words;
+}
+
+// Fills in tasks[0, n), whose descriptors are in place: the addresses of their first operands,
+// and the constant descriptors of those whose kind (among `kinds`) has one. Every thread
+// calls it; a barrier follows before the tasks run.
+template <typename... Tasks>
+__device__ __forceinline__ void resolve_tasks(TaskList<Tasks...> kinds, const LaunchParams& params,
+                                              ResolvedTask* tasks, uint32_t n, uint32_t iteration,
+                                              uint32_t thread) {
   for (uint32_t k = thread; k < n * kResolvedOperands; k += blockDim.x) {
     ResolvedTask& t = tasks[k / kResolvedOperands];
     const int i = k % kResolvedOperands;
     if (i < t.desc.num_operands) t.operands[i] = operand_address(params, t.desc, i, iteration);
+  }
+  for (uint32_t k = thread; k < n * kStagedDescWords; k += blockDim.x) {
+    ResolvedTask& t = tasks[k / kStagedDescWords];
+    const int w = k % kStagedDescWords;
+    if (w < desc_words(kinds, t.desc.kind))
+      t.desc_words[w] = reinterpret_cast<const int32_t*>(operand_address(params, t.desc, 1, iteration))[w];
   }
 }
 

@@ -42,23 +42,6 @@ __device__ __forceinline__ bool prefetch_task(TaskList<Tasks...>, const TaskCont
   return done;
 }
 
-template <typename... Tasks>
-__device__ __forceinline__ int desc_words(TaskList<Tasks...>, uint32_t kind) {
-  int words = 0;
-  ((kind == Tasks::kKind ? (words = DescWords<Tasks>::value) : 0), ...);
-  return words;
-}
-
-// Copies each task's constant descriptor (operand 1, already resolved) into its ResolvedTask.
-// Every thread calls it.
-__device__ __forceinline__ void stage_descriptors(ResolvedTask* tasks, uint32_t n, uint32_t thread) {
-  for (uint32_t k = thread; k < n * kStagedDescWords; k += blockDim.x) {
-    ResolvedTask& t = tasks[k / kStagedDescWords];
-    const int w = k % kStagedDescWords;
-    if (w < desc_words(AllTasks{}, t.desc.kind)) t.desc_words[w] = reinterpret_cast<const int32_t*>(t.operands[1])[w];
-  }
-}
-
 // An NVSHMEM event: add 1 to a signal word in a peer's copy of the signal
 // buffer. The release at system scope publishes the task's stores, which the
 // block barrier ordered before this thread's trigger, to the peer first.
@@ -159,9 +142,7 @@ __device__ inline void run_static_worker(const LaunchParams& p, uint32_t worker)
         reinterpret_cast<uint32_t*>(&staged[k / kWords].desc)[k % kWords] =
             reinterpret_cast<const uint32_t*>(&p.tasks[items[k / kWords].task])[k % kWords];
       __syncthreads();
-      resolve_operands(p, staged, n, iteration, thread);
-      __syncthreads();
-      stage_descriptors(staged, n, thread);
+      resolve_tasks(AllTasks{}, p, staged, n, iteration, thread);
       __syncthreads();
       for (uint32_t j = 0; j < n; ++j) {
         const WorkerTask item = items[j];
@@ -240,9 +221,7 @@ __device__ inline void run_dynamic_worker(const LaunchParams& p, uint32_t worker
       if (task == kTerminateTask) return;
       load_desc(resolved.desc, p.tasks[task], thread);
       __syncthreads();
-      resolve_operands(p, &resolved, 1, iteration, thread);
-      __syncthreads();
-      stage_descriptors(&resolved, 1, thread);
+      resolve_tasks(AllTasks{}, p, &resolved, 1, iteration, thread);
       __syncthreads();
       run_and_trigger<kScheduleDynamic>(p, c, resolved, task, iteration);
     }

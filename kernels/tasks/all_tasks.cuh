@@ -18,9 +18,6 @@
 
 namespace mpk {
 
-template <typename... Tasks>
-struct TaskList {};
-
 using AllTasks = TaskList<NoopTask, CopyTask, CombineU32Task, WaitValueTask, ElementwiseTask, ReduceTask,
                           MatmulTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask, PutTask,
                           SignalWaitTask, SequenceTask, DecodeAttentionTask>;

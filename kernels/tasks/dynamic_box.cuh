@@ -32,6 +32,13 @@ struct DynamicBox {
     return nullptr;
   }
 
+  // A start clamped so that `small` elements from it fit in `big` (a negative start first
+  // counts from the end where `wrap`), as JAX's dynamic slices clamp.
+  __device__ static int64_t clamped_start(int64_t s, int64_t big, int64_t small, bool wrap) {
+    if (wrap && s < 0) s += big;
+    return min(max(s, int64_t(0)), big - small);
+  }
+
   // Copies the box between `big` and `small` (to_big: small into big), in the widest units
   // that every row of the box allows.
   __device__ static void copy(const TaskContext& ctx, char* dst, const char* src, bool to_big) {
@@ -43,9 +50,7 @@ struct DynamicBox {
     int64_t stride = itemsize;
     for (int d = rank - 1; d >= 0; --d) {
       const int32_t big = ctx.desc.dims[1 + d], small = ctx.desc.dims[5 + d];
-      int32_t s = *ctx.operand<const int32_t>(2 + d);
-      if (((wrap >> d) & 1) && s < 0) s += big;
-      s = min(max(s, 0), big - small);
+      const int64_t s = clamped_start(*ctx.operand<const int32_t>(2 + d), big, small, (wrap >> d) & 1);
       big_strides[d] = stride;
       small_shape[d] = small;
       start_offset += int64_t(s) * stride;

@@ -6,6 +6,7 @@
 #include "../runtime/task_context.cuh"
 #include "async_copy.cuh"
 #include "dtype.cuh"
+#include "dynamic_box.cuh"
 
 namespace mpk {
 
@@ -138,7 +139,7 @@ struct ElementwiseTask {
   // One instruction: its result as a held value of dtype `dt`. `ad` is the dtype of
   // register a (comparisons, IS_FINITE and CONVERT compute in their operand's dtype).
   __device__ __noinline__ static uint32_t evaluate(int32_t op, int32_t dt, int32_t ad, int32_t imm, uint32_t a,
-                                      uint32_t b, uint32_t c) {
+                                                   uint32_t b, uint32_t c) {
     const bool is_float = dtype_is_float(dt);
     switch (op) {
       case kOpConvert: return convert_held(a, ad, dt, true);
@@ -196,11 +197,10 @@ struct ElementwiseTask {
   }
 
   // Elements the output base moves for a dynamic row: words [input j, elements per row, rows,
-  // rows written, wrap], clamped as dynamic_update_slice clamps its start.
+  // rows written, wrap], the row clamped as dynamic_update_slice clamps its start.
   __device__ static int64_t row_offset(const TaskContext& ctx, const int32_t* words) {
-    int64_t row = *ctx.operand<const int32_t>(2 + words[0]);
-    if (words[4] && row < 0) row += words[2];
-    return min(max(row, int64_t(0)), int64_t(words[2] - words[3])) * words[1];
+    return DynamicBox::clamped_start(*ctx.operand<const int32_t>(2 + words[0]), words[2], words[3], words[4]) *
+           words[1];
   }
 
   // The row-major index of element e of the output.

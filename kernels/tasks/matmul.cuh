@@ -125,11 +125,15 @@ struct MatmulTask {
   __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static float to_float(__half v) { return __half2float(v); }
 
+  // The operand after the epilogue's: the norm's scale (kNorm) or the gate's up (kGate).
+  __device__ static int after_epilogue(const Problem& p) {
+    return 4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0);
+  }
+
   // The gate's other factor (kGate), laid out as x; else null. Read where x is staged, not
   // kept in Problem: a pointer held through the loops made ptxas spill.
   __device__ static const char* up_of(const TaskContext& ctx, const Problem& p) {
-    return p.flags & kGate ? ctx.operand<const char>(4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0))
-                           : nullptr;
+    return p.flags & kGate ? ctx.operand<const char>(after_epilogue(p)) : nullptr;
   }
 
   // silu(g) * up as the elementwise program computes it: float32, left to right, rounded once.
@@ -257,7 +261,7 @@ struct MatmulTask {
     const int32_t* desc = ctx.descriptor();
     const float offset = __int_as_float(desc[22]);
     const int norm_dtype = desc[23], scale_dtype = desc[24];
-    const char* scale = ctx.operand<const char>(4 + (p.flags & kResidual ? 1 : 0) + (p.flags & kBias ? 1 : 0));
+    const char* scale = ctx.operand<const char>(after_epilogue(p));
     const int V = 16 / dtype_size(p.x_dtype), per_row = p.kn / V, stride = padded(p.kn);
     for (int i = ctx.thread; i < p.M * per_row; i += kWorkerThreads) {
       const int m = i / per_row, k = (i % per_row) * V;

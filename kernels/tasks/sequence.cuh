@@ -27,11 +27,7 @@ struct SequenceTask {
     return nullptr;
   }
 
-  // Steps find their operands resolved, not their descriptors staged (stage_descriptors).
-  static_assert(!DescWords<ElementwiseTask>::value && !DescWords<ReduceTask>::value &&
-                    !DescWords<GatherRowsTask>::value && !DescWords<DynamicSliceTask>::value &&
-                    !DescWords<DynamicUpdateSliceTask>::value,
-                "a step kind with a descriptor needs it staged");
+  using StepKinds = TaskList<ElementwiseTask, ReduceTask, GatherRowsTask, DynamicSliceTask, DynamicUpdateSliceTask>;
 
   static MPK_HOST_DEVICE bool is_step_kind(int32_t kind) {
     return kind == kTaskElementwise || kind == kTaskReduce || kind == kTaskGatherRows ||
@@ -61,7 +57,7 @@ struct SequenceTask {
       __shared__ ResolvedTask step;
       if (ctx.thread == 0) step.desc = step_desc(words + 1 + s * kStepWords, ctx.desc, operand);
       __syncthreads();
-      resolve_operands(ctx.params, &step, 1, ctx.iteration, ctx.thread);
+      resolve_tasks(StepKinds{}, ctx.params, &step, 1, ctx.iteration, ctx.thread);
       operand += step.desc.num_operands;
       __syncthreads();
       const TaskContext sub(ctx.params, step, ctx.task, ctx.iteration, ctx.thread, ctx.shared);
