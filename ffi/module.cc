@@ -63,6 +63,7 @@ nb::dict parse_program(const nb::bytes& blob) {
   header["signal_slot"] = h.signal_slot;
   header["num_signals"] = h.num_signals;
   header["flags"] = h.flags;
+  header["num_task_counters"] = h.num_task_counters;
 
   nb::list tasks, events, triggers, operands, slots;
   for (uint32_t i = 0; i < h.num_tasks; ++i) {
@@ -96,6 +97,7 @@ nb::dict parse_program(const nb::bytes& blob) {
   const mpk::ControlLayout c(h);
   nb::dict control;
   control["error"] = c.error;
+  control["task_counters"] = c.task_counters;
   control["event_counters"] = c.event_counters;
   control["sched_tail"] = c.sched_tail;
   control["sched_head"] = c.sched_head;

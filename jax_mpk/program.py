@@ -12,7 +12,7 @@ import enum
 import numpy as np
 
 MAGIC = 0x4B504D4A
-VERSION = 1
+VERSION = 2
 MAX_SLOTS = 1024
 MAX_EVENTS = 1 << 24
 MAX_ITERATIONS = 1 << 16
@@ -83,6 +83,7 @@ class SlotSource(enum.IntEnum):
     WORKSPACE = 2
     CONSTANT = 3
     SYMMETRIC = 4  # index: symmetric buffer id (jax_mpk.distributed.allocate)
+    TASK_COUNTERS = 5  # the control region's task counters, zero at each launch
 
 
 class ErrorCode(enum.IntEnum):
@@ -127,7 +128,7 @@ HEADER = np.dtype(
         ("signal_slot", "<u4"),
         ("num_signals", "<u4"),
         ("flags", "<u4"),  # PROGRAM_* bits
-        ("reserved", "<u4"),
+        ("num_task_counters", "<u4"),
     ]
 )
 TASK = np.dtype(
@@ -183,6 +184,7 @@ class ControlLayout:
     """Byte offsets of the workspace's control region (ControlLayout in C++)."""
 
     error: int
+    task_counters: int
     event_counters: int
     sched_tail: int
     sched_head: int
@@ -196,11 +198,12 @@ class ControlLayout:
     @classmethod
     def of(cls, num_events: int, num_workers: int, num_schedulers: int,
            worker_queue_capacity: int, sched_queue_capacity: int,
-           profile_capacity: int = 0) -> ControlLayout:
+           profile_capacity: int = 0, num_task_counters: int = 0) -> ControlLayout:
         at = 0
         fields = {}
         for name, size in (
             ("error", 64),
+            ("task_counters", 8 * num_task_counters),
             ("event_counters", 8 * num_events),
             ("sched_tail", 8 * num_schedulers),
             ("sched_head", 8 * num_schedulers),
@@ -243,6 +246,7 @@ class Program:
             int(h["worker_queue_capacity"]),
             int(h["sched_queue_capacity"]),
             int(h["profile_capacity"]),
+            int(h["num_task_counters"]),
         )
 
     def to_bytes(self) -> bytes:

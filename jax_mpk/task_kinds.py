@@ -63,7 +63,7 @@ SEQUENCE      operands: descriptor, then each step's operands in step order
               with dims[range_dim], dims[range_dim + 1] = first, count x units_per_row where
               range_dim >= 0 (else it runs whole). Steps run in order, a block barrier
               between them, so a step reads what earlier steps of its task wrote.
-DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials]
+DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counters]]
               For each batch index b (split (b // B1, b % B1) for the q, k and v strides) and
               query row g < G: s_t = round(q[b, g, :] . k[b, t, :], scores_dtype) * scale for
               t < extent (int32 scalar), p = softmax(s), out[b, g, :] = sum_t p_t v[b, t, :].
@@ -74,8 +74,10 @@ DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials]
               mode 0 (WHOLE): every t in the task's range, out written. mode 1 (PARTIAL): the
               positions [t_first, t_first + t_count) of split `split`; its row max m[g], sum
               l[g] of exp(s - m) and acc[g, :] = sum exp(s - m) v go to partials record
-              b * splits + split, float32 [G] m, [G] l, [G, Dv] acc. mode 2 (MERGE): out from
-              the `splits` records of each b (a split past the extent has m = -inf, l = 0).
+              b * splits + split, float32 [G] m, [G] l, [G, Dv] acc; with counters (uint64 task
+              counters, one per b), it then adds 1 to counter b, and the split that brings it
+              to splits x (iteration + 1) merges b as MERGE does. mode 2 (MERGE): out from the
+              `splits` records of each b (a split past the extent has m = -inf, l = 0).
 """
 
 from __future__ import annotations

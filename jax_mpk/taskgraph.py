@@ -81,6 +81,7 @@ class TaskGraph:
         self._tasks: list[_Task] = []
         self._slots: list[tuple[int, int, int, int]] = []  # source, index, offset, bytes
         self._workspace_bytes = 0
+        self._task_counters = 0
         self._constants = bytearray()
         self._pe, self._num_pes = 0, 0
         self._signal_slot, self._num_signals = 0, 0
@@ -98,6 +99,13 @@ class TaskGraph:
         offset = self._workspace_bytes
         self._workspace_bytes = _align(offset + nbytes, WORKSPACE_ALIGN)
         return self._add_slot(fmt.SlotSource.WORKSPACE, 0, offset, nbytes)
+
+    def task_counters(self, count: int) -> int:
+        """`count` uint64 words that tasks count arrivals in themselves (atomically, outside
+        the events), zero at each launch; returns their slot."""
+        first = self._task_counters
+        self._task_counters += count
+        return self._add_slot(fmt.SlotSource.TASK_COUNTERS, 0, 8 * first, 8 * count)
 
     def constant(self, data: np.ndarray) -> int:
         """A buffer uploaded once per call site with the program."""
@@ -285,7 +293,7 @@ class TaskGraph:
 
         layout = fmt.ControlLayout.of(num_events, config.num_workers, config.num_schedulers,
                                       config.worker_queue_capacity, sched_capacity,
-                                      config.profile_capacity)
+                                      config.profile_capacity, self._task_counters)
         slots = np.array(self._slots, dtype=np.uint64).reshape(-1, 4)
         slot_array = np.zeros(len(self._slots), fmt.SLOT)
         for name, column in zip(fmt.SLOT.names, slots.T, strict=True):
@@ -316,6 +324,7 @@ class TaskGraph:
         header["num_pes"], header["pe"] = self._num_pes, self._pe
         header["signal_slot"], header["num_signals"] = self._signal_slot, self._num_signals
         header["flags"] = fmt.PROGRAM_POISON_RESULTS if config.poison_results else 0
+        header["num_task_counters"] = self._task_counters
 
         # Static lists: program order is topological, so lists in increasing
         # order never wait on a task queued behind them.

@@ -69,6 +69,9 @@ class DeviceSpec:
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
+    # The last split of a batch index to finish merges the splits (a task counter each),
+    # instead of a merge task one hop later.
+    attention_merge_in_splits: bool = True
     collective_tile_bytes: int = collectives.DEFAULT_TILE_BYTES  # allreduce/allgather tiles
 
     @classmethod
@@ -104,7 +107,12 @@ class CompiledProgram:
 
 
 class _Location(collections.namedtuple("_Location", "buffer offset nbytes")):
-    """Bytes [offset, offset + nbytes) of a buffer (a Buffer, or "const" for descriptors)."""
+    """Bytes [offset, offset + nbytes) of a buffer (a Buffer, "const" for descriptors, or
+    COUNTERS for the task counters)."""
+
+
+COUNTERS = "task counters"  # _Location.buffer of ProgramBuilder.task_counters
+_UNPLACED = ("const", COUNTERS)
 
 
 class ProgramBuilder:
@@ -119,6 +127,7 @@ class ProgramBuilder:
         self.const_offsets: dict[int, int] = {}  # id(constant buffer) -> offset in the blob
         self.workspace_bytes = 0
         self.workspace_offsets: dict[int, int] = {}
+        self.task_counter_words = 0
         self.tasks: list[tuple] = []  # kind, [locations], dims, op index, stage, flags
 
     # Memory ------------------------------------------------------------------------
@@ -127,6 +136,12 @@ class ProgramBuilder:
         at = _align(len(self.constants), 16)
         self.constants.extend(b"\0" * (at - len(self.constants)) + raw)
         return _Location("const", at, len(raw))
+
+    def task_counters(self, count: int) -> _Location:
+        """`count` uint64 arrival counters, zero at each launch (TaskGraph.task_counters)."""
+        first = self.task_counter_words
+        self.task_counter_words += count
+        return _Location(COUNTERS, 8 * first, 8 * count)
 
     def scratch(self, nbytes: int) -> Buffer:
         return Buffer(nbytes, Role.INTERMEDIATE, "scratch")
@@ -178,7 +193,7 @@ class ProgramBuilder:
         for _, locations, _, op_index, _, _ in self.tasks:
             for loc in locations:
                 b = loc.buffer
-                if b != "const" and b.arg_index is None and b.role not in (Role.OUTPUT,
+                if b not in _UNPLACED and b.arg_index is None and b.role not in (Role.OUTPUT,
                                                                          Role.CONSTANT):
                     accessors[id(b)] = accessors.get(id(b), 0) | 1 << op_index
                     buffers[id(b)] = b
@@ -205,7 +220,7 @@ class ProgramBuilder:
         placed = {}
         for _, locations, _, _, _, _ in self.tasks:
             for loc in locations:
-                if loc.buffer != "const" and id(loc.buffer) not in placed:
+                if loc.buffer not in _UNPLACED and id(loc.buffer) not in placed:
                     placed[id(loc.buffer)] = self._place(loc.buffer)
         tg = TaskGraph()
         tp = self.tensor_parallel
@@ -219,11 +234,15 @@ class ProgramBuilder:
         workspace_slot = tg.workspace(self.workspace_bytes) if self.workspace_bytes else None
         const_slot = (tg.constant(np.frombuffer(bytes(self.constants), np.uint8))
                       if self.constants else None)
+        counter_slot = (tg.task_counters(self.task_counter_words)
+                        if self.task_counter_words else None)
 
         @functools.cache  # the tiles of an op share their locations
         def operand(loc: _Location) -> Operand:
             if loc.buffer == "const":
                 return Operand(const_slot, loc.offset, loc.nbytes)
+            if loc.buffer == COUNTERS:
+                return Operand(counter_slot, loc.offset, loc.nbytes)
             where, base = placed[id(loc.buffer)]
             slot = {"arg": lambda: arg_slots[loc.buffer.arg_index],
                     "ret": lambda: ret_slots[results[id(loc.buffer)]],
@@ -591,8 +610,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 EXTENT_AXES = {None: 0, "M": 1, "N": 2, "K": 3}
 
 def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
-    """Splits of the cache for each batch index, spread over the workers, then a merge per
-    batch index (passes/decode_attention.py; DECODE_ATTENTION in task_kinds.py)."""
+    """Splits of the cache for each batch index, spread over the workers, merged by the last
+    split of each batch index to finish or by a merge task per batch index
+    (passes/decode_attention.py; DECODE_ATTENTION in task_kinds.py)."""
     q, k, v, extent = op.inputs
     (out,) = op.outputs
     a = op.attrs
@@ -614,10 +634,15 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     record = G * (2 + a["Dv"]) * 4
     partials = pb.scratch(B * splits * record)
     locations.append(_Location(partials, 0, B * splits * record))
+    merge_in_splits = pb.device.attention_merge_in_splits
+    if merge_in_splits:  # a counter per batch index: its last split to finish merges
+        locations.append(pb.task_counters(B))
     for b in range(B):
         for s in range(splits):
             pb.add(TaskKind.DECODE_ATTENTION, locations,
                    [b, 1, s * length, min(length, T - s * length), ATTENTION_PARTIAL, s], index)
+    if merge_in_splits:
+        return
     for b in range(B):
         pb.add(TaskKind.DECODE_ATTENTION, locations, [b, 1, 0, T, ATTENTION_MERGE, 0], index,
                stage=1)

@@ -26,22 +26,26 @@ def fused_ops(compiled, args):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cache", [16, 300], ids=["whole", "split"])
+@pytest.mark.parametrize("cache, merge_in_splits", [(16, True), (300, True), (300, False)],
+                         ids=["whole", "split", "split_merge_task"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_decode_step_matches_jax_jit(family, dtype, batch, cache, backend):
+def test_decode_step_matches_jax_jit(family, dtype, batch, cache, merge_in_splits, backend):
     cfg = FAMILIES[family].replace(dtype=dtype, max_len=cache)
     step, args = decode_step(cfg, "linen", batch, 1, seed=batch + cache)
-    compiled = jax_mpk.jit(step, backend=backend, device=poisoned(FUSED, backend))
+    device = dataclasses.replace(FUSED, attention_merge_in_splits=merge_in_splits)
+    compiled = jax_mpk.jit(step, backend=backend, device=poisoned(device, backend))
     assert_close(compiled(*args), expect(step, *args), dtype)
     ops = fused_ops(compiled, args)
     assert len(ops) == cfg.layers
     program = compiled.lower(*args).program
     modes = {int(t["dims"][4]) for t in program.tasks if t["kind"] == TaskKind.DECODE_ATTENTION}
-    # A short cache, or a head group (B of them) a worker: whole; else splits and a merge.
+    # A short cache, or a head group (B of them) a worker: whole; else splits, merged by the
+    # last of them or by a merge task.
     split = cache > 64 and ops[0].attrs["B"] * 2 <= SMALL_DEVICE.workers
-    assert modes == ({ATTENTION_PARTIAL, ATTENTION_MERGE} if split else {ATTENTION_WHOLE})
+    merges = set() if merge_in_splits else {ATTENTION_MERGE}
+    assert modes == ({ATTENTION_PARTIAL} | merges if split else {ATTENTION_WHOLE})
 
 
 def test_prefill_keeps_the_three_ops():

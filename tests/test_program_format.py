@@ -26,6 +26,7 @@ def mixed_program(num_iterations=3, schedule="dynamic"):
     y = g.ret(0, 4096 * num_iterations)
     scratch = g.workspace(4096)
     table = g.constant(rng.standard_normal(333).astype(np.float32))
+    g.task_counters(4)  # slot 5
     head = g.add_task(fmt.TaskKind.COPY,
                       [tg.Operand(scratch, 0, 4096), tg.Operand(x, 0, 4096, 4096)], [4096, 0])
     fan = [g.add_task(fmt.TaskKind.COPY,
@@ -160,6 +161,7 @@ MALFORMED = {
     "workspace": (_set("header", (), "workspace_bytes", 100), "workspace too small"),
     "workspace slot": (lambda p: _set("header", (), "workspace_bytes", p.control_bytes + 16)(p),
                        "workspace too small: slot"),
+    "task counter slot": (_set("slots", 5, "offset", 16), "of the 4 task counters"),
     "cycle": ("cycle", "cycle: event"),
     "static list order": ("static", _swap_static, "not increasing"),
     "static wait event": ("static", _set("worker_tasks", 1, "wait_event", 2), "but is launched by"),

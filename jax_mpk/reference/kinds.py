@@ -311,6 +311,19 @@ def sequence(ctx, dims):
         operand += num_operands
 
 
+def _merged_splits(load, first, splits, G, Dv):
+    """out [G, Dv] from the partials records first .. first + splits - 1 (operand 6)."""
+    record = G * (2 + Dv)
+    at = (first + np.arange(splits))[:, None] * record
+    m = load(6, F32, at + np.arange(G))  # [splits, G]
+    s = load(6, F32, at + G + np.arange(G))
+    acc = load(6, F32, (at + 2 * G)[:, :, None] + np.arange(G * Dv).reshape(G, Dv))
+    with np.errstate(invalid="ignore"):
+        weight = np.exp(m - m.max(axis=0))  # a split past the extent: exp(-inf) = 0
+    total = (s * weight).sum(axis=0)
+    return (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
+
+
 def decode_attention(ctx, dims):
     b0, bn, t0, tn, mode, split = (int(d) for d in dims[:6])
     w = _words(ctx, 1)
@@ -326,14 +339,7 @@ def decode_attention(ctx, dims):
         outer, inner = b // B1, b % B1
         out_at = b * os_[0] + g * os_[1] + dv * os_[2]
         if mode == ATTENTION_MERGE:
-            at = (b * splits + np.arange(splits))[:, None] * record
-            m = ctx.load(6, F32, at + np.arange(G))  # [splits, G]
-            s = ctx.load(6, F32, at + G + np.arange(G))
-            acc = ctx.load(6, F32, (at + 2 * G)[:, :, None] + np.arange(G * Dv).reshape(G, Dv))
-            with np.errstate(invalid="ignore"):
-                weight = np.exp(m - m.max(axis=0))  # a split past the extent: exp(-inf) = 0
-            total = (s * weight).sum(axis=0)
-            out = (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
+            out = _merged_splits(ctx.load, b * splits, splits, G, Dv)
             ctx.store(0, out_dt, out_at, out.astype(out_dt))
             continue
         t = np.arange(t0, max(t0, min(t0 + tn, extent)))[:, None]
@@ -351,6 +357,9 @@ def decode_attention(ctx, dims):
         ctx.store(6, F32, at + np.arange(G), m.astype(F32))
         ctx.store(6, F32, at + G + np.arange(G), s)
         ctx.store(6, F32, at + 2 * G + np.arange(G * Dv), acc.reshape(-1))
+        if ctx.num_operands == 8 and ctx.arrive(7, b) % splits == 0:  # the last split of b
+            out = _merged_splits(ctx.load_after_arrivals, b * splits, splits, G, Dv)
+            ctx.store(0, out_dt, out_at, out.astype(out_dt))
 
 
 SEMANTICS = {

@@ -52,6 +52,8 @@ class Memory:
         self.workspace = Region("workspace", np.zeros(program.workspace_bytes, np.uint8),
                                 UNWRITTEN)
         self.constants = Region("constants", program.constants.copy(), GIVEN)
+        self.task_counters = Region("task counters",
+                                    np.zeros(8 * program.num_task_counters, np.uint8), GIVEN)
         self.symmetric: dict[int, Region] = {}
         symmetric = symmetric or {}
         for s in slots[slots["source"] == fmt.SlotSource.SYMMETRIC]:
@@ -78,6 +80,8 @@ class Memory:
             region = self.workspace
         elif source == fmt.SlotSource.SYMMETRIC:
             region = self.symmetric[int(slot["index"])]
+        elif source == fmt.SlotSource.TASK_COUNTERS:
+            region = self.task_counters
         else:
             region = self.constants
         start = int(slot["offset"]) + int(operand["offset"])
@@ -141,6 +145,25 @@ class TaskAccess:
         if region is not self.memory.constants and addresses.size:
             region.reads.append((self.task, int(addresses.min()), int(addresses.max()),
                                  addresses.reshape(-1)))
+        return region.data[addresses].reshape(-1).view(dtype).reshape(np.shape(offsets))
+
+    def arrive(self, i: int, index: int) -> int:
+        """Adds 1 to uint64 counter `index` of operand i (task counters) and returns the new
+        count: an atomic, which orders itself, so no race check."""
+        region, addresses = self._addresses(i, np.dtype(np.uint64), [index])
+        word = addresses.reshape(-1)
+        count = int(region.data[word].view(np.uint64)[0]) + 1
+        region.data[word] = np.frombuffer(np.uint64(count).tobytes(), np.uint8)
+        return count
+
+    def load_after_arrivals(self, i: int, dtype, offsets) -> np.ndarray:
+        """A load ordered by an arrival counter instead of the events: the last of the tasks
+        counted reads what the others wrote before they arrived. Every byte must be written."""
+        dtype = np.dtype(dtype)
+        region, addresses = self._addresses(i, dtype, offsets)
+        if np.any(region.writer[addresses] == UNWRITTEN):
+            raise RaceError(f"{self.label} reads bytes of {region.name} that no task has "
+                            "written before arriving")
         return region.data[addresses].reshape(-1).view(dtype).reshape(np.shape(offsets))
 
     def store(self, i: int, dtype, offsets, values) -> None:

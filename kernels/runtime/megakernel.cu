@@ -183,6 +183,10 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
       case kSlotRet: base = static_cast<uint8_t*>(rets[s.index].data); available = rets[s.index].bytes; break;
       case kSlotWorkspace: base = static_cast<uint8_t*>(workspace.data); available = workspace.bytes; break;
       case kSlotConstant: base = device_blob_ + layout_.constants; available = h.constant_bytes; break;
+      case kSlotTaskCounters:
+        base = static_cast<uint8_t*>(workspace.data) + ControlLayout(h).task_counters;
+        available = 8ull * h.num_task_counters;
+        break;
       case kSlotSymmetric: {
         SymmetricBuffer b;
         if (!find_symmetric_buffer(s.index, &b)) {

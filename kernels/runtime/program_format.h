@@ -28,7 +28,7 @@
 namespace mpk {
 
 constexpr uint32_t kProgramMagic = 0x4B504D4Au;  // "JMPK", little-endian
-constexpr uint32_t kProgramVersion = 1;
+constexpr uint32_t kProgramVersion = 2;
 
 constexpr uint32_t kMaxSlots = 1024;          // slot pointers travel as kernel params
 constexpr uint32_t kMaxEvents = 1u << 24;     // sched queue entries hold 24-bit event ids
@@ -85,6 +85,7 @@ enum SlotSource : uint32_t {
   kSlotWorkspace = 2,  // workspace + offset
   kSlotConstant = 3,   // program constants + offset, uploaded once per call site
   kSlotSymmetric = 4,  // symmetric (NVSHMEM) buffer `index` + offset, allocated beside the JAX arrays
+  kSlotTaskCounters = 5,  // the control region's task counters + offset (zero at each launch)
 };
 
 struct ProgramHeader {
@@ -116,7 +117,7 @@ struct ProgramHeader {
   uint32_t signal_slot;            // symmetric slot of the uint64 signal words (num_signals > 0)
   uint32_t num_signals;            // signal words NVSHMEM events name
   uint32_t flags;                  // kProgram* bits
-  uint32_t reserved;
+  uint32_t num_task_counters;      // uint64 words tasks count arrivals in (kSlotTaskCounters)
 };
 static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 
@@ -214,6 +215,7 @@ inline MPK_HOST_DEVICE uint64_t align_up(uint64_t x, uint64_t a) { return (x + a
 // Byte offsets of the control region, from the workspace start.
 struct ControlLayout {
   uint64_t error;            // ErrorRecord
+  uint64_t task_counters;    // uint64[num_task_counters]: arrivals tasks count themselves
   uint64_t event_counters;   // uint64[num_events]
   uint64_t sched_tail;       // uint64[num_schedulers]: next free position (producers)
   uint64_t sched_head;       // uint64[num_schedulers]: consumed position (the scheduler)
@@ -228,6 +230,7 @@ struct ControlLayout {
   MPK_HOST_DEVICE explicit ControlLayout(const ProgramHeader& h) {
     uint64_t at = 0;
     error = at;           at += sizeof(ErrorRecord);
+    task_counters = at;   at += 8ull * h.num_task_counters;
     event_counters = at;  at += 8ull * h.num_events;
     sched_tail = at;      at += 8ull * h.num_schedulers;
     sched_head = at;      at += 8ull * h.num_schedulers;

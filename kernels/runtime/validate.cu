@@ -106,6 +106,11 @@ class Checker {
           if (s.offset + s.bytes > h_.constant_bytes)
             return fail() << "slot " << i << " reads past the " << h_.constant_bytes << " bytes of constants", false;
           break;
+        case kSlotTaskCounters:
+          if (s.offset % 8 || s.offset + s.bytes > 8ull * h_.num_task_counters)
+            return fail() << "slot " << i << " spans bytes [" << s.offset << ", " << s.offset + s.bytes
+                          << ") of the " << h_.num_task_counters << " task counters", false;
+          break;
         case kSlotSymmetric:  // the buffer's size is checked when a launch binds it
           if (h_.num_pes == 0)
             return fail() << "slot " << i << " names symmetric buffer " << s.index

@@ -1,10 +1,11 @@
 // DECODE_ATTENTION: softmax(round(q . k) * scale) . v over the live cache positions t <
 // extent, for the G query rows of each batch index b (a head group: GQA, MHA at G = 1, MQA).
-// operands: out, descriptor, q, k, v, extent[, partials]; dims: b_first, b_count, t_first,
-// t_count, mode, split (jax_mpk/task_kinds.py). WHOLE runs every position and writes out;
-// PARTIAL runs its split's positions and writes the split's row max m, sum l of exp(s - m)
+// operands: out, descriptor, q, k, v, extent[, partials[, counters]]; dims: b_first, b_count,
+// t_first, t_count, mode, split (jax_mpk/task_kinds.py). WHOLE runs every position and writes
+// out; PARTIAL runs its split's positions and writes the split's row max m, sum l of exp(s - m)
 // and acc = sum exp(s - m) v to its float32 record; MERGE rescales the records of each b by
-// exp(m - max m) and writes out. Float32 throughout; scores round to their dtype first, as
+// exp(m - max m) and writes out. With task counters, the last split of each b to finish
+// merges it, one hop earlier than a MERGE task. Float32 throughout; scores round to their dtype first, as
 // the scores matmul they replace stores them.
 //
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
@@ -41,13 +42,16 @@ struct DecodeAttentionTask {
   };
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
-    if (d.num_operands < 6 || d.num_operands > 7)
-      return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials]";
+    if (d.num_operands < 6 || d.num_operands > 8)
+      return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]";
     if (ops[1].bytes < 4 * kDescWords) return "decode_attention descriptor is shorter than 28 int32";
     if (d.dims[0] < 0 || d.dims[1] < 0 || d.dims[2] < 0 || d.dims[3] < 0 || d.dims[5] < 0)
       return "decode_attention dims (b and t first and count, split) must be >= 0";
     if (d.dims[4] < kWhole || d.dims[4] > kMerge) return "decode_attention mode is not whole, partial or merge";
-    if (d.dims[4] != kWhole && d.num_operands != 7) return "decode_attention partial and merge need partials";
+    if (d.dims[4] != kWhole && d.num_operands < 7) return "decode_attention partial and merge need partials";
+    if (d.num_operands == 8 && d.dims[4] != kPartial) return "decode_attention takes task counters in partial mode only";
+    if (d.num_operands == 8 && ops[7].bytes < 8ull * (uint64_t(d.dims[0]) + d.dims[1]))
+      return "decode_attention's task counters do not cover its batch indices";
     return nullptr;
   }
 
@@ -276,6 +280,37 @@ struct DecodeAttentionTask {
     store_f32(ctx.operand<char>(0), p.out_dtype, b * p.os[0] + g * p.os[1] + d * p.os[2], value);
   }
 
+  // out[b] from the splits' records at `first`. They may come from other workers that just
+  // arrived (last_to_arrive): read from L2, past this SM's L1.
+  __device__ static void merge(const TaskContext& ctx, const Problem& p, int b, const float* first, int record) {
+    for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
+      const int g = i / p.Dv;
+      float top = -INFINITY;
+      for (int j = 0; j < p.splits; ++j) top = fmaxf(top, __ldcg(first + j * record + g));
+      float total = 0.0f, acc = 0.0f;
+      for (int j = 0; j < p.splits; ++j) {
+        const float* r = first + j * record;
+        const float m = __ldcg(r + g);
+        const float weight = m == -INFINITY ? 0.0f : expf(m - top);
+        total = fmaf(__ldcg(r + p.G + g), weight, total);
+        acc = fmaf(__ldcg(r + 2 * p.G + i), weight, acc);
+      }
+      store(ctx, p, b, i, acc / total);
+    }
+  }
+
+  // Counts this split's arrival once its record is written (every thread calls it): whether
+  // it is the iteration's last of the `splits`. The acquire-release add publishes the record,
+  // which the block barrier ordered before it, and the last one sees every other record.
+  __device__ static bool last_to_arrive(const TaskContext& ctx, const Problem& p, uint64_t* counter) {
+    __shared__ int last;
+    __syncthreads();
+    if (ctx.thread == 0)
+      last = atom_add_acq_rel(counter, 1) + 1 == uint64_t(p.splits) * (ctx.iteration + 1);
+    __syncthreads();
+    return last;
+  }
+
   // Out of line: inlined into the workers, its 16-byte paths made them spill.
   __device__ __noinline__ static void run(const TaskContext& ctx) {
     const Problem p = problem_of(ctx);
@@ -289,26 +324,15 @@ struct DecodeAttentionTask {
     float* partials = mode == kWhole ? nullptr : ctx.operand<float>(6);
     for (int b = ctx.desc.dims[0]; b < ctx.desc.dims[0] + ctx.desc.dims[1]; ++b) {
       if (mode == kMerge) {
-        const float* first = partials + int64_t(b) * p.splits * record;
-        for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) {
-          const int g = i / p.Dv;
-          float top = -INFINITY;
-          for (int j = 0; j < p.splits; ++j) top = fmaxf(top, first[j * record + g]);
-          float total = 0.0f, acc = 0.0f;
-          for (int j = 0; j < p.splits; ++j) {
-            const float* r = first + j * record;
-            const float weight = r[g] == -INFINITY ? 0.0f : expf(r[g] - top);
-            total = fmaf(r[p.G + g], weight, total);
-            acc = fmaf(r[2 * p.G + i], weight, acc);
-          }
-          store(ctx, p, b, i, acc / total);
-        }
+        merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
         continue;
       }
       const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
       if (mode == kPartial) {
         float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
         attend(ctx, p, b, t0, t1, r, r + p.G, r + 2 * p.G);
+        if (ctx.desc.num_operands == 8 && last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
+          merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
       } else {
         float* acc = reinterpret_cast<float*>(ctx.shared) + p.G * (p.D + (t1 - t0));  // [G][Dv]
         __shared__ float m_whole[kMaxRows], l_whole[kMaxRows];
