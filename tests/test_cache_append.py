@@ -13,6 +13,7 @@ from jax import lax
 
 import jax_mpk
 from examples.models.config import GPT2, LLAMA, QWEN3
+from jax_mpk.tiling import op_dependencies
 from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
 
 BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
@@ -66,6 +67,22 @@ def test_a_decoder_step_with_folded_appends(cfg, backend):
     assert_close(cache, expected_cache, cfg.dtype)
     # k's append folds into its RoPE; v's has a matmul for writer, and GPT-2 has no RoPE.
     assert appends(step, args) == (2 if cfg.family == "gpt2" else 1) * cfg.layers
+
+
+def test_the_parts_of_one_row_are_written_independently():
+    """The two halves of k's rotation land in disjoint columns of the row: neither waits for
+    the other, while the attention that reads the cache waits for both."""
+    step, args = decode_step(LLAMA, "linen", 1, 1, seed=3)
+    lowered = jax_mpk.jit(step, backend="reference", device=FOLDED).lower(*args)
+    ops = lowered.compiled.program.graph.ops
+    deps, ancestors = op_dependencies(ops)
+    writers = [i for i, op in enumerate(ops) if "dynamic_row" in op.attrs]
+    assert len(writers) == 2 * LLAMA.layers
+    for first, second in zip(writers[::2], writers[1::2], strict=True):
+        assert ops[first].outputs[0].buffer is ops[second].outputs[0].buffer
+        assert not ancestors[second] >> first & 1
+        reader = next(i for i in range(second, len(ops)) if ops[i].kind == "decode_attention")
+        assert {first, second} <= set(deps[reader])
 
 
 def test_appends_it_must_leave_alone():

@@ -6,7 +6,9 @@ RoPE (one per half of the rotation). Where elementwise ops alone write `update` 
 append reads it, each of them writes its part straight into the cache at the dynamic row
 (ElementwiseProgram's dynamic row, clamped as the append clamps its start) and the append
 goes: one task and one hop fewer between RoPE and attention. Such a write names the whole
-cache as the place it may land (`writes_within`), so every reader of the cache waits for it.
+cache's rows as the place it may land (`writes_within`: its own part of the row, at every row
+the clamped start allows), so every reader of the cache waits for it while the writers of
+one update's disjoint parts (the two halves of a RoPE rotation) stay independent.
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ def fold_cache_appends(graph: Graph) -> None:
         a = append.attrs
         axis = next(d for d, s in enumerate(starts) if s.buffer.role is not Role.CONSTANT)
         dst_strides = contiguous_strides(a["dst_shape"])
+        starts_possible = a["dst_shape"][axis] - a["sizes"][axis] + 1
         for w in writers:
             place = _place_in(w.outputs[0], a["sizes"], dst_strides)
             out = w.outputs[0]
             w.outputs = [Tensor(out.shape, out.dtype, cache.buffer, cache.offset + place[0],
                                 place[1])]
+            w.attrs["writes_within"] = [w.outputs[0].view((starts_possible, *out.shape),
+                                                          (dst_strides[axis], *place[1]))]
             pos = starts[axis]
             w.inputs = w.inputs + [Tensor(out.shape, pos.dtype, pos.buffer, pos.offset,
                                           (0,) * len(out.shape))]
             w.attrs["dynamic_row"] = (len(w.inputs) - 1, dst_strides[axis], a["dst_shape"][axis],
                                       a["sizes"][axis], (a["wrap_mask"] >> axis) & 1)
-            w.attrs["writes_within"] = [cache]
         moved = {id(w) for w in writers}
         ordered = [op for op in graph.ops if id(op) in moved]
         graph.ops = [op for op in graph.ops if id(op) not in moved]
