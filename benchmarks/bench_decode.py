@@ -164,6 +164,10 @@ def timeline_report(name: str, batch: int, context: int, directory: str) -> None
     for row in profile.after_same_kind(timeline, lowered.compiled.program):
         print(f"{row['what']:30} {row['warm_tasks']:6} {row['warm_us']:7.1f} | "
               f"{row['cold_tasks']:6} {row['cold_us']:7.1f}")
+    print("op kind: tasks, task µs, then µs from the task's start to each phase it marks")
+    for row in profile.mark_table(timeline, lowered.compiled.program):
+        phases = ", ".join(f"{name} {us:.1f}" for name, us in row["marks"].items())
+        print(f"{row['what']:30} {row['tasks']:6} {row['task_us']:7.1f}  {phases}")
     middle = len(table) // 2  # one layer's ops in order, from the middle of the step
     print("ops around the middle of the step: start µs, span µs, tasks, busy µs per task")
     for row in table[middle:middle + 16]:

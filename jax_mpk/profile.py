@@ -7,13 +7,24 @@ Build the program with `RuntimeConfig(profile_capacity=N)`, launch it with
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 
 from jax_mpk import program as fmt
 
 TIMELINE = np.dtype([("worker", "<u4"), ("task", "<u4"), ("iteration", "<u4"),
-                     ("kind", "<u2"), ("start_us", "<f8"), ("end_us", "<f8")])
+                     ("kind", "<u2"), ("start_us", "<f8"), ("end_us", "<f8"),
+                     ("marks_us", "<f8", (fmt.PROFILE_MARKS,))])
+
+# What the phase marks of a kind stand for (TaskContext::mark in its kernel): µs from the
+# task's start to the first time it got there; NaN where a task never did. A SEQUENCE's
+# entry carries the marks of its steps.
+MARKS = {
+    fmt.TaskKind.MATMUL: ("x staged", "first columns summed", "first columns stored"),
+    fmt.TaskKind.ELEMENTWISE: ("program staged", "inputs prefetched", "first element stored"),
+    fmt.TaskKind.DECODE_ATTENTION: ("q staged", "scores", "softmax", "values"),
+}
 
 
 def read(program: fmt.Program, workspace) -> np.ndarray:
@@ -40,6 +51,9 @@ def read(program: fmt.Program, workspace) -> np.ndarray:
             out[at : at + len(rows)][name] = rows[name]
         out[at : at + len(rows)]["start_us"] = rows["start_ns"] / 1e3
         out[at : at + len(rows)]["end_us"] = rows["end_ns"] / 1e3
+        marks = rows["marks"].astype(np.float64) / 1e3
+        marks[rows["marks"] == 0] = np.nan
+        out[at : at + len(rows)]["marks_us"] = marks
         at += len(rows)
     out["kind"] = program.tasks["kind"][out["task"]]
     if len(out):
@@ -124,6 +138,28 @@ def op_table(timeline: np.ndarray, compiled_program) -> list[dict]:
                      "busy_us": float((mine["end_us"] - mine["start_us"]).sum())})
     return sorted(rows, key=lambda r: r["start_us"])
 
+
+
+def mark_table(timeline: np.ndarray, compiled_program) -> list[dict]:
+    """Per op kind whose task kind marks phases (MARKS): its tasks, their mean µs, and the
+    mean µs from a task's start to each phase it marked."""
+    whats = np.array([op.kind + (f" [{op.label}]" if op.label else "")
+                      for op in compiled_program.graph.ops])
+    op_of = np.array([record.op for record in compiled_program.tasks])
+    entry_whats = whats[op_of[timeline["task"]]]
+    rows = []
+    for what in np.unique(entry_whats):
+        mine = timeline[entry_whats == what]
+        names = MARKS.get(int(mine["kind"][0]))
+        if not names:
+            continue
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a phase no task reached: NaN
+            means = np.nanmean(mine["marks_us"][:, : len(names)], axis=0)
+        rows.append({"what": str(what), "tasks": len(mine),
+                     "task_us": float((mine["end_us"] - mine["start_us"]).mean()),
+                     "marks": dict(zip(names, (float(m) for m in means), strict=True))})
+    return rows
 
 
 def after_same_kind(timeline: np.ndarray, compiled_program) -> list[dict]:

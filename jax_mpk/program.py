@@ -163,8 +163,9 @@ OPERAND = np.dtype(
 SLOT = np.dtype([("source", "<u4"), ("index", "<u4"), ("offset", "<u8"), ("bytes", "<u8")])
 TRIGGER = np.dtype("<u4")
 WORKER_TASK = np.dtype([("task", "<u4"), ("wait_event", "<u4")])
+PROFILE_MARKS = 4  # kProfileMarks
 PROFILE_ENTRY = np.dtype([("start_ns", "<u8"), ("end_ns", "<u8"), ("task", "<u4"),
-                          ("iteration", "<u4")])
+                          ("iteration", "<u4"), ("marks", "<u4", (PROFILE_MARKS,))])
 
 assert (HEADER.itemsize, TASK.itemsize, EVENT.itemsize, OPERAND.itemsize, SLOT.itemsize) == (
     128,

@@ -29,6 +29,8 @@ def fake_workspace(program, counts, rng):
     entries["end_ns"] = entries["start_ns"] + rng.integers(1, 900, entries.shape)
     entries["task"] = rng.integers(0, program.num_tasks, entries.shape)
     entries["iteration"] = rng.integers(0, 3, entries.shape)
+    entries["marks"] = rng.integers(1, 900, entries["marks"].shape)
+    entries["marks"][..., -1] = 0  # a phase the task never reached
     raw = entries.reshape(-1).view(np.uint8)
     ws[layout.profile : layout.profile + raw.size] = raw
     return ws, entries
@@ -49,6 +51,8 @@ def test_read_keeps_recorded_entries_only(capsys):
     assert sorted(got["task"].tolist()) == sorted(expected["task"].tolist())
     np.testing.assert_allclose(np.sort(got["end_us"]), np.sort((want["end_ns"] - origin) / 1e3))
     assert set(got["kind"].tolist()) == {int(fmt.TaskKind.COMBINE_U32)}
+    np.testing.assert_allclose(np.sort(got["marks_us"][:, 0]), np.sort(want["marks"][:, 0] / 1e3))
+    assert np.isnan(got["marks_us"][:, -1]).all()
 
 
 def test_trace_and_occupancy(tmp_path):
@@ -83,10 +87,56 @@ def test_after_same_kind_splits_by_the_previous_task_on_the_worker():
     kind = {0: matmul, 1: matmul, 2: elementwise, 3: matmul}
     # worker 0: the elementwise task, then o cold, then o warm; worker 1: o cold, o warm
     entries = [(0, 2, 0, 2), (0, 0, 3, 9), (0, 1, 10, 12), (1, 3, 1, 8), (1, 3, 9, 13)]
-    timeline = np.array([(w, t, 0, kind[t], s, e) for w, t, s, e in entries], profile.TIMELINE)
+    timeline = np.array([(w, t, 0, kind[t], s, e, [np.nan] * fmt.PROFILE_MARKS)
+                         for w, t, s, e in entries], profile.TIMELINE)
     rows = profile.after_same_kind(np.sort(timeline, order="start_us"), compiled)
     o, ew = rows
     assert o["what"] == "matmul [o]" and ew["what"] == "elementwise"
     assert (o["cold_tasks"], o["warm_tasks"]) == (2, 2)
     assert (o["cold_us"], o["warm_us"]) == (pytest.approx(6.5), pytest.approx(3.0))
     assert (ew["cold_tasks"], ew["warm_tasks"]) == (1, 0)
+
+
+def test_mark_table_averages_each_phase_of_the_kinds_that_mark():
+    from types import SimpleNamespace as NS
+
+    graph = NS(ops=[NS(kind="matmul", label="o"), NS(kind="noop", label="")])
+    compiled = NS(graph=graph, tasks=[NS(op=0), NS(op=0), NS(op=1)])
+    matmul, noop = int(fmt.TaskKind.MATMUL), int(fmt.TaskKind.NOOP)
+    nan = np.nan
+    timeline = np.array([(0, 0, 0, matmul, 0.0, 10.0, [2.0, 6.0, nan, nan]),
+                         (1, 1, 0, matmul, 1.0, 5.0, [4.0, nan, nan, nan]),
+                         (0, 2, 0, noop, 11.0, 12.0, [nan] * 4)], profile.TIMELINE)
+    (row,) = profile.mark_table(timeline, compiled)  # the noop marks nothing
+    assert (row["what"], row["tasks"], row["task_us"]) == ("matmul [o]", 2, pytest.approx(7.0))
+    names = profile.MARKS[fmt.TaskKind.MATMUL]
+    assert row["marks"][names[0]] == pytest.approx(3.0)
+    assert row["marks"][names[1]] == pytest.approx(6.0)
+    assert np.isnan(row["marks"][names[2]])
+
+
+@pytest.mark.gpu
+def test_a_model_step_marks_its_phases_inside_its_tasks():
+    """A tiny Llama step's timeline: the matmul, elementwise and attention tasks mark their
+    phases, each within its task's time; the kinds that mark nothing leave NaN (a SEQUENCE
+    carries the marks of its steps)."""
+    import dataclasses
+
+    import jax_mpk
+    from examples.models.config import LLAMA
+    from tests.harness import SMALL_DEVICE, decode_step
+
+    step, args = decode_step(LLAMA.replace(max_len=300), "linen", 1, 1, seed=4)
+    device = dataclasses.replace(SMALL_DEVICE, profile_capacity=1024)
+    timeline = jax_mpk.jit(step, device=device).lower(*args).timeline(*args)
+    duration = timeline["end_us"] - timeline["start_us"]
+    for kind, names in profile.MARKS.items():
+        mine = timeline["kind"] == int(kind)
+        assert mine.any(), kind
+        marks = timeline["marks_us"][mine][:, : len(names)]
+        assert not np.isnan(marks[:, 0]).any(), kind  # every task reaches its first phase
+        reached = ~np.isnan(marks)
+        assert (marks[reached] > 0).all()
+        assert (marks <= duration[mine][:, None] + 1.0)[reached].all(), kind  # 1 µs: the timer
+    others = ~np.isin(timeline["kind"], [int(k) for k in profile.MARKS] + [fmt.TaskKind.SEQUENCE])
+    assert np.isnan(timeline["marks_us"][others]).all()

@@ -176,13 +176,17 @@ struct WorkerTask {
 static_assert(sizeof(WorkerTask) == 8, "WorkerTask is 8 bytes");
 
 // One task's run on one worker, for the timeline (globaltimer nanoseconds).
+// Phases a task may mark inside its run (TaskContext::mark): where its time goes.
+constexpr int kProfileMarks = 4;
+
 struct ProfileEntry {
   uint64_t start_ns;
   uint64_t end_ns;
   uint32_t task;
   uint32_t iteration;
+  uint32_t marks[kProfileMarks];  // ns from start_ns to the task's first mark i; 0: unmarked
 };
-static_assert(sizeof(ProfileEntry) == 24, "ProfileEntry is 24 bytes");
+static_assert(sizeof(ProfileEntry) == 40, "ProfileEntry is 40 bytes");
 
 // Written by the first block that fails; read by the host after the launch.
 struct ErrorRecord {

@@ -76,6 +76,17 @@ __device__ __forceinline__ void resolve_tasks(TaskList<Tasks...> kinds, const La
   }
 }
 
+// The running task's start and phase marks, kept by thread 0 while the timeline is on.
+struct ProfileMarks {
+  uint64_t start_ns;
+  uint32_t at[kProfileMarks];
+};
+
+__device__ __forceinline__ ProfileMarks& profile_marks() {
+  __shared__ ProfileMarks marks;
+  return marks;
+}
+
 struct TaskContext {
   const LaunchParams& params;
   const TaskDesc& desc;  // a ResolvedTask's
@@ -105,6 +116,13 @@ struct TaskContext {
 
   __device__ __forceinline__ uint64_t operand_bytes(int i) const {
     return params.operands[desc.first_operand + i].bytes;
+  }
+
+  // With the timeline on, the time from the task's start to the first time it reaches phase
+  // i (0 .. kProfileMarks - 1) goes into its ProfileEntry.
+  __device__ __forceinline__ void mark(int i) const {
+    if (params.profile_capacity != 0 && thread == 0 && profile_marks().at[i] == 0)
+      profile_marks().at[i] = max(1u, uint32_t(global_timer_ns() - profile_marks().start_ns));
   }
 
   __device__ __forceinline__ ErrorRecord* error() const {

@@ -97,7 +97,11 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
   const TaskDesc& desc = resolved.desc;
   const int thread = threadIdx.x;
   const bool profiling = p.profile_capacity != 0 && thread == 0;
-  const uint64_t start = profiling ? global_timer_ns() : 0;
+  if (profiling) {
+    ProfileMarks& marks = profile_marks();
+    marks.start_ns = global_timer_ns();
+    for (int i = 0; i < kProfileMarks; ++i) marks.at[i] = 0;
+  }
   extern __shared__ __align__(16) char task_shared[];
   const TaskContext ctx(p, resolved, task, iteration, thread, task_shared, prefetched);
   if (!run_task(AllTasks{}, ctx) && thread == 0)
@@ -108,8 +112,12 @@ __device__ __forceinline__ void run_and_trigger(const LaunchParams& p, const Con
   if (profiling) {
     const uint32_t worker = blockIdx.x;
     const uint64_t n = c.profile_counts[worker]++;  // only this thread writes it
-    if (n < p.profile_capacity)
-      c.profile[uint64_t(worker) * p.profile_capacity + n] = ProfileEntry{start, global_timer_ns(), task, iteration};
+    if (n < p.profile_capacity) {
+      const ProfileMarks& marks = profile_marks();
+      ProfileEntry& entry = c.profile[uint64_t(worker) * p.profile_capacity + n];
+      entry = ProfileEntry{marks.start_ns, global_timer_ns(), task, iteration, {}};
+      for (int i = 0; i < kProfileMarks; ++i) entry.marks[i] = marks.at[i];
+    }
   }
   if (thread == 0) trigger_events<kSchedule>(p, c, first_trigger, num_triggers, flags, iteration);
 }

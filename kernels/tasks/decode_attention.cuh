@@ -243,11 +243,13 @@ struct DecodeAttentionTask {
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads)
       q[i] = load_f32(qp, p.q_dtype, q_b + (i / p.D) * p.qs[2] + (i % p.D) * p.qs[3]);
     __syncthreads();
+    ctx.mark(0);
     const bool k_vectors = p.k_dtype == kBF16 ? scores_by_vectors<__nv_bfloat16>(ctx, p, kp, k_b, t0, n, q, s)
                            : p.k_dtype == kF16 ? scores_by_vectors<__half>(ctx, p, kp, k_b, t0, n, q, s)
                            : p.k_dtype == kF32 && scores_by_vectors<float>(ctx, p, kp, k_b, t0, n, q, s);
     if (!k_vectors) scores_by_scalars(ctx, p, kp, k_b, t0, n, q, s);
     __syncthreads();
+    ctx.mark(1);
     for (int g = warp; g < p.G; g += kWarps) {
       float m = -INFINITY;
       for (int t = lane; t < n; t += 32) m = fmaxf(m, s[g * n + t]);
@@ -265,10 +267,12 @@ struct DecodeAttentionTask {
       }
     }
     __syncthreads();
+    ctx.mark(2);
     const bool v_vectors = p.v_dtype == kBF16 ? values_by_vectors<__nv_bfloat16>(ctx, p, vp, v_b, t0, n, s, acc_out)
                            : p.v_dtype == kF16 ? values_by_vectors<__half>(ctx, p, vp, v_b, t0, n, s, acc_out)
                            : p.v_dtype == kF32 && values_by_vectors<float>(ctx, p, vp, v_b, t0, n, s, acc_out);
     if (!v_vectors) values_by_scalars(ctx, p, vp, v_b, t0, n, s, acc_out);
+    ctx.mark(3);
     for (int g = ctx.thread; g < p.G; g += kWorkerThreads) {
       m_out[g] = row_max[g];
       l_out[g] = row_sum[g];

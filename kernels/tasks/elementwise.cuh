@@ -221,6 +221,7 @@ struct ElementwiseTask {
       __syncthreads();  // every thread: `words` is the same for all
       prog = shared_program;
     }
+    ctx.mark(0);
     // jax_mpk.task_kinds.PROGRAM_DYNAMIC_ROW: five words after the header place the output's row.
     const bool dynamic_row = prog[0] & kProgramDynamicRow;
     const int rank = prog[0] & (kProgramDynamicRow - 1), num_inputs = prog[1], num_instrs = prog[2],
@@ -254,6 +255,7 @@ struct ElementwiseTask {
         prefetch_l1(ctx.operand<const char>(2 + j) + offset * dtype_size(in[0]));
       }
     }
+    ctx.mark(1);
     uint32_t regs[kMaxRegisters];
     for (uint32_t e = first + ctx.thread; e < end; e += kWorkerThreads) {
       int32_t index[kMaxRank];
@@ -286,6 +288,7 @@ struct ElementwiseTask {
       for (int d = 0; d < rank; ++d) offset += int64_t(index[d]) * out_strides[d];
       const int32_t last_dtype = instrs[(num_instrs - 1) * kInstrWords + 1];
       store_held(out, out_dtype, offset, convert_held(regs[num_instrs - 1], last_dtype, out_dtype, true));
+      ctx.mark(2);
     }
   }
 };

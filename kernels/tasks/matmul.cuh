@@ -410,6 +410,7 @@ struct MatmulTask {
             accumulate<rows, Weights>(acc, Weights::load(w, p.w_dtype, w_col + int64_t(kc0 + k) * p.ws[2]), live, live_rows,
                                       staged + k, padded(kc));
         }
+        ctx.mark(1);
         // Sum the slices of each row: within warps by shuffles where they share one, then
         // across (warps or slices) through shared memory.
         const int width = round_groups * V;  // columns of this round, as laid out in partials
@@ -436,6 +437,7 @@ struct MatmulTask {
             store(p, b, m0 + r, p.n0 + column, sum);
           }
           __syncthreads();
+          ctx.mark(2);
         }
       }
     }
@@ -731,6 +733,7 @@ struct MatmulTask {
       report_unstaged_norm(ctx, p.M);
       return;
     }
+    ctx.mark(0);
     const bool prefetched = ctx.prefetched && prefetchable(ctx, p);
     if (p.extent_axis) {
       const int bound = p.extent_axis == 1 ? p.M : p.extent_axis == 2 ? p.n0 + p.nn : p.k0 + p.kn;
