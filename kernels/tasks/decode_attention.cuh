@@ -5,8 +5,8 @@
 // out; PARTIAL runs its split's positions and writes the split's row max m, sum l of exp(s - m)
 // and acc = sum exp(s - m) v to its float32 record; MERGE rescales the records of each b by
 // exp(m - max m) and writes out. With task counters, the last split of each b to finish
-// merges it, one hop earlier than a MERGE task. Float32 throughout; scores round to their dtype first, as
-// the scores matmul they replace stores them.
+// merges it, one hop earlier than a MERGE task. Float32 throughout; scores round to their
+// dtype first, as the scores matmul they replace stores them.
 //
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
 // whole, the output [G][Dv]); its last kReduceFloats hold the value pass's per-warp sums.
