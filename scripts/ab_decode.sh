@@ -2,24 +2,40 @@
 # On the GPU machine: the Llama-1B decode step (bench_decode.py) on several prebuilt runtimes
 # in one call. Installs the package against the first, then swaps the installed
 # libjax_mpk_runtime.so for each in turn (the Python module is the same for all).
-# Each DIR holds a libjax_mpk_runtime.so (scripts/build_runtime_at.sh); carry them.
+# Each DIR holds a libjax_mpk_runtime.so (scripts/build_runtime_at.sh); carry them. A DIR
+# that also holds tree/ (build_runtime_at.sh --tree: another revision's source, e.g. an older
+# program format) is installed from that tree against its runtime and benchmarked there; the
+# next plain DIR reinstalls this checkout.
 # Usage: bash scripts/ab_decode.sh DIR... (BENCH_ARGS overrides the bench_decode arguments)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-first=$(realpath "$1/libjax_mpk_runtime.so")
-$PY -m pip install --no-build-isolation --no-deps -e . -Cbuild-dir=/tmp/jax_mpk_prebuilt \
-  -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME="$first" > "$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
-installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+here=$PWD
+# Installs the package at $1 (a source tree) against the runtime library $2.
+install() {
+  local lib
+  lib=$(realpath "$2")
+  (cd "$1" && $PY -m pip install --no-build-isolation --no-deps -e . -Cbuild-dir=/tmp/jax_mpk_prebuilt_$3 \
+    -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME="$lib") >> "$OUT/install.log" 2>&1 \
+    || { tail -20 "$OUT/install.log"; exit 1; }
+  installed=$(cd "$1" && $PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+}
+installed_tree=""
 # Name a DIR twice (A B A B) to see the spread between processes: kernel medians of one
 # runtime agreed within 15 µs in session 10, while jax.jit's wall time moved 0.3 ms.
 args=${BENCH_ARGS:---models llama-1b --batches 1 --contexts 512 --repeats 30}
 run=0
 for dir in "$@"; do
-  cp "$dir/libjax_mpk_runtime.so" "$installed"
   name=$((++run))_$(basename "$dir")
-  timeout 120 $PY benchmarks/bench_decode.py $args > "$OUT/decode_$name.log" 2>&1
+  tree=$here
+  [ -d "$dir/tree" ] && tree=$(realpath "$dir/tree")
+  if [ "$tree" != "$installed_tree" ]; then
+    install "$tree" "$dir/libjax_mpk_runtime.so" "$run"
+    installed_tree=$tree
+  fi
+  cp "$dir/libjax_mpk_runtime.so" "$installed"
+  (cd "$tree" && timeout 120 $PY benchmarks/bench_decode.py $args) > "$OUT/decode_$name.log" 2>&1
   echo "== $name"; grep -E "llama|qwen|tiny|kernel|rror" "$OUT/decode_$name.log" | head -6
 done
