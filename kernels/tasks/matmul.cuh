@@ -596,9 +596,11 @@ struct MatmulTask {
           if (active && j < lane_loads)
             dot<rows, Weights>(acc, load_shared16(mine + (q % kStages) * kWorkerThreads), live_rows, xk, stride);
         }
+        ctx.mark(1);
         if (active)
           tail<rows>(p, acc, w_b + int64_t(n) * p.ws[3] + p.k0, vectors * V + sl, p.kn, L, live_rows, sh.staged, stride);
         store_column<rows>(p, acc, b, m0, n, L, sl == 0 && c < p.nn);
+        ctx.mark(2);
       }
     }
   }
