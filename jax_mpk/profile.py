@@ -27,6 +27,11 @@ MARKS = {
 }
 
 
+def _what(op) -> str:
+    """An op as the tables name it: its kind and its label."""
+    return op.kind + (f" [{op.label}]" if op.label else "")
+
+
 def read(program: fmt.Program, workspace) -> np.ndarray:
     """Timeline entries sorted by start, times in µs from the first start."""
     capacity = program.profile_capacity
@@ -131,7 +136,7 @@ def op_table(timeline: np.ndarray, compiled_program) -> list[dict]:
     for op in np.unique(ops):
         mine = timeline[ops == op]
         node = graph.ops[int(op)]
-        rows.append({"op": int(op), "what": node.kind + (f" [{node.label}]" if node.label else ""),
+        rows.append({"op": int(op), "what": _what(node),
                      "source": node.source, "tasks": len(mine),
                      "start_us": float(mine["start_us"].min()),
                      "span_us": float(mine["end_us"].max() - mine["start_us"].min()),
@@ -143,8 +148,7 @@ def op_table(timeline: np.ndarray, compiled_program) -> list[dict]:
 def mark_table(timeline: np.ndarray, compiled_program) -> list[dict]:
     """Per op kind whose task kind marks phases (MARKS): its tasks, their mean µs, and the
     mean µs from a task's start to each phase it marked."""
-    whats = np.array([op.kind + (f" [{op.label}]" if op.label else "")
-                      for op in compiled_program.graph.ops])
+    whats = np.array([_what(op) for op in compiled_program.graph.ops])
     op_of = np.array([record.op for record in compiled_program.tasks])
     entry_whats = whats[op_of[timeline["task"]]]
     rows = []
@@ -168,7 +172,7 @@ def after_same_kind(timeline: np.ndarray, compiled_program) -> list[dict]:
     those that ran first or after another kind ("cold"). A large gap points at the
     instruction cache rather than at the task's bytes."""
     ops = compiled_program.graph.ops
-    whats = [op.kind + (f" [{op.label}]" if op.label else "") for op in ops]
+    whats = [_what(op) for op in ops]
     op_of = np.array([record.op for record in compiled_program.tasks])
     split: dict[str, dict[str, list[float]]] = {}
     for worker in np.unique(timeline["worker"]):

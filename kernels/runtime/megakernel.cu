@@ -173,6 +173,7 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
   }
 
   LaunchParams& params = *params_;
+  params.control = ControlLayout(h);
   const auto* slots = reinterpret_cast<const SlotDesc*>(blob_.data() + layout_.slots);
   for (uint32_t i = 0; i < h.num_slots; ++i) {
     const SlotDesc& s = slots[i];
@@ -184,7 +185,7 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
       case kSlotWorkspace: base = static_cast<uint8_t*>(workspace.data); available = workspace.bytes; break;
       case kSlotConstant: base = device_blob_ + layout_.constants; available = h.constant_bytes; break;
       case kSlotTaskCounters:
-        base = static_cast<uint8_t*>(workspace.data) + ControlLayout(h).task_counters;
+        base = static_cast<uint8_t*>(workspace.data) + params.control.task_counters;
         available = 8ull * h.num_task_counters;
         break;
       case kSlotSymmetric: {
@@ -231,7 +232,6 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
   params.start_event = h.start_event;
   params.end_event = h.end_event;
   params.num_slots = h.num_slots;
-  params.control = ControlLayout(h);
   for (uint32_t pe = 0; pe < kMaxPes; ++pe) params.peer_delta[pe] = pe < view.num_pes ? view.peer_delta[pe] : 0;
   params.signals = nullptr;
   params.signal_base = 0;
