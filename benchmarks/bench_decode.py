@@ -143,6 +143,7 @@ def timeline_report(name: str, batch: int, context: int, directory: str) -> None
     lowered = jax_mpk.jit(model.apply, device=device_spec(profile_capacity=4096),
                           donate_argnums=(2,)).lower(params, tokens, cache, pos)
     timeline = lowered.timeline(params, tokens, cache, pos)
+    os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, "timeline_decode")
     profile.write_chrome_trace(timeline, base + ".json")
     profile.plot_occupancy(timeline, lowered.program.num_workers, base + ".png")

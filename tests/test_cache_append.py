@@ -18,6 +18,7 @@ from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poiso
 
 BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
 FOLDED = dataclasses.replace(SMALL_DEVICE, fold_cache_appends=True)
+UNFOLDED = dataclasses.replace(SMALL_DEVICE, fold_cache_appends=False)
 
 
 def appends(fn, args) -> int:
@@ -50,7 +51,7 @@ def test_the_rope_writes_its_cache_row(dtype, pos, backend):
     got = folded(*args)
     assert_close(got, expect(rope_append, *args), dtype)
     assert appends(rope_append, args) == 0
-    unfolded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    unfolded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(UNFOLDED, backend))
     np.testing.assert_array_equal(np.asarray(got[0], np.float32),
                                   np.asarray(unfolded(*args)[0], np.float32))
 

@@ -3,6 +3,7 @@ the errors for what is not supported; each checked against jax.jit on random inp
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -353,3 +354,6 @@ def test_only_weights_no_task_writes_are_prefetched():
             weight = compiled.graph.ops[record.op].inputs[1].buffer
             prefetched[bool(flags & TASK_PREFETCH)].add(weight.name)
     assert prefetched == {True: {"arg1"}, False: {"arg2"}}, prefetched
+    unflagged = jax_mpk.jit(fn, backend="reference", donate_argnums=(2,),
+                            device=dataclasses.replace(SMALL_DEVICE, prefetch=False))
+    assert not any(unflagged.lower(x, weights, state).program.tasks["flags"] & TASK_PREFETCH)
