@@ -37,5 +37,5 @@ for dir in "$@"; do
   fi
   cp "$dir/libjax_mpk_runtime.so" "$installed"
   (cd "$tree" && timeout 120 $PY benchmarks/bench_decode.py $args) > "$OUT/decode_$name.log" 2>&1
-  echo "== $name"; grep -E "llama|qwen|tiny|kernel|rror" "$OUT/decode_$name.log" | head -6
+  echo "== $name"; grep -E "llama|qwen|tiny|back to back|kernel|rror" "$OUT/decode_$name.log" | head -6
 done
