@@ -183,6 +183,8 @@ NB_MODULE(_jax_mpk, m) {
     out["run_us"] = t.run_us;
     return out;
   }, "The last megakernel launch in this process: kernel µs (CUDA events) and the host's µs for the whole run.");
+  m.def("check_launches", &mpk::check_launches,
+        "Waits for every launch in the process; the first failure not reported yet, else empty.");
   m.def("copy_rate", [](size_t bytes, int repeats) {
     double rate = 0;
     std::string why = mpk::measure_copy_rate(bytes, repeats, &rate);

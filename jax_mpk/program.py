@@ -21,6 +21,7 @@ SCHEDULERS_PER_BLOCK = 4
 TASK_RELAXED_TRIGGERS = 1  # TaskDesc.flags: every consumer runs later on this worker
 TASK_PREFETCH = 2  # TaskDesc.flags: static: start loading its read-only operands before its wait
 PROGRAM_POISON_RESULTS = 1  # ProgramHeader.flags: NaN bytes in results before each launch
+PROGRAM_DEFER_ERRORS = 2  # ProgramHeader.flags: a launch returns once queued (check_launches)
 NO_WAIT = 0xFFFFFFFF  # static list entry: every producer ran earlier on this worker
 NVSHMEM_EVENT_TAG = 0x80000000  # a trigger id naming a signal word on a PE (see nvshmem_event)
 MAX_PES = 8

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 
@@ -32,6 +34,7 @@ def _register_target() -> None:
     jax.ffi.register_ffi_type("jax_mpk_call_site", ext.call_site_type(), platform="CUDA")
     for name, stages in ext.registrations().items():
         jax.ffi.register_ffi_target(name, stages, platform="CUDA")
+    atexit.register(_report_unchecked_failures)  # a deferred failure no launch came to read
 
 
 def cuda_devices() -> list[jax.Device]:
@@ -57,8 +60,29 @@ def hbm_copy_rate(nbytes: int = 1 << 30, repeats: int = 20) -> float:
 def last_launch_timing() -> dict:
     """The last megakernel launch in this process: `kernel_us`, the kernel alone (CUDA
     events on its stream), and `run_us`, the FFI handler's whole run on the host (slot
-    binding, control-region memset, launch, and the wait for the kernel's error record)."""
+    binding, control-region memset, launch, and the wait for the kernel's error record).
+    With DeviceSpec(defer_errors=True) the handler does not wait, and `kernel_us` is that of
+    the newest launch whose end the handler has seen."""
     return extension().last_launch_timing()
+
+
+def check_launches(results=None) -> None:
+    """Waits for `results` (any pytree of arrays), then for every megakernel launch in this
+    process, and raises RuntimeError with the first failure not reported yet. A program
+    compiled with DeviceSpec(defer_errors=True) returns from each launch once it is queued;
+    a launch of it that fails fills its results with NaN and raises from the next launch of
+    the same program, or from here."""
+    if results is not None:
+        jax.block_until_ready(results)
+    why = extension().check_launches()
+    if why:
+        raise RuntimeError(f"jax_mpk megakernel: {why}")
+
+
+def _report_unchecked_failures() -> None:
+    why = extension().check_launches()
+    if why:
+        print(f"jax_mpk: a megakernel launch failed and was never reported: {why}", file=sys.stderr)
 
 
 def implemented_task_kinds() -> set[str]:

@@ -63,6 +63,10 @@ class RuntimeConfig:
     # Tests: results and intermediates are filled with NaN bytes before each launch, so an
     # element no task writes shows (fmt.PROGRAM_POISON_RESULTS).
     poison_results: bool = False
+    # A launch returns once it is queued, as jax.jit's do; its failure is reported by a later
+    # launch or runtime.check_launches(), and fills its results with NaN
+    # (fmt.PROGRAM_DEFER_ERRORS).
+    defer_errors: bool = False
 
     @classmethod
     def for_sm_count(cls, sm_count: int, **overrides) -> RuntimeConfig:
@@ -323,7 +327,8 @@ class TaskGraph:
         header["profile_capacity"] = config.profile_capacity
         header["num_pes"], header["pe"] = self._num_pes, self._pe
         header["signal_slot"], header["num_signals"] = self._signal_slot, self._num_signals
-        header["flags"] = fmt.PROGRAM_POISON_RESULTS if config.poison_results else 0
+        header["flags"] = ((fmt.PROGRAM_POISON_RESULTS if config.poison_results else 0)
+                           | (fmt.PROGRAM_DEFER_ERRORS if config.defer_errors else 0))
         header["num_task_counters"] = self._task_counters
 
         # Static lists: program order is topological, so lists in increasing

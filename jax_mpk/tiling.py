@@ -56,6 +56,9 @@ class DeviceSpec:
     schedule: str = "static"
     profile_capacity: int = 0  # timeline entries per worker (jax_mpk.profile)
     poison_results: bool = False  # tests: NaN bytes in results before each launch
+    # A launch returns once queued, so the host prepares the next while it runs; a failure
+    # fills its results with NaN and raises from a later launch or runtime.check_launches().
+    defer_errors: bool = False
     # Decode attention as one task kind (passes/decode_attention.py); False keeps the scores
     # matmul, softmax and values matmul (0.5 ms slower a 1B decode step on an H200).
     fused_attention: bool = True
@@ -87,7 +90,8 @@ class DeviceSpec:
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig.for_sm_count(self.sm_count, schedule=self.schedule,
                                           profile_capacity=self.profile_capacity,
-                                          poison_results=self.poison_results)
+                                          poison_results=self.poison_results,
+                                          defer_errors=self.defer_errors)
 
     @property
     def workers(self) -> int:

@@ -357,3 +357,13 @@ def test_only_weights_no_task_writes_are_prefetched():
     unflagged = jax_mpk.jit(fn, backend="reference", donate_argnums=(2,),
                             device=dataclasses.replace(SMALL_DEVICE, prefetch=False))
     assert not any(unflagged.lower(x, weights, state).program.tasks["flags"] & TASK_PREFETCH)
+
+
+@pytest.mark.parametrize("defer_errors", [False, True])
+def test_defer_errors_reaches_the_program_header(defer_errors):
+    from jax_mpk.program import PROGRAM_DEFER_ERRORS
+
+    device = dataclasses.replace(SMALL_DEVICE, defer_errors=defer_errors)
+    x = normal(4, 8)
+    lowered = jax_mpk.jit(jnp.tanh, backend="reference", device=device).lower(x)
+    assert bool(lowered.program.header["flags"] & PROGRAM_DEFER_ERRORS) == defer_errors

@@ -37,7 +37,8 @@ def mixed_program(num_iterations=3, schedule="dynamic"):
     g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [0, 0])
     config = tg.RuntimeConfig(num_workers=8, num_schedulers=3, num_iterations=num_iterations,
                               worker_queue_capacity=16, schedule=schedule,
-                              poison_results=schedule == "static")
+                              poison_results=schedule == "static",
+                              defer_errors=schedule == "static")
     return g.build(config, num_args=2, num_rets=1).program
 
 
@@ -45,6 +46,8 @@ def mixed_program(num_iterations=3, schedule="dynamic"):
 def test_round_trip_through_cpp(ext, schedule):
     p = mixed_program(schedule=schedule)
     parsed = ext.parse_program(p.to_bytes())
+    flags = fmt.PROGRAM_POISON_RESULTS | fmt.PROGRAM_DEFER_ERRORS if schedule == "static" else 0
+    assert parsed["header"]["flags"] == flags
     for name in parsed["header"]:
         assert parsed["header"][name] == p.header[name], name
     for i, t in enumerate(parsed["tasks"]):

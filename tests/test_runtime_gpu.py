@@ -124,7 +124,49 @@ def test_watchdog_turns_a_hang_into_an_exception(schedule):
     np.testing.assert_array_equal(out, ref)
 
 
-def affine_program(n, mul, add, schedule):
+def stuck_copy_program(budget_ns, defer_errors):
+    """stuck_program whose task after the wait copies 64 bytes of its input to its result."""
+    g = tg.TaskGraph()
+    flag = g.arg(0, 8)
+    src = g.arg(1, 64)
+    out = g.ret(0, 64)
+    wait = g.add_task(fmt.TaskKind.WAIT_VALUE, [tg.Operand(flag, 0, 8)], [1, 0])
+    g.add_task(fmt.TaskKind.COPY, [tg.Operand(out, 0, 64), tg.Operand(src, 0, 64)], [64, 0],
+               deps=[wait])
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), watchdog_ns=budget_ns, schedule="static",
+                                           defer_errors=defer_errors)
+    return g.build(config, num_args=2, num_rets=1).program
+
+
+def test_deferred_failure_poisons_its_results_and_raises_at_the_next_launch():
+    """With defer_errors the handler returns before the kernel ends; a watchdog expiry then
+    fills the launch's result with 0xFF bytes and raises from the next launch, which does
+    not run."""
+    registered = runtime.RegisteredProgram(stuck_copy_program(200_000_000, defer_errors=True))
+    flag = jnp.zeros((2,), jnp.uint32)
+    src = jnp.asarray(np.arange(64, dtype=np.uint8) + 1)
+    (out,) = runtime.call(registered, [flag, src], [jax.ShapeDtypeStruct((64,), np.uint8)])
+    assert (np.asarray(out) == 0xFF).all()
+    assert runtime.last_launch_timing()["run_us"] < 100_000, "the handler waited for the kernel"
+    expected = (r"launch 1 of this program failed, and its results were filled with NaN: "
+                r"watchdog: task 0 \(kind 3\) of iteration 0 waited 200 ms")
+    with pytest.raises(Exception, match=expected):
+        jax.block_until_ready(runtime.call(registered, [flag, src],
+                                           [jax.ShapeDtypeStruct((64,), np.uint8)]))
+    runtime.check_launches()  # reported once
+
+
+def test_check_launches_reports_a_deferred_failure_no_launch_read():
+    registered = runtime.RegisteredProgram(stuck_copy_program(100_000_000, defer_errors=True))
+    flag = jnp.zeros((2,), jnp.uint32)
+    src = jnp.asarray(np.arange(64, dtype=np.uint8))
+    out = runtime.call(registered, [flag, src], [jax.ShapeDtypeStruct((64,), np.uint8)])
+    with pytest.raises(RuntimeError, match=r"launch 1 of this program failed.*watchdog: task 0"):
+        runtime.check_launches(out)
+    runtime.check_launches()
+
+
+def affine_program(n, mul, add, schedule, defer_errors=False):
     """state[j] = state[j] * mul + add, in place; then out = state."""
     g = tg.TaskGraph()
     state_in = g.arg(0, 4 * n)
@@ -137,14 +179,15 @@ def affine_program(n, mul, add, schedule):
         tiles.append(g.add_task(fmt.TaskKind.COMBINE_U32, [out, src], [size // 4, mul, add]))
         g.add_task(fmt.TaskKind.COPY, [tg.Operand(copy_out, 4 * lo, size), out], [size, 0],
                    deps=[tiles[-1]])
-    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule=schedule)
+    config = tg.RuntimeConfig.for_sm_count(sm_count(), schedule=schedule, defer_errors=defer_errors)
     return g.build(config, num_args=1, num_rets=2).program
 
 
-@pytest.mark.parametrize("schedule", ["dynamic", "static"])
-def test_inside_jit_with_donated_state(schedule):
+@pytest.mark.parametrize("schedule,defer_errors", [("dynamic", False), ("static", False),
+                                                   ("static", True)])
+def test_inside_jit_with_donated_state(schedule, defer_errors):
     n = 10_007
-    registered = runtime.RegisteredProgram(affine_program(n, 3, 11, schedule))
+    registered = runtime.RegisteredProgram(affine_program(n, 3, 11, schedule, defer_errors))
     shape = jax.ShapeDtypeStruct((n,), np.uint32)
 
     @jax.jit
@@ -165,6 +208,7 @@ def test_inside_jit_with_donated_state(schedule):
         assert state.unsafe_buffer_pointer() == pointer, "the donated state was copied"
         np.testing.assert_array_equal(np.asarray(state), expected)
         np.testing.assert_array_equal(np.asarray(y), expected + np.asarray(x))
+    runtime.check_launches()
 
 
 def test_last_launch_timing_lies_inside_the_call():

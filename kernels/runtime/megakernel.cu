@@ -3,7 +3,9 @@
 #include "symmetric.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <set>
 
 #include "scheduler.cuh"
 #include "worker.cuh"
@@ -75,6 +77,14 @@ std::string measure_copy_rate(size_t bytes, int repeats, double* bytes_per_secon
   return "";
 }
 
+namespace {
+LaunchTiming last_timing;  // written after each launch's wait; read between launches
+
+// Every Megakernel alive in the process, for check_launches().
+std::mutex live_mutex;
+std::set<Megakernel*> live;
+}  // namespace
+
 Megakernel::Megakernel(std::vector<uint8_t> blob)
     : blob_(std::move(blob)),
       header_(*reinterpret_cast<const ProgramHeader*>(blob_.data())),
@@ -85,20 +95,40 @@ std::string Megakernel::create(std::vector<uint8_t> blob, std::unique_ptr<Megake
   std::string why = validate_program(blob.data(), blob.size());
   if (!why.empty()) return why;
   out->reset(new Megakernel(std::move(blob)));
+  std::lock_guard<std::mutex> lock(live_mutex);
+  live.insert(out->get());
   return "";
 }
 
-namespace {
-LaunchTiming last_timing;  // written after each launch's wait; read between launches
-}  // namespace
-
 LaunchTiming last_launch_timing() { return last_timing; }
 
+std::string check_launches() {
+  std::lock_guard<std::mutex> lock(live_mutex);
+  for (Megakernel* kernel : live) {
+    std::string why = kernel->collect_launches();
+    if (!why.empty()) return why;
+  }
+  return "";
+}
+
 Megakernel::~Megakernel() {
+  {
+    std::lock_guard<std::mutex> lock(live_mutex);
+    live.erase(this);
+  }
+  // Nothing can raise from here: a failure nobody asked about is still said.
+  for (std::string why = collect_launches(); !why.empty(); why = collect_launches())
+    std::fprintf(stderr, "jax_mpk: %s\n", why.c_str());
   if (device_blob_) cudaFree(device_blob_);
-  if (host_error_) cudaFreeHost(host_error_);
-  if (kernel_start_) cudaEventDestroy(kernel_start_);
-  if (kernel_end_) cudaEventDestroy(kernel_end_);
+}
+
+std::string Megakernel::collect_launches() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return outcomes_.collect(blob_.data(), true, defers_errors());
+}
+
+bool Megakernel::defers_errors() const {
+  return (header_.flags & kProgramDeferErrors) && header_.num_signals == 0;
 }
 
 std::string Megakernel::upload(cudaStream_t stream) {
@@ -120,15 +150,13 @@ std::string Megakernel::upload(cudaStream_t stream) {
   }
   MPK_CUDA(cudaMalloc(&device_blob_, blob_.size()));
   MPK_CUDA(cudaMemcpyAsync(device_blob_, blob_.data(), blob_.size(), cudaMemcpyHostToDevice, stream));
-  MPK_CUDA(cudaMallocHost(&host_error_, sizeof(ErrorRecord)));
-  MPK_CUDA(cudaEventCreate(&kernel_start_));
-  MPK_CUDA(cudaEventCreate(&kernel_end_));
-  return "";
+  return outcomes_.allocate(header_.num_events, header_.num_rets);
 }
 
 std::string Megakernel::run(cudaStream_t stream, const std::vector<Buffer>& args,
                             const std::vector<Buffer>& rets, Buffer workspace) {
   const auto started = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mutex_);
   std::string why = bind_and_launch(stream, args, rets, workspace);
   const std::chrono::duration<double, std::micro> run_time = std::chrono::steady_clock::now() - started;
   last_timing.run_us = run_time.count();
@@ -239,7 +267,7 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
     std::string why = poison(stream, args, rets, workspace);
     if (!why.empty()) return why;
   }
-  if (h.num_signals == 0) return launch(stream, workspace);
+  if (h.num_signals == 0) return launch(stream, workspace, rets);
   const uint32_t signal_buffer = slots[h.signal_slot].index;
   SymmetricBuffer signals;
   find_symmetric_buffer(signal_buffer, &signals);  // bound above
@@ -250,7 +278,7 @@ std::string Megakernel::bind_and_launch(cudaStream_t stream, const std::vector<B
   }
   params.signals = params.slots[h.signal_slot];
   params.signal_base = signals.signal_epoch;
-  std::string why = launch(stream, workspace);
+  std::string why = launch(stream, workspace, rets);
   finish_signal_launch(signal_buffer, why.empty(), h.num_iterations);
   return why;
 }
@@ -268,9 +296,14 @@ std::string Megakernel::poison(cudaStream_t stream, const std::vector<Buffer>& a
   return "";
 }
 
-std::string Megakernel::launch(cudaStream_t stream, Buffer workspace) {
+std::string Megakernel::launch(cudaStream_t stream, Buffer workspace, const std::vector<Buffer>& rets) {
   const ProgramHeader& h = header_;
   const LaunchParams& params = *params_;
+  const bool deferred = defers_errors();
+  // A failure found here was deferred: report it instead of launching on its NaN results.
+  std::string why = outcomes_.collect(blob_.data(), false, deferred);
+  if (why.empty()) why = outcomes_.make_room(blob_.data());
+  if (!why.empty()) return why;
 
   MPK_CUDA(cudaMemsetAsync(workspace.data, 0, h.control_bytes, stream));
   cudaLaunchConfig_t config = {};
@@ -283,28 +316,15 @@ std::string Megakernel::launch(cudaStream_t stream, Buffer workspace) {
   cooperative.val.cooperative = 1;
   config.attrs = &cooperative;
   config.numAttrs = 1;
-  MPK_CUDA(cudaEventRecord(kernel_start_, stream));
+  why = outcomes_.before_kernel(stream);
+  if (!why.empty()) return why;
   MPK_CUDA(cudaLaunchKernelEx(&config, megakernel, params));
-  MPK_CUDA(cudaEventRecord(kernel_end_, stream));
-  MPK_CUDA(cudaMemcpyAsync(host_error_, static_cast<uint8_t*>(workspace.data) + params.control.error,
-                           sizeof(ErrorRecord), cudaMemcpyDeviceToHost, stream));
-  MPK_CUDA(cudaStreamSynchronize(stream));
-  float kernel_ms = 0;
-  MPK_CUDA(cudaEventElapsedTime(&kernel_ms, kernel_start_, kernel_end_));
-  last_timing.kernel_us = 1e3 * kernel_ms;
-  const ErrorRecord error = *host_error_;
-  if (error.code != kOk) return diagnose(error, static_cast<uint8_t*>(workspace.data), stream);
-  return "";
-}
-
-std::string Megakernel::diagnose(const ErrorRecord& err, const uint8_t* workspace, cudaStream_t stream) const {
-  std::vector<uint64_t> counters(header_.num_events);
-  const ControlLayout control(header_);
-  const bool have_counters =
-      cudaMemcpyAsync(counters.data(), workspace + control.event_counters, 8 * counters.size(),
-                      cudaMemcpyDeviceToHost, stream) == cudaSuccess &&
-      cudaStreamSynchronize(stream) == cudaSuccess;
-  return describe_failure(blob_.data(), err, have_counters ? counters.data() : nullptr);
+  // Deferred, the caller sees this launch's results before its outcome: a failure poisons them.
+  why = outcomes_.after_kernel(stream, static_cast<const uint8_t*>(workspace.data), params.control,
+                               deferred ? rets : std::vector<Buffer>());
+  if (why.empty() && !deferred) why = outcomes_.collect(blob_.data(), true, false);
+  last_timing.kernel_us = outcomes_.last_kernel_us();
+  return why;
 }
 
 }  // namespace mpk

@@ -126,6 +126,8 @@ static_assert(sizeof(ProgramHeader) == 128, "ProgramHeader is 128 bytes");
 // workspace's intermediates are filled with 0xFF bytes (NaN for floats), so an element no
 // task writes, or an intermediate read before it is written, shows in the results.
 constexpr uint32_t kProgramPoisonResults = 1;
+// A launch returns once it is queued; its outcome is read at a later launch (Megakernel::run).
+constexpr uint32_t kProgramDeferErrors = 2;
 
 // TaskDesc.flags
 constexpr uint16_t kTaskRelaxedTriggers = 1;  // static: every consumer runs later on this worker

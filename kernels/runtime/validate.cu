@@ -66,7 +66,7 @@ class Checker {
     if (h_.worker_queue_capacity == 0 || h_.sched_queue_capacity == 0) return fail() << "a queue capacity is zero", false;
     if (h_.watchdog_ns == 0) return fail() << "the watchdog budget is zero", false;
     if (h_.schedule > kScheduleStatic) return fail() << "unknown schedule " << h_.schedule, false;
-    if (h_.flags & ~kProgramPoisonResults) return fail() << "unknown program flags " << h_.flags, false;
+    if (h_.flags & ~(kProgramPoisonResults | kProgramDeferErrors)) return fail() << "unknown program flags " << h_.flags, false;
     if (h_.profile_capacity > (1u << 20))
       return fail() << "profile capacity " << h_.profile_capacity << " exceeds 2^20 entries per worker", false;
     if (h_.schedule == kScheduleDynamic)
