@@ -104,7 +104,7 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
 
         def step(fn=fn, state=state, launches=launches, timed=timed):
             logits, state["cache"] = fn(params, tokens, state["cache"], pos)
-            if timed:  # the handler synchronizes: the record is this step's launch
+            if timed:  # this step's launch, or with deferred errors an earlier one
                 timing = runtime.last_launch_timing()
                 launches.append((timing["kernel_us"], timing["run_us"]))
             return logits
@@ -112,6 +112,8 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
         ms = median_seconds(step, repeats=repeats) * 1e3
         row[label] = {"ms": ms, "fraction_of_hbm": floor_ms / ms if floor_ms else None}
         row[label]["back_to_back_ms"] = back_to_back_seconds(step, steps=repeats) * 1e3
+        if timed:
+            runtime.check_launches(state["cache"])  # a deferred failure raises here
         if launches:  # medians over every launch (warm-ups, timed and back-to-back steps)
             row[label].update(kernel_ms=statistics.median(k for k, _ in launches) / 1e3,
                               run_ms=statistics.median(r for _, r in launches) / 1e3)
