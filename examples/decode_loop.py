@@ -40,6 +40,7 @@ def generate(step, params, prompt, cache, steps):
         logits, cache = step(params, tokens[-1], cache, jnp.int32(prompt.shape[1] + i))
         tokens.append(jnp.argmax(logits[:, -1], axis=-1)[:, None].astype(jnp.int32))
     jax.block_until_ready(tokens[-1])
+    jax_mpk.check_launches()  # jax_mpk.jit calls return before their kernels end
     rate = (steps - 2) / (time.perf_counter() - start) if start else float("nan")
     return np.concatenate([np.asarray(t) for t in tokens], axis=1), rate
 
