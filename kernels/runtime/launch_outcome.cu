@@ -1,5 +1,6 @@
 #include "launch_outcome.h"
 
+#include "cuda_check.h"
 #include "megakernel.h"
 #include "message.h"
 
@@ -30,16 +31,6 @@ __global__ void report_outcome(const ErrorRecord* error, const uint64_t* counter
     }
   }
 }
-
-std::string cuda_error(const char* what, cudaError_t e) {
-  return std::string(what) + " failed: " + cudaGetErrorString(e);
-}
-
-#define MPK_CUDA(call)                                   \
-  do {                                                   \
-    cudaError_t e_ = (call);                             \
-    if (e_ != cudaSuccess) return cuda_error(#call, e_); \
-  } while (0)
 
 template <typename T>
 std::string allocate_pinned(T** out, size_t count) {

@@ -1,4 +1,6 @@
 #include "megakernel.h"
+
+#include "cuda_check.h"
 #include "message.h"
 #include "symmetric.h"
 
@@ -29,16 +31,6 @@ __global__ void __launch_bounds__(kWorkerThreads, 1) megakernel(const __grid_con
 }
 
 namespace {
-
-std::string cuda_error(const char* what, cudaError_t e) {
-  return std::string(what) + " failed: " + cudaGetErrorString(e);
-}
-
-#define MPK_CUDA(call)                                        \
-  do {                                                        \
-    cudaError_t e_ = (call);                                  \
-    if (e_ != cudaSuccess) return cuda_error(#call, e_);      \
-  } while (0)
 
 uint32_t scheduler_blocks(const ProgramHeader& h) {
   if (h.schedule == kScheduleStatic) return 0;
