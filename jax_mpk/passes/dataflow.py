@@ -174,7 +174,7 @@ def fold_into_matmuls(graph: Graph, fold) -> None:
     tensors."""
     links = Links(graph)
     for op in [o for o in graph.ops if o.kind == "elementwise"]:
-        readers = links.readers.get(id(op.outputs[0].buffer), [])
+        readers = list(links.readers.get(id(op.outputs[0].buffer), []))
         if not readers or any(r.kind != "matmul" for r in readers):
             continue
         found = fold(links, op, readers)
@@ -190,7 +190,7 @@ def fold_into_matmuls(graph: Graph, fold) -> None:
             graph.ops[graph.ops.index(reader)] = new
         for o in chain:
             graph.ops.remove(o)
-        links = Links(graph)
+        links.swap([*chain, *readers], folded)
 
 
 def _same_place(a: Tensor, b: Tensor) -> bool:
@@ -203,12 +203,21 @@ class Links:
     def __init__(self, graph: Graph):
         self.writers: dict[int, list[Op]] = {}
         self.readers: dict[int, list[Op]] = {}
-        for op in graph.ops:
+        self.swap([], graph.ops)
+        self.results = {id(t.buffer) for t in graph.outputs}
+
+    def swap(self, removed: list[Op], added: list[Op]) -> None:
+        """Keeps the index current as `removed` leave the graph and `added` join it."""
+        for op in removed:
+            for table, tensors in ((self.writers, op.outputs), (self.readers, op.inputs)):
+                for t in tensors:
+                    ops = table[id(t.buffer)]
+                    del ops[next(i for i, o in enumerate(ops) if o is op)]
+        for op in added:
             for t in op.outputs:
                 self.writers.setdefault(id(t.buffer), []).append(op)
             for t in op.inputs:
                 self.readers.setdefault(id(t.buffer), []).append(op)
-        self.results = {id(t.buffer) for t in graph.outputs}
 
     def sole_writer(self, t: Tensor, readers: list[Op]) -> Op | None:
         """The op writing t's buffer, whole, read by exactly `readers` (an intermediate)."""

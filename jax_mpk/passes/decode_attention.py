@@ -250,9 +250,11 @@ def _layout(scores: Op, values: Op, probs_at: int, masked: Op, rows: int, length
     written = b * s_of[0] + g * s_of[1] + t * s_of[2]  # scores out offsets of (b, g, t)
     where = np.full(scores.outputs[0].buffer.nbytes // scores.outputs[0].dtype.itemsize, -1)
     flat = written.reshape(-1)
-    if flat.min() < 0 or flat.max() >= where.size or np.unique(flat).size != flat.size:
+    if flat.min() < 0 or flat.max() >= where.size:
         return None
     where[flat] = np.arange(flat.size)  # offset -> index of (b, g, t)
+    if not np.array_equal(where[flat], np.arange(flat.size)):  # two (b, g, t) at one offset
+        return None
     read = _offsets(masked.inputs[[t.buffer is scores.outputs[0].buffer
                                    for t in masked.inputs].index(True)])  # [rows * T]
     if read.min() < 0 or read.max() >= where.size or (where[read] < 0).any():
