@@ -272,28 +272,32 @@ class TaskGraph:
         # Room for the start of the next iteration and for termination.
         sched_capacity = 1 if static else _pow2(int(routed.max()) + 3)
 
-        tasks = np.zeros(len(self._tasks), fmt.TASK)
+        # The task table by column, in program order (numpy's per-element stores cost more).
+        columns: dict[str, list] = {name: [] for name in fmt.TASK.names}
+        no_dims = [0] * fmt.MAX_TASK_DIMS
         triggers: list[int] = []
         operands: list[tuple] = []
         fired_by: dict[int, list[int]] = {}
         for t in program_order:
             task = self._tasks[t]
-            i = index_of[t]
             fired = sorted({group_of_task[s] for s in succs[t]})
             if not fired:
                 fired = [end_event]
             fired_by[t] = fired
-            tasks[i]["kind"] = task.kind
-            tasks[i]["flags"] = task.flags
-            tasks[i]["num_operands"] = len(task.operands)
-            tasks[i]["first_operand"] = len(operands)
-            tasks[i]["first_trigger"] = len(triggers)
-            tasks[i]["num_triggers"] = len(fired) + len(task.signals)
-            tasks[i]["dims"][: len(task.dims)] = task.dims
+            columns["kind"].append(task.kind)
+            columns["flags"].append(task.flags)
+            columns["num_operands"].append(len(task.operands))
+            columns["first_operand"].append(len(operands))
+            columns["first_trigger"].append(len(triggers))
+            columns["num_triggers"].append(len(fired) + len(task.signals))
+            columns["dims"].append(task.dims + no_dims[len(task.dims):])
             triggers.extend(fired)
             triggers.extend(task.signals)
             operands.extend((o.slot, 0, o.offset, o.iteration_stride, o.nbytes)
                             for o in task.operands)
+        tasks = np.zeros(len(self._tasks), fmt.TASK)
+        for name, column in columns.items():
+            tasks[name] = column
 
         layout = fmt.ControlLayout.of(num_events, config.num_workers, config.num_schedulers,
                                       config.worker_queue_capacity, sched_capacity,
