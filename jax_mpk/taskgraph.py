@@ -175,9 +175,9 @@ class TaskGraph:
         if len(dims) > fmt.MAX_TASK_DIMS:
             raise GraphError(f"task {name or kind} has {len(dims)} dims; at most "
                              f"{fmt.MAX_TASK_DIMS} fit a task descriptor")
-        for d in deps:
-            if not 0 <= d < len(self._tasks):
-                raise GraphError(f"task {name or kind} depends on unknown task {d}")
+        if deps and (min(deps) < 0 or max(deps) >= len(self._tasks)):
+            unknown = next(d for d in deps if not 0 <= d < len(self._tasks))
+            raise GraphError(f"task {name or kind} depends on unknown task {unknown}")
         for e in signals:
             if not fmt.is_nvshmem_event(e):
                 raise GraphError(f"task {name or kind} signals {e}, which is not an NVSHMEM "

@@ -204,6 +204,8 @@ def test_graph_errors_are_clear():
     with pytest.raises(tg.GraphError, match="unknown task 3"):
         g.add_task(fmt.TaskKind.NOOP, deps=[3])
     g.add_task(fmt.TaskKind.NOOP)
+    with pytest.raises(tg.GraphError, match="unknown task -1"):
+        g.add_task(fmt.TaskKind.NOOP, deps=[0, -1])
     with pytest.raises(tg.GraphError, match="schedulers"):
         g.build(tg.RuntimeConfig(num_workers=1, num_schedulers=2), 0, 0)
     with pytest.raises(tg.GraphError, match="slots"):
