@@ -2,7 +2,6 @@
 
 #include <cuda_runtime.h>
 
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -17,8 +16,7 @@ namespace {
 // One per call site: the program, uploaded on its first execution.
 struct CallSite {
   static ffi::TypeId id;
-  std::unique_ptr<mpk::Megakernel> kernel;
-  std::mutex mutex;  // one launch at a time: the kernel's params are shared
+  std::unique_ptr<mpk::Megakernel> kernel;  // its run() takes one launch at a time
 };
 ffi::TypeId CallSite::id = {};
 const XLA_FFI_TypeInfo kCallSiteInfo = ffi::MakeTypeInfo<CallSite>();
@@ -50,7 +48,6 @@ ffi::Error Execute(cudaStream_t stream, CallSite* site, ffi::RemainingArgs args,
   }
   const mpk::Buffer workspace = out.back();
   out.pop_back();
-  std::lock_guard<std::mutex> lock(site->mutex);
   std::string why = site->kernel->run(stream, in, out, workspace);
   if (!why.empty()) return ffi::Error::Internal("jax_mpk megakernel: " + why);
   return ffi::Error::Success();
