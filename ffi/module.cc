@@ -4,6 +4,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "kernels/runtime/host_run.h"
 #include "kernels/runtime/megakernel.h"
 #include "megakernel_call.h"
 #include "nvshmem_bootstrap.h"
@@ -185,6 +186,23 @@ NB_MODULE(_jax_mpk, m) {
   }, "The last megakernel launch in this process: kernel µs (CUDA events) and the host's µs for the whole run.");
   m.def("check_launches", &mpk::check_launches,
         "Waits for every launch in the process; the first failure not reported yet, else empty.");
+  m.def("run_once", [](const nb::bytes& blob, const std::vector<nb::bytes>& args,
+                       const std::vector<size_t>& result_bytes, const std::vector<int>& result_aliases) {
+    auto [data, size] = view(blob);
+    std::vector<std::string> host_args;
+    for (const nb::bytes& a : args) host_args.emplace_back(a.c_str(), a.size());
+    std::vector<std::string> results;
+    std::string why;
+    {
+      nb::gil_scoped_release released;
+      why = mpk::run_once(std::vector<uint8_t>(data, data + size), host_args, result_bytes, result_aliases,
+                          &results);
+    }
+    check(why);
+    std::vector<nb::bytes> out;
+    for (const std::string& r : results) out.emplace_back(r.data(), r.size());
+    return out;
+  }, "Runs a program once on the current device with no framework involved; the results as bytes.");
   m.def("copy_rate", [](size_t bytes, int repeats) {
     double rate = 0;
     std::string why = mpk::measure_copy_rate(bytes, repeats, &rate);

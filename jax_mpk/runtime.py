@@ -45,10 +45,12 @@ def cuda_devices() -> list[jax.Device]:
         return []
 
 
-def device_info(device: jax.Device | None = None) -> dict:
-    """SM count, opt-in shared memory per block and name of a CUDA device."""
-    device = device or cuda_devices()[0]
-    return extension().device_info(device.local_hardware_id)
+def device_info(device: jax.Device | int | None = None) -> dict:
+    """SM count, opt-in shared memory per block and name of a CUDA device (a CUDA ordinal
+    asks CUDA directly, with no JAX GPU backend)."""
+    if not isinstance(device, int):
+        device = (device or cuda_devices()[0]).local_hardware_id
+    return extension().device_info(device)
 
 
 def hbm_copy_rate(nbytes: int = 1 << 30, repeats: int = 20) -> float:
@@ -136,3 +138,23 @@ def call(
         has_side_effect=not out_shapes and not return_workspace,
     )(*args, program=np.uint64(registered.key))
     return list(outs) if return_workspace else list(outs[:-1])
+
+
+def run_once(
+    program: fmt.Program,
+    args: Sequence[np.ndarray],
+    results: Sequence[tuple[tuple[int, ...], np.dtype]],
+    aliases: Mapping[int, int] | None = None,
+) -> list[np.ndarray]:
+    """Runs the program once on the current CUDA device without JAX: each argument is
+    copied to the device and each result back. Result i is written in place into argument
+    aliases[i], as a donated buffer is. For compute-sanitizer, which has crashed at start in
+    processes that use JAX's GPU backend: with JAX_PLATFORMS=cpu, JAX traces and checks on
+    the CPU and only this touches the GPU (scripts/sanitize_*.py)."""
+    aliases = dict(aliases or {})
+    result_bytes = [int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in results]
+    raw = extension().run_once(
+        program.to_bytes(), [np.ascontiguousarray(a).tobytes() for a in args], result_bytes,
+        [aliases.get(i, -1) for i in range(len(results))])
+    return [np.frombuffer(r, dtype).reshape(shape).copy()
+            for r, (shape, dtype) in zip(raw, results, strict=True)]

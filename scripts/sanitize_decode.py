@@ -1,20 +1,35 @@
 """A small Llama-style decode step (bf16, every task kind a decoder uses, sequences
-included) through the megakernel, for compute-sanitizer; it must match jax.jit."""
+included) through the megakernel, for compute-sanitizer; it must match jax.jit.
+
+JAX runs on the CPU (tracing, and jax.jit for the expected values) and the program runs
+through runtime.run_once, so the megakernel is the process's only CUDA user: compute-sanitizer
+crashed at start beside JAX's GPU backend (NOTES.md)."""
 
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
+os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax_mpk  # noqa: E402
 from examples.models.config import FAMILIES  # noqa: E402
+from jax_mpk import runtime  # noqa: E402
+from jax_mpk.tiling import DeviceSpec  # noqa: E402
 from tests.harness import assert_close, decode_step  # noqa: E402
 
 cfg = FAMILIES["llama"].replace(dtype=jnp.bfloat16)
 step, args = decode_step(cfg, "linen", batch=2, seq=1, seed=3)
 expected = jax.jit(step)(*args)
-got = jax_mpk.jit(step, backend="megakernel")(*args)
-assert_close(got, expected, cfg.dtype)
-print("sanitized decode step matched jax.jit")
+# Results and intermediates poisoned with NaN before the launch: an unwritten element fails.
+device = DeviceSpec.of_cuda_device(runtime.device_info(0), poison_results=True)
+# The cache donated, as a decode loop does: the kernel writes it in place.
+compiled, flat = jax_mpk.jit(step, backend="megakernel", device=device,
+                             donate_argnums=2).compile_for(args)
+outs = runtime.run_once(compiled.program.program, [np.asarray(x) for x in flat], compiled.results,
+                        compiled.aliases)
+assert_close(jax.tree.unflatten(compiled.out_tree, outs), expected, cfg.dtype)
+print(f"sanitized decode step ({len(compiled.program.tasks)} tasks) matched jax.jit")

@@ -211,6 +211,26 @@ def test_inside_jit_with_donated_state(schedule, defer_errors):
     runtime.check_launches()
 
 
+@pytest.mark.parametrize("defer_errors", [False, True])
+def test_run_once_without_jax_writes_donated_state_in_place(defer_errors):
+    """runtime.run_once (what the compute-sanitizer scripts use): an aliased result is
+    written into its argument's buffer, the other into its own, both copied back."""
+    n = 10_007
+    program = affine_program(n, 5, 7, "static", defer_errors)
+    state0 = np.random.default_rng(8).integers(0, 2**32, n, dtype=np.uint32)
+    state, copy = runtime.run_once(program, [state0], [((n,), np.uint32)] * 2, {0: 0})
+    expected = state0 * np.uint32(5) + np.uint32(7)
+    np.testing.assert_array_equal(state, expected)
+    np.testing.assert_array_equal(copy, expected)
+
+
+def test_run_once_raises_a_watchdog_failure():
+    program = stuck_copy_program(100_000_000, defer_errors=True)
+    flag, src = np.zeros(2, np.uint32), np.arange(64, dtype=np.uint8)
+    with pytest.raises(RuntimeError, match=r"watchdog: task 0 \(kind 3\) of iteration 0"):
+        runtime.run_once(program, [flag, src], [((64,), np.uint8)])
+
+
 def test_last_launch_timing_lies_inside_the_call():
     """The kernel's CUDA-event time is positive, within the handler's host time, and that
     within the call's wall time."""
