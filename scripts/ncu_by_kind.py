@@ -6,9 +6,9 @@ by several kinds, such as dtype.cuh, count as their caller), else to the runtime
 
     python scripts/ncu_by_kind.py step.samples.csv.gz build/rt_x/libjax_mpk_runtime.so
 
-Prints, per kind: its share of all samples, its share of the "no instruction" samples (warps
-waiting for their next instruction to be fetched), that reason's share of its own samples,
-and the bytes of SASS it ran.
+Prints, per kind: the bytes of SASS it has, its share of all samples, and the share of its own
+samples that each of the commonest stall reasons takes (no_inst: the warp waits for its next
+instruction to be fetched).
 """
 
 from __future__ import annotations
@@ -91,28 +91,34 @@ def main() -> None:
     address = header.index("Address")
     source = header.index("Source")
     total_col = next(i for i, c in enumerate(header) if c.startswith("Warp Stall Sampling (All"))
-    fetch_cols = [i for i, c in enumerate(header)
-                  if "no_instruction" in c.lower().replace(" ", "_")
-                  and "not_issued" not in c.lower().replace(" ", "_")]
+    reasons = {c.removeprefix("stall_"): i for i, c in enumerate(header)
+               if c.startswith("stall_") and "Not Issued" not in c}
     base = int(rows[0][address], 16)  # the first row is the kernel's entry
     table = line_table(runtime_library)
-    total, fetch, opcode_misses = collections.Counter(), collections.Counter(), 0
+    total, by_reason = collections.Counter(), collections.defaultdict(collections.Counter)
+    opcode_misses = 0
     for row in rows:
-        offset = int(row[address], 16) - base
-        kind, mnemonic = table.get(offset, ("unmapped", ""))
+        kind, mnemonic = table.get(int(row[address], 16) - base, ("unmapped", ""))
         opcode_misses += mnemonic != opcode(row[source])
         total[kind] += number(row[total_col])
-        fetch[kind] += sum(number(row[i]) for i in fetch_cols)
+        for reason, i in reasons.items():
+            by_reason[kind][reason] += number(row[i])
     sizes = collections.Counter(kind for kind, _ in table.values())
-    all_samples, all_fetch = sum(total.values()), sum(fetch.values())
-    print(f"{all_samples:.0f} samples, {all_fetch:.0f} waiting for an instruction "
-          f"(columns: {[header[i] for i in fetch_cols]}); "
-          f"{opcode_misses} of {len(rows)} rows' SASS differs from the line table's")
-    print(f"{'kind':<22}{'samples':>9}{'share':>8}{'of fetch':>10}{'fetch/own':>11}{'SASS KB':>9}")
+    everything = collections.Counter()
+    for counts in by_reason.values():
+        everything.update(counts)
+    top = [r for r, _ in everything.most_common(7)]
+    all_samples = sum(total.values())
+    print(f"{all_samples:.0f} samples over {len(rows)} SASS rows; {opcode_misses} rows' SASS "
+          "differs from the line table's (a wrong build if many)")
+    print("columns: the kind's share of all samples, then each reason's share of the kind's own")
+    print(f"{'kind':<20}{'SASS KB':>8}{'samples':>9}{'share':>7}"
+          + "".join(f"{r[:10]:>11}" for r in top))
+    print(f"{'(all)':<20}{len(table) * 16 / 1024:>8.0f}{all_samples:>9.0f}{1:>7.3f}"
+          + "".join(f"{everything[r] / all_samples:>11.3f}" for r in top))
     for kind, count in total.most_common():
-        print(f"{kind:<22}{count:>9.0f}{count / all_samples:>8.3f}"
-              f"{fetch[kind] / max(all_fetch, 1):>10.3f}{fetch[kind] / max(count, 1):>11.3f}"
-              f"{sizes[kind] * 16 / 1024:>9.0f}")
+        print(f"{kind:<20}{sizes[kind] * 16 / 1024:>8.0f}{count:>9.0f}{count / all_samples:>7.3f}"
+              + "".join(f"{by_reason[kind][r] / max(count, 1):>11.3f}" for r in top))
 
 
 if __name__ == "__main__":

@@ -3,24 +3,25 @@
 # its second launch), kept per SASS instruction that has any (address, SASS, stall-reason
 # columns; and the first row, the kernel's entry) in OUT_PREFIX.samples.csv.gz.
 # scripts/ncu_by_kind.py then attributes them to task kinds with the line table of the same
-# runtime build. Sampling only: one pass.
+# runtime build. SourceCounters: the sampling pass gives each stall reason its own column.
 # Usage: bash scripts/ncu_step.sh OUT_PREFIX
 set -uo pipefail
 prefix=$1
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 ncu --kernel-name regex:megakernel --launch-skip 1 --launch-count 1 \
-  --metrics group:smsp__pcsamp_warp_stall_reasons,group:smsp__pcsamp_warp_stall_reasons_not_issued \
+  --section SourceCounters \
   -f -o "$prefix" $PY scripts/ncu_step.py > "$prefix.run.log" 2>&1 || { tail -20 "$prefix.run.log"; exit 1; }
 ncu --import "$prefix.ncu-rep" --page source --csv --print-source sass > "$prefix.source.csv" 2>&1
-head -c 1500 "$prefix.source.csv"; echo
+head -c 3000 "$prefix.source.csv" | head -4; echo
 $PY - "$prefix" <<'PYEOF'
 import csv, gzip, sys
 prefix = sys.argv[1]
 with open(f"{prefix}.source.csv", newline="") as f:
     rows = [r for r in csv.reader(f) if r]
-at = next(i for i, r in enumerate(rows) if any("Warp Stall Sampling" in c for c in r))
+at = next(i for i, r in enumerate(rows) if "Address" in r)
 header = rows[at]
-samples = next(i for i, c in enumerate(header) if c.startswith("Warp Stall Sampling (All"))
+samples = next(i for i, c in enumerate(header)
+               if c.startswith("Warp Stall Sampling (All") or c == "group:smsp__pcsamp_warp_stall_reasons")
 def number(t):
     try:
         return float(t.replace(",", ""))
