@@ -236,3 +236,16 @@ def test_failure_messages_name_the_wait(ext, code, message):
     assert "has 7 of 40 triggers" in text and "outputs are not valid" in text
     # Garbage in the record (a task id out of range) still gives a message.
     assert "task 4294967295" in ext.describe_failure(p.to_bytes(), 4, 0, 2**32 - 1, 0, 0, 0, 0, [])
+
+
+def test_run_once_rejects_bad_calls_before_touching_the_gpu():
+    """run_once checks its aliases and the program before any CUDA call, so on a machine
+    without a GPU too."""
+    program = mixed_program()
+    args = [np.arange(4096 * 3, dtype=np.uint8), np.zeros(8, np.uint8)]
+    with pytest.raises(RuntimeError, match="result 0 aliases argument 1, which does not exist "
+                                           "or differs in size"):
+        runtime.run_once(program, args, [((4096 * 3,), np.uint8)], {0: 1})
+    broken = _set("header", (), "schedule", 5)(program)
+    with pytest.raises(RuntimeError, match="unknown schedule 5"):
+        runtime.run_once(broken, args, [((4096 * 3,), np.uint8)])
