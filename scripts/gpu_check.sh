@@ -1,88 +1,138 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build in place, run the GPU tests (with XLA
-# command buffers on and off), compute-sanitizer, and the benchmarks.
-# Results land in $OUT (or ./gpu_out): gpu.log with every step's output, the
-# benchmark JSON files and the timeline files. Usage: bash scripts/gpu_check.sh [pytest -k expr]
-# BASELINE_RUNTIME=path/to/libjax_mpk_runtime.so (carried) reruns bench_kinds on that build
-# too, for an A/B of kernel changes in one call; KINDS_ONLY=name,... limits bench_kinds.
+# The GPU machine's one script: installs the package, then runs the named parts, each under
+# its own time limit with its log under $OUT (or ./gpu_out). The whole set outlasts one
+# 10-minute device call, so a call names the parts that fit; the times are an H200's
+# (session 15), the install's included once:
+#
+#   install    pip install -e . (prebuilt runtime: about 80 s; a full build: about 5 min)
+#   runtime    tests/test_runtime_gpu.py, and its jit/watchdog tests with XLA command
+#              buffers off (about 90 s)
+#   bench      bench_decode.py, Llama-1B batch 1 context 512 beside jax.jit (about 75 s)
+#   sanitizer  compute-sanitizer memcheck and racecheck of sanitize_graph.py and
+#              sanitize_decode.py (about 25 s)
+#   endurance  10,000 tiny decode steps; the 1B step's peak memory under each jit
+#   loop       examples/decode_loop.py at the Llama-3.2-1B size, both jits' tokens/s
+#   matmul     test_task_kinds_gpu.py -k "matmul or float32_step" (about 250 s)
+#   kinds      the rest of test_task_kinds_gpu.py (reduce, elementwise, gathers, slices,
+#              model steps, the decode loop: about 150 s)
+#   attention  test_decode_attention.py (about 270 s)
+#   folds      test_cache_append, test_sequence, test_gating_linear, test_norm_linear
+#   nvshmem    test_nvshmem_gpu.py, nvshmem_two_pes.py, tp_decode_two_pes.py (an NVSHMEM
+#              runtime; about 60 s)
+#   ncu        scripts/ncu_step.sh: the step's warp samples, for ncu_by_kind.py (about 140 s)
+#   benchmarks bench_runtime, bench_copy, bench_kinds, the timeline demo
+#   sweep      bench_decode.py's whole table (Qwen3-8B, batches 1/8/32, contexts 512/2048)
+#
+# Usage: [PREBUILT_RUNTIME=dir/libjax_mpk_runtime.so] bash scripts/gpu_check.sh PART...
+# e.g. `bash scripts/gpu_check.sh runtime bench sanitizer endurance`. With no PART: runtime
+# bench sanitizer. A test part takes a -k expression after a colon: `matmul:"ragged"`.
+# BASELINE_RUNTIME=path (carried) reruns bench_kinds on that build too; KINDS_ONLY=name,...
+# limits bench_kinds' cases.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
-LOGS=$(mktemp -d)
 mkdir -p "$OUT"
-trap 'cat "$LOGS"/*.log > "$OUT/gpu.log" 2>/dev/null' EXIT
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 status=0
-step() { echo "== $*"; }
 # A prebuilt runtime linked against NVSHMEM elsewhere finds libnvshmem_host here.
 nvshmem_lib=$($PY -c "import nvidia.nvshmem as n; print(list(n.__path__)[0] + '/lib')" 2>/dev/null) \
   && export LD_LIBRARY_PATH=$nvshmem_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
-step build
-start=$(date +%s)
-touch kernels/runtime/megakernel.cu  # ninja once lost the .cuh dependencies: never build stale
-# PREBUILT_RUNTIME: a libjax_mpk_runtime.so built elsewhere; only the Python module compiles.
-prebuilt=${PREBUILT_RUNTIME:+-Cbuild-dir=/tmp/jax_mpk_prebuilt -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME=$(realpath "$PREBUILT_RUNTIME")}
-$PY -m pip install --no-build-isolation --no-deps -e . $prebuilt >"$LOGS/1_build.log" 2>&1 || { tail -50 "$LOGS/1_build.log"; exit 1; }
-grep -h "jax_mpk:" build/*/CMakeCache.txt "$LOGS/1_build.log" 2>/dev/null | head -2
-echo "build took $(( $(date +%s) - start )) s"
-$PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
+step() { echo "== $* ($(date +%T))"; }
 
-if [ -z "${SKIP_TESTS:-}" ]; then
-step "gpu tests, command buffers on (XLA default)"
-# -v: one line per test, so the counts survive a run cut off before its summary line.
-timeout -s USR1 -k 20 ${TEST_TIMEOUT:-420} $PY -m pytest -m gpu -v -rs ${1:+-k "$1"} tests >"$LOGS/2_pytest_gpu.log" 2>&1 || status=1
-echo "passed $(grep -c ' PASSED' "$LOGS/2_pytest_gpu.log"), failed $(grep -c ' FAILED' "$LOGS/2_pytest_gpu.log"), errors $(grep -c ' ERROR' "$LOGS/2_pytest_gpu.log"), skipped $(grep -c ' SKIPPED' "$LOGS/2_pytest_gpu.log")"
-grep -E "^(FAILED|ERROR)|passed|failed|Thread 0x|File " "$LOGS/2_pytest_gpu.log" | tail -25
-step "two NVSHMEM PEs on one GPU"
-timeout 90 $PY scripts/nvshmem_two_pes.py >"$LOGS/3_nvshmem_two_pes.log" 2>&1; tail -2 "$LOGS/3_nvshmem_two_pes.log"
-step "tensor-parallel decode over two PEs on one GPU, through jax_mpk.jit (needs the NVSHMEM build)"
-timeout 200 $PY scripts/tp_decode_two_pes.py >"$LOGS/3_tp_decode_two_pes.log" 2>&1; tail -3 "$LOGS/3_tp_decode_two_pes.log"
-step "gpu tests, command buffers off"
-XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m pytest -m gpu -q -rs tests/test_runtime_gpu.py \
-  -k "jit or watchdog" >"$LOGS/3_pytest_gpu_no_command_buffers.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/3_pytest_gpu_no_command_buffers.log" | tail -5
-fi
+install() {
+  step install
+  touch kernels/runtime/megakernel.cu  # ninja once lost the .cuh dependencies: never build stale
+  local prebuilt=""
+  [ -n "${PREBUILT_RUNTIME:-}" ] && prebuilt="-Cbuild-dir=/tmp/jax_mpk_prebuilt -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME=$(realpath "$PREBUILT_RUNTIME")"
+  # shellcheck disable=SC2086
+  $PY -m pip install --no-build-isolation --no-deps -e . $prebuilt > "$OUT/install.log" 2>&1 \
+    || { tail -50 "$OUT/install.log"; exit 1; }
+  $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
+}
 
-if [ -z "${SKIP_SANITIZER:-}" ]; then
-  step "compute-sanitizer memcheck and racecheck: a medium random graph, a small model's decode step"
-  for script in sanitize_graph sanitize_decode; do
-    for tool in memcheck racecheck; do
-      compute-sanitizer --tool $tool --target-processes all --error-exitcode 9 \
-        $PY scripts/$script.py >"$LOGS/4_${script}_$tool.log" 2>&1
-      echo "$script $tool exit $? : $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/4_${script}_$tool.log" | tail -1)"
-      tail -2 "$LOGS/4_${script}_$tool.log"
-    done
-  done
-fi
+# pytest NAME LIMIT ARGS...: -m gpu, one line a test (-v), so the counts survive a cut.
+pytest_part() {
+  local name=$1 limit=$2
+  shift 2
+  timeout -s USR1 -k 20 "$limit" $PY -m pytest -m gpu -v -rs -p no:cacheprovider "$@" > "$OUT/$name.log" 2>&1 || status=1
+  echo "$name: passed $(grep -c ' PASSED' "$OUT/$name.log"), failed $(grep -c ' FAILED' "$OUT/$name.log")," \
+       "errors $(grep -c ' ERROR' "$OUT/$name.log"), skipped $(grep -c ' SKIPPED' "$OUT/$name.log")"
+  grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)|Thread 0x" "$OUT/$name.log" | tail -8
+}
 
-[ -n "${SKIP_BENCH:-}" ] && exit $status
-step benchmarks
-$PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" 2>&1 | tee "$LOGS/5_bench_runtime.log" | tail -8
-$PY scripts/timeline_demo.py "$OUT" 2>&1 | tee "$LOGS/7_timeline.log" | tail -2
-rm -f "$OUT"/timeline_dynamic.* "$OUT"/timeline_static.*  # the device tool returns 8 files
-$PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" 2>&1 | tee "$LOGS/6_bench_copy.log" | tail -9
-step "task kinds inside the megakernel"
-timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} --json "$OUT/bench_kinds.json" 2>&1 | tee "$LOGS/6_bench_kinds.log" | tail -20
-if [ -n "${BASELINE_RUNTIME:-}" ]; then  # an A/B in one call: the same cases on another runtime build
-  step "task kinds again, on the baseline runtime $BASELINE_RUNTIME"
-  installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
-  cp "$installed" /tmp/jax_mpk_runtime_under_test.so && cp "$BASELINE_RUNTIME" "$installed"
-  timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} --json "$OUT/bench_kinds_baseline.json" 2>&1 \
-    | tee "$LOGS/6_bench_kinds_baseline.log" | tail -20
-  cp /tmp/jax_mpk_runtime_under_test.so "$installed"
-fi
-step "decode steps beside jax.jit (DECODE_SWEEP=1: Qwen3-8B too, batch 32, context 2048)"
-if [ -n "${DECODE_SWEEP:-}" ]; then sweep="--models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048"
-else sweep="--models llama-1b --batches 1,8 --contexts 512"; fi
-timeout ${DECODE_TIMEOUT:-400} $PY benchmarks/bench_decode.py $sweep --unfused-attention --json "$OUT/bench_decode.json" \
-  --plot "$OUT/bench_decode.png" --timeline "$OUT" 2>&1 | tee "$LOGS/8_bench_decode.log" | tail -30
-step "endurance: 10,000 decode steps (tiny model), no memory growth; peak against jax.jit (1B)"
-timeout 300 $PY scripts/endurance.py --jit jax_mpk --steps 10000 2>&1 | tee "$LOGS/9_endurance.log" | tail -2
-for jit in jax jax_mpk; do
-  timeout 150 $PY scripts/endurance.py --jit $jit --size 1b --steps 50 2>&1 | tee -a "$LOGS/9_endurance.log" | tail -1
-done
-step "greedy decode loop, Llama-3.2-1B size"
-timeout 150 $PY examples/decode_loop.py --family llama --size 1b --steps 16 2>&1 \
-  | tee "$LOGS/9_decode_loop.log" | tail -3
+run_part() {
+  local part=${1%%:*} k=""
+  [ "$part" != "$1" ] && k=${1#*:}
+  step "$part${k:+ (-k $k)}"
+  case $part in
+    runtime)
+      pytest_part runtime 200 tests/test_runtime_gpu.py ${k:+-k "$k"}
+      XLA_FLAGS=--xla_gpu_enable_command_buffer= pytest_part runtime_no_command_buffers 90 \
+        tests/test_runtime_gpu.py -k "jit or watchdog" ;;
+    matmul) pytest_part matmul 330 tests/test_task_kinds_gpu.py -k "${k:-matmul or float32_step}" ;;
+    kinds) pytest_part kinds 300 tests/test_task_kinds_gpu.py -k "${k:-not matmul and not float32_step}" ;;
+    attention) pytest_part attention 330 tests/test_decode_attention.py ${k:+-k "$k"} ;;
+    folds)
+      pytest_part folds 200 tests/test_cache_append.py tests/test_sequence.py tests/test_gating_linear.py \
+        tests/test_norm_linear.py ${k:+-k "$k"} ;;
+    nvshmem)
+      pytest_part nvshmem 120 tests/test_nvshmem_gpu.py
+      timeout 90 $PY scripts/nvshmem_two_pes.py > "$OUT/nvshmem_two_pes.log" 2>&1; tail -2 "$OUT/nvshmem_two_pes.log"
+      timeout 200 $PY scripts/tp_decode_two_pes.py > "$OUT/tp_decode_two_pes.log" 2>&1
+      grep -E "match|PASS|FAIL|rror" "$OUT/tp_decode_two_pes.log" | grep -v -i grpc | tail -4 ;;
+    sanitizer)
+      for script in sanitize_graph sanitize_decode; do
+        for tool in memcheck racecheck; do
+          timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $PY scripts/$script.py \
+            > "$OUT/${script}_$tool.log" 2>&1 || status=1
+          echo "$script $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${script}_$tool.log" | tail -1)"
+        done
+      done ;;
+    bench)
+      timeout 200 $PY benchmarks/bench_decode.py --models llama-1b --batches 1 --contexts 512 --repeats 30 \
+        --json "$OUT/bench_decode.json" > "$OUT/bench_decode.log" 2>&1 || status=1
+      grep -E "copy rate|llama|back to back|kernel|rror" "$OUT/bench_decode.log" | head -8 ;;
+    sweep)
+      timeout 560 $PY benchmarks/bench_decode.py --models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048 \
+        --json "$OUT/bench_decode_sweep.json" --plot "$OUT/bench_decode.png" > "$OUT/bench_decode_sweep.log" 2>&1 || status=1
+      tail -30 "$OUT/bench_decode_sweep.log" ;;
+    endurance)
+      timeout 300 $PY scripts/endurance.py --jit jax_mpk --steps 10000 > "$OUT/endurance.log" 2>&1 || status=1
+      for jit in jax jax_mpk; do  # one jit a process: a process's peak cannot be reset
+        timeout 150 $PY scripts/endurance.py --jit $jit --size 1b --steps 50 >> "$OUT/endurance.log" 2>&1 || status=1
+      done
+      grep -E "steps in|rror" "$OUT/endurance.log" ;;
+    loop)
+      timeout 200 $PY examples/decode_loop.py --family llama --size 1b --steps 16 > "$OUT/decode_loop.log" 2>&1 \
+        || status=1
+      tail -3 "$OUT/decode_loop.log" ;;
+    ncu) timeout 400 bash scripts/ncu_step.sh "$OUT/step" || status=1; rm -f "$OUT/step.ncu-rep" ;;
+    benchmarks)
+      $PY benchmarks/bench_runtime.py --json "$OUT/bench_runtime.json" > "$OUT/bench_runtime.log" 2>&1 || status=1
+      tail -8 "$OUT/bench_runtime.log"
+      $PY scripts/timeline_demo.py "$OUT" > "$OUT/timeline.log" 2>&1 || status=1
+      tail -2 "$OUT/timeline.log"
+      rm -f "$OUT"/timeline_dynamic.* "$OUT"/timeline_static.*  # a call returns 8 files
+      $PY benchmarks/bench_copy.py --json "$OUT/bench_copy.json" > "$OUT/bench_copy.log" 2>&1 || status=1
+      tail -9 "$OUT/bench_copy.log"
+      timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} --json "$OUT/bench_kinds.json" \
+        > "$OUT/bench_kinds.log" 2>&1 || status=1
+      tail -20 "$OUT/bench_kinds.log"
+      if [ -n "${BASELINE_RUNTIME:-}" ]; then  # an A/B in one call: the same cases on another build
+        local installed
+        installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+        cp "$installed" /tmp/jax_mpk_runtime_under_test.so && cp "$BASELINE_RUNTIME" "$installed"
+        timeout 300 $PY benchmarks/bench_kinds.py ${KINDS_ONLY:+--only "$KINDS_ONLY"} \
+          --json "$OUT/bench_kinds_baseline.json" > "$OUT/bench_kinds_baseline.log" 2>&1
+        tail -20 "$OUT/bench_kinds_baseline.log"
+        cp /tmp/jax_mpk_runtime_under_test.so "$installed"
+      fi ;;
+    *) echo "unknown part $part"; status=1 ;;
+  esac
+}
+
+install
+[ $# -eq 0 ] && set -- runtime bench sanitizer
+for part in "$@"; do run_part "$part"; done
 exit $status
