@@ -4,6 +4,7 @@ models' decode steps against jax.jit, whole and split over the cache; what it mu
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,16 @@ def fused_ops(compiled, args):
             if op.kind == "decode_attention"]
 
 
+@functools.cache
+def model_case(family, dtype, batch, cache):
+    """(cfg, step, args, jax.jit's result), shared by the cases that differ only in how the
+    attention is split and merged: the model's init and jax.jit's compile are most of a case's
+    time (nothing here donates, so the arrays can be reused)."""
+    cfg = FAMILIES[family].replace(dtype=dtype, max_len=cache)
+    step, args = decode_step(cfg, "linen", batch, 1, seed=batch + cache)
+    return cfg, step, args, expect(step, *args)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cache, merge_in_splits", [(16, True), (300, True), (300, False)],
                          ids=["whole", "split", "split_merge_task"])
@@ -32,11 +43,10 @@ def fused_ops(compiled, args):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_decode_step_matches_jax_jit(family, dtype, batch, cache, merge_in_splits, backend):
-    cfg = FAMILIES[family].replace(dtype=dtype, max_len=cache)
-    step, args = decode_step(cfg, "linen", batch, 1, seed=batch + cache)
+    cfg, step, args, expected = model_case(family, dtype, batch, cache)
     device = dataclasses.replace(FUSED, attention_merge_in_splits=merge_in_splits)
     compiled = jax_mpk.jit(step, backend=backend, device=poisoned(device, backend))
-    assert_close(compiled(*args), expect(step, *args), dtype)
+    assert_close(compiled(*args), expected, dtype)
     ops = fused_ops(compiled, args)
     assert len(ops) == cfg.layers
     program = compiled.lower(*args).program
