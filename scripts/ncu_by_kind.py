@@ -18,28 +18,16 @@ import csv
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from sass import cuda_tool, opcode  # noqa: E402
+
 HELPERS = {"dtype.cuh", "async_copy.cuh", "dynamic_box.cuh", "all_tasks.cuh"}
 LOCATION = re.compile(r'//## File "([^"]+)", line \d+(?: inlined at "([^"]+)", line \d+)?')
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-
-
-def tool(name: str) -> str:
-    """A CUDA binary utility: on PATH, else beside the pip-installed nvidia-cuda toolchain."""
-    found = shutil.which(name)
-    if found:
-        return found
-    import nvidia  # the cu13 wheels install cuobjdump and nvdisasm under nvidia/cu13/bin
-
-    for root in nvidia.__path__:
-        candidate = os.path.join(root, "cu13", "bin", name)
-        if os.path.exists(candidate):
-            return candidate
-    raise FileNotFoundError(f"{name} is neither on PATH nor in the nvidia-cu13 wheels")
 
 
 def kind_of(chain: list[str]) -> str:
@@ -52,12 +40,16 @@ def kind_of(chain: list[str]) -> str:
 
 def line_table(runtime_library: str) -> dict[int, tuple[str, str]]:
     """Offset of each instruction in the megakernel's sm_90a code -> (kind, SASS text)."""
+    cuobjdump, nvdisasm = cuda_tool("cuobjdump"), cuda_tool("nvdisasm")
+    if not (cuobjdump and nvdisasm):
+        raise FileNotFoundError("cuobjdump and nvdisasm: neither on PATH nor in the nvidia wheels "
+                                "(pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([tool("cuobjdump"), "-xelf", "all", os.path.abspath(runtime_library)],
+        subprocess.run([cuobjdump, "-xelf", "all", os.path.abspath(runtime_library)],
                        cwd=tmp, check=True, capture_output=True)
         cubin = next(os.path.join(tmp, f) for f in os.listdir(tmp)
                      if f.startswith("megakernel") and "sm_90" in f)
-        text = subprocess.run([tool("nvdisasm"), "-gi", "-c", cubin], check=True,
+        text = subprocess.run([nvdisasm, "-gi", "-c", cubin], check=True,
                               capture_output=True, text=True).stdout
     table, chain, fresh = {}, [], False
     for line in text.splitlines():
@@ -69,12 +61,6 @@ def line_table(runtime_library: str) -> dict[int, tuple[str, str]]:
             table[int(match.group(1), 16)] = (kind_of(chain), opcode(match.group(2)))
             fresh = False
     return table
-
-
-def opcode(sass: str) -> str:
-    """The instruction's mnemonic, past a predicate such as @!P0."""
-    words = sass.split()
-    return words[1] if words and words[0].startswith("@") and len(words) > 1 else (words or [""])[0]
 
 
 def number(text: str) -> float:

@@ -1,8 +1,6 @@
 """The megakernel's machine code, read without a GPU: the ptxas report (no spills, within the
 registers its launch bounds allow) and the weight-streaming loops' instructions."""
 
-import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -11,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from sass import cuda_tool, opcode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,18 +43,6 @@ def test_megakernel_compiles_for_sm90a_without_spills(megakernel):
     print(registers.group(0), "| spills:", spills)
 
 
-def _tool(name: str) -> str | None:
-    """A CUDA binary tool from the toolkit, or from its pip wheel (nvidia-cuda-<name>)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations if spec else []):
-        for path in glob.glob(os.path.join(root, "*", "bin", name)):
-            return path
-    return None
-
-
 def _loops(sass: str) -> list[Counter]:
     """The opcode counts of each loop body: code between a backward branch and its target."""
     instructions = [(int(m.group(1), 16), m.group(2).strip()) for m in
@@ -69,8 +56,7 @@ def _loops(sass: str) -> list[Counter]:
         start = at.get(int(branch.group(1), 16))
         if start is None or end - start > 1500:
             continue
-        words = (text.split() for _, text in instructions[start:end + 1])
-        loops.append(Counter(w[1] if w[0].startswith("@") else w[0] for w in words))
+        loops.append(Counter(opcode(text) for _, text in instructions[start:end + 1]))
     return loops
 
 
@@ -78,7 +64,7 @@ def test_weight_streaming_loops_read_their_ring_16_bytes_a_load(megakernel):
     """The matmul's cp.async ring is read back one 16-byte shared load a slot. Read through a
     reference, the compiler loaded each element on its own (8 two-byte loads a bf16 slot,
     with bank conflicts), which made the M=1 linears 1.4x slower (session 8)."""
-    cuobjdump, nvdisasm = _tool("cuobjdump"), _tool("nvdisasm")
+    cuobjdump, nvdisasm = cuda_tool("cuobjdump"), cuda_tool("nvdisasm")
     if not (cuobjdump and nvdisasm):
         pytest.skip("cuobjdump and nvdisasm not found: pip install nvidia-cuda-cuobjdump "
                     "nvidia-cuda-nvdisasm")
