@@ -726,6 +726,13 @@ struct MatmulTask {
       prefetch_as<float>(ctx, p);
   }
 
+  // The compiler keeps dispatch<float> out of line: it gets a copy of the problem, so that
+  // `run`'s own does not have to live in memory (each thread's ~180 bytes stored at every
+  // task's start and read back from there by the inlined bf16 and f16 paths).
+  __device__ static void dispatch_f32(const TaskContext& ctx, Problem p, int b, const Shared& sh, bool prefetched) {
+    dispatch<float>(ctx, p, b, sh, prefetched);
+  }
+
   __device__ static void run(const TaskContext& ctx) {
     Problem p = problem_of(ctx);
     if (stages_whole(ctx, p)) {
@@ -752,7 +759,7 @@ struct MatmulTask {
       else if (p.w_dtype == kF16)
         dispatch<__half>(ctx, p, b, sh, prefetched);
       else
-        dispatch<float>(ctx, p, b, sh, prefetched);
+        dispatch_f32(ctx, p, b, sh, prefetched);
     }
   }
 };
