@@ -49,6 +49,25 @@ __device__ __forceinline__ uint4 load_shared16(const void* shared) {
   return v;
 }
 
+// Staged x as shared loads (LDS). Read through a generic pointer, x compiles to generic
+// loads, which wait on the long scoreboard as global ones do (5% of the matmul's samples in
+// session 15's ncu); promising the compiler the pointer is shared (__builtin_assume of
+// __isShared) made it drop live code instead (exp15/arena). Volatile: the compiler must not
+// move them above the barrier or copy wait that makes x ready.
+__device__ __forceinline__ float load_shared_f32(const float* shared) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))));
+  return v;
+}
+
+__device__ __forceinline__ float4 load_shared_f32x4(const float* shared) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))));
+  return v;
+}
+
 // Closes the group of this thread's copies issued since the last commit (maybe none).
 __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 

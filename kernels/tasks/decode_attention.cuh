@@ -19,6 +19,7 @@
 #pragma once
 
 #include "../runtime/task_context.cuh"
+#include "async_copy.cuh"
 #include "dtype.cuh"
 
 namespace mpk {
@@ -127,7 +128,13 @@ struct DecodeAttentionTask {
           const float* qg = q + g * p.D + c * V;
           float dot = 0.0f;
 #pragma unroll
-          for (int v = 0; v < V; ++v) dot = fmaf(qg[v], to_float(e[v]), dot);
+          for (int v = 0; v < V; v += 4) {
+            const float4 q4 = load_shared_f32x4(qg + v);
+            dot = fmaf(q4.x, to_float(e[v]), dot);
+            dot = fmaf(q4.y, to_float(e[v + 1]), dot);
+            dot = fmaf(q4.z, to_float(e[v + 2]), dot);
+            dot = fmaf(q4.w, to_float(e[v + 3]), dot);
+          }
           for (int offset = C / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
           if (c == 0 && t < n) s[g * n + t] = round_float(dot, p.scores_dtype) * p.scale;
         }
@@ -185,7 +192,7 @@ struct DecodeAttentionTask {
 #pragma unroll
           for (int j = 0; j < kRowsPerPass; ++j) {
             if (j >= rows) break;
-            const float w = e[(g0 + j) * n + t];
+            const float w = load_shared_f32(e + (g0 + j) * n + t);
 #pragma unroll
             for (int i = 0; i < V; ++i) acc[j][i] = fmaf(w, to_float(x[i]), acc[j][i]);
           }

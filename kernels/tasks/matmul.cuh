@@ -449,7 +449,7 @@ struct MatmulTask {
                                         const float* xk, int stride) {
 #pragma unroll
     for (int r = 0; r < rows; ++r) {
-      const float xv = xk[r * stride];
+      const float xv = load_shared_f32(xk + r * stride);
 #pragma unroll
       for (int v = 0; v < Weights::kWidth; ++v) acc[r][v] = fmaf(xv, Weights::get(w, v), acc[r][v]);
     }
@@ -462,7 +462,7 @@ struct MatmulTask {
 #pragma unroll
     for (int r = 0; r < rows; ++r) {
       if (r < live_rows) {
-        const float xv = xk[r * stride];
+        const float xv = load_shared_f32(xk + r * stride);
 #pragma unroll
         for (int v = 0; v < Weights::kWidth; ++v)
           if (v < live) acc[r][v] = fmaf(xv, Weights::get(w, v), acc[r][v]);
@@ -525,7 +525,7 @@ struct MatmulTask {
       const float wv = load_f32(p.w, p.w_dtype, w_col + k);
 #pragma unroll
       for (int r = 0; r < rows; ++r)
-        if (r < live_rows) acc[r] = fmaf(staged[r * stride + k], wv, acc[r]);
+        if (r < live_rows) acc[r] = fmaf(load_shared_f32(staged + r * stride + k), wv, acc[r]);
     }
   }
 
@@ -617,10 +617,10 @@ struct MatmulTask {
         float x[V];
         if constexpr (V % 4 == 0) {
 #pragma unroll
-          for (int v = 0; v < V; v += 4) *reinterpret_cast<float4*>(x + v) = *reinterpret_cast<const float4*>(xk + r * stride + v);
+          for (int v = 0; v < V; v += 4) *reinterpret_cast<float4*>(x + v) = load_shared_f32x4(xk + r * stride + v);
         } else {
 #pragma unroll
-          for (int v = 0; v < V; ++v) x[v] = xk[r * stride + v];
+          for (int v = 0; v < V; ++v) x[v] = load_shared_f32(xk + r * stride + v);
         }
 #pragma unroll
         for (int v = 0; v < V; ++v) acc[r] = fmaf(x[v], Weights::get(w, v), acc[r]);
