@@ -1,5 +1,6 @@
-"""The megakernel's machine code, read without a GPU: the ptxas report (no spills, within the
-registers its launch bounds allow) and the weight-streaming loops' instructions."""
+"""The megakernel's machine code, read without a GPU: the ptxas report (a few spilled words at
+most, within the registers its launch bounds allow) and the weight-streaming loops'
+instructions (16-byte ring reads, no local memory)."""
 
 import os
 import re

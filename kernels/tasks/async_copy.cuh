@@ -49,11 +49,12 @@ __device__ __forceinline__ uint4 load_shared16(const void* shared) {
   return v;
 }
 
-// Staged x as shared loads (LDS). Read through a generic pointer, x compiles to generic
-// loads, which wait on the long scoreboard as global ones do (5% of the matmul's samples in
-// session 15's ncu); promising the compiler the pointer is shared (__builtin_assume of
-// __isShared) made it drop live code instead (exp15/arena). Volatile: the compiler must not
-// move them above the barrier or copy wait that makes x ready.
+// Floats a task staged in its arena (the matmul's x, the attention's q and softmax
+// weights), read as shared loads (LDS). Read through a generic pointer, they compile to
+// generic loads, which wait on the long scoreboard as global ones do (5% of the matmul's
+// samples in session 15's ncu); promising the compiler the pointer is shared
+// (__builtin_assume of __isShared) made it drop live code instead (exp15/arena). Volatile:
+// the compiler must not move them above the barrier or copy wait that makes them ready.
 __device__ __forceinline__ float load_shared_f32(const float* shared) {
   float v;
   asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(shared))));
