@@ -17,17 +17,12 @@ import collections
 import csv
 import gzip
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from sass import cuda_tool, opcode  # noqa: E402
+from sass import located_instructions, opcode  # noqa: E402
 
 HELPERS = {"dtype.cuh", "async_copy.cuh", "dynamic_box.cuh", "all_tasks.cuh"}
-LOCATION = re.compile(r'//## File "([^"]+)", line \d+(?: inlined at "([^"]+)", line \d+)?')
-INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 
 
 def kind_of(chain: list[str]) -> str:
@@ -39,28 +34,9 @@ def kind_of(chain: list[str]) -> str:
 
 
 def line_table(runtime_library: str) -> dict[int, tuple[str, str]]:
-    """Offset of each instruction in the megakernel's sm_90a code -> (kind, SASS text)."""
-    cuobjdump, nvdisasm = cuda_tool("cuobjdump"), cuda_tool("nvdisasm")
-    if not (cuobjdump and nvdisasm):
-        raise FileNotFoundError("cuobjdump and nvdisasm: neither on PATH nor in the nvidia wheels "
-                                "(pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([cuobjdump, "-xelf", "all", os.path.abspath(runtime_library)],
-                       cwd=tmp, check=True, capture_output=True)
-        cubin = next(os.path.join(tmp, f) for f in os.listdir(tmp)
-                     if f.startswith("megakernel") and "sm_90" in f)
-        text = subprocess.run([nvdisasm, "-gi", "-c", cubin], check=True,
-                              capture_output=True, text=True).stdout
-    table, chain, fresh = {}, [], False
-    for line in text.splitlines():
-        if match := LOCATION.search(line):
-            if not fresh:  # a new block of locations: the next instruction's chain
-                chain, fresh = [], True
-            chain.extend(p for p in match.groups() if p)
-        elif match := INSTRUCTION.search(line):
-            table[int(match.group(1), 16)] = (kind_of(chain), opcode(match.group(2)))
-            fresh = False
-    return table
+    """Offset of each instruction in the megakernel's sm_90a code -> (kind, SASS mnemonic)."""
+    return {offset: (kind_of([file for file, _ in chain]), opcode(sass))
+            for offset, chain, sass in located_instructions(runtime_library)}
 
 
 def number(text: str) -> float:
