@@ -7,11 +7,14 @@ figure there is its GPU time). Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
         [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
-        [--tiling max_split_k=1,...] [--unfused-attention]
+        [--tiling max_split_k=1,...] [--variants "fused_attention=0;prefetch=0"]
 
-`--timeline DIR` profiles the first case: a Chrome trace, an occupancy PNG and a table of
-where the kernel's time goes by op. Without a GPU the jax_mpk side runs on the reference
-executor (use `--models tiny`) and no HBM rate is measured.
+`--variants` times more jax_mpk.jit configurations beside, in the same process and on the
+same weights: each is a set of DeviceSpec overrides on top of `--tiling`, and gets its own
+row (kernel, back to back, logits against jax.jit). `--timeline DIR` profiles the first
+case: a Chrome trace, an occupancy PNG and a table of where the kernel's time goes by op.
+Without a GPU the jax_mpk side runs on the reference executor (use `--models tiny`) and no
+HBM rate is measured.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ MODELS = {"llama-1b": LLAMA_1B, "qwen3-8b": QWEN3_8B,
 
 
 TILING: dict[str, int] = {}  # DeviceSpec overrides (--tiling)
-UNFUSED_ATTENTION = False  # --unfused-attention: time the three attention ops beside
+VARIANTS: list[str] = []  # more jax_mpk.jit configurations to time beside (--variants)
 
 
 def device_spec(**extra) -> DeviceSpec | None:
@@ -91,12 +94,14 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
     floor_ms = weight_bytes / hbm * 1e3 if hbm else None  # bytes moved / copy rate
     row["floor_ms"] = floor_ms
     variants = [("jax.jit", reference), ("jax_mpk.jit", ours)]
-    if UNFUSED_ATTENTION:  # without the decode-attention kind (DeviceSpec.fused_attention)
-        spec = device_spec(fused_attention=False) or DeviceSpec(fused_attention=False)
-        unfused = jax_mpk.jit(model.apply, donate_argnums=(2,), device=spec)
-        got, _ = unfused(params, tokens, fresh_cache(), pos)
-        row["unfused_logits_relative_l2"] = relative_error(got, expected)
-        variants.append(("jax_mpk.jit unfused attention", unfused))
+    errors = {}
+    for text in VARIANTS:
+        overrides = parse_tiling(text)
+        spec = device_spec(**overrides) or DeviceSpec(**overrides)
+        variant = jax_mpk.jit(model.apply, donate_argnums=(2,), device=spec)
+        got, _ = variant(params, tokens, fresh_cache(), pos)
+        errors[f"jax_mpk.jit {text}"] = relative_error(got, expected)
+        variants.append((f"jax_mpk.jit {text}", variant))
     for label, fn in variants:
         state = {"cache": fresh_cache()}
         launches = []  # (kernel, FFI handler) µs of each step's launch, on the GPU
@@ -111,6 +116,8 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
 
         ms = median_seconds(step, repeats=repeats) * 1e3
         row[label] = {"ms": ms, "fraction_of_hbm": floor_ms / ms if floor_ms else None}
+        if label in errors:
+            row[label]["logits_relative_l2"] = errors[label]
         row[label]["back_to_back_ms"] = back_to_back_seconds(step, steps=repeats) * 1e3
         if timed:
             runtime.check_launches(state["cache"])  # a deferred failure raises here
@@ -138,11 +145,12 @@ def print_row(row: dict) -> None:
     if "kernel_ms" in ours:
         print(f"{'':56} median launch: kernel {ours['kernel_ms']:8.3f} ms, FFI handler "
               f"{ours['run_ms']:8.3f} ms", flush=True)
-    if "jax_mpk.jit unfused attention" in row:
-        unfused = row["jax_mpk.jit unfused attention"]
-        print(f"{'':56} unfused attention {unfused['ms']:8.3f} ms {fraction(unfused)} | "
-              f"{row['jax.jit']['ms'] / unfused['ms']:5.2f}x | logits rel err "
-              f"{row['unfused_logits_relative_l2']:.1e}", flush=True)
+    for label in VARIANTS:
+        variant = row[f"jax_mpk.jit {label}"]
+        kernel = f", kernel {variant['kernel_ms']:8.3f} ms" if "kernel_ms" in variant else ""
+        print(f"{'':4} variant {label}: {variant['ms']:8.3f} ms {fraction(variant)} | back to "
+              f"back {variant['back_to_back_ms']:8.3f} ms{kernel} | logits rel err "
+              f"{variant['logits_relative_l2']:.1e}", flush=True)
 
 
 def timeline_report(name: str, batch: int, context: int, directory: str) -> None:
@@ -261,12 +269,11 @@ def main() -> None:
     parser.add_argument("--timeline", help="profile the first case; write its files here")
     parser.add_argument("--host-profile", action="store_true")
     parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
-    parser.add_argument("--unfused-attention", action="store_true",
-                        help="also time jax_mpk.jit without the decode-attention kind")
+    parser.add_argument("--variants", default="",
+                        help="more DeviceSpec overrides to time beside, ';' between them")
     args = parser.parse_args()
     TILING.update(parse_tiling(args.tiling))
-    global UNFUSED_ATTENTION
-    UNFUSED_ATTENTION = args.unfused_attention
+    VARIANTS.extend(v for v in args.variants.split(";") if v)
     cases = [(m, int(b), int(c)) for m in args.models.split(",")
              for b in args.batches.split(",") for c in args.contexts.split(",")]
     hbm = None

@@ -32,14 +32,17 @@ MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale | up][
                                    x_stride_b0, x_stride_b1, x_stride_m, x_stride_k,
                                    w_stride_b0, w_stride_b1, w_stride_k, w_stride_n,
                                    out_stride_b, out_stride_m, out_stride_n, extent_axis,
-                                   norm_eps, norm_offset, norm_dtype, scale_dtype]
+                                   norm_eps, norm_offset, norm_dtype, scale_dtype,
+                                   prefetch_loads]
               Batch index b splits into (b // B1, b % B1) for the x and w strides.
               flags: 1 has residual (laid out like out), 2 has bias [N], 4 (MATMUL_NORM)
               RMS-normalizes x's rows first: x[m, k] / sqrt(sum over all K of x[m, k]^2 / K
               + norm_eps) * (norm_offset + scale[k]) in float32, rounded to norm_dtype
               (eps and offset as float32 bits; B is 1). 8 (MATMUL_GATE): x is a gate g and
               the matmul reads g * logistic(g) * up in float32, rounded to x's dtype (up laid
-              out as x, of its dtype). A task with a partial k range
+              out as x, of its dtype). A task flagged TASK_PREFETCH issues its first
+              prefetch_loads weight loads a thread (at most 15) before its wait (speed
+              only). A task with a partial k range
               (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
               are written as 0 without reading x or w there; 3 (K): the sum runs over

@@ -74,6 +74,8 @@ class DeviceSpec:
     # Matmuls start loading weights no task writes before their inputs are ready
     # (program.TASK_PREFETCH); False for an A/B of that overlap.
     prefetch: bool = True
+    # ... this many 16-byte loads a thread (at most 15, its ring's prologue).
+    matmul_prefetch_loads: int = 15
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
@@ -565,8 +567,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         flags |= (MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
         return pb.descriptor(np.array(
             [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
-             flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis, *norm_words],
-            np.int32))
+             flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis, *norm_words,
+             pb.device.matmul_prefetch_loads], np.int32))
 
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1

@@ -6,7 +6,10 @@
 # that also holds tree/ (build_runtime_at.sh --tree: another revision's source, e.g. an older
 # program format) is installed from that tree against its runtime and benchmarked there; the
 # next plain DIR reinstalls this checkout.
-# Usage: bash scripts/ab_decode.sh DIR... (BENCH_ARGS overrides the bench_decode arguments)
+# DIR:VARIANTS also times bench_decode's --variants VARIANTS on that runtime, in the same process
+# (DeviceSpec overrides, ';' between variants: "matmul_ahead_loads=64;prefetch=0").
+# Usage: bash scripts/ab_decode.sh DIR[:VARIANTS]... (BENCH_ARGS overrides the bench_decode
+# arguments)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -27,7 +30,13 @@ installed_tree=""
 # runtime agreed within 15 µs in session 10, while jax.jit's wall time moved 0.3 ms.
 args=${BENCH_ARGS:---models llama-1b --batches 1 --contexts 512 --repeats 30}
 run=0
-for dir in "$@"; do
+for spec in "$@"; do
+  dir=${spec%%:*}
+  variants=() limit=120
+  if [ "$dir" != "$spec" ]; then
+    variants=(--variants "${spec#*:}")
+    limit=$((limit + 40 * ($(tr -cd ';' <<< "${spec#*:}" | wc -c) + 1)))
+  fi
   name=$((++run))_$(basename "$dir")
   tree=$here
   [ -d "$dir/tree" ] && tree=$(realpath "$dir/tree")
@@ -36,6 +45,8 @@ for dir in "$@"; do
     installed_tree=$tree
   fi
   cp "$dir/libjax_mpk_runtime.so" "$installed"
-  (cd "$tree" && timeout 120 $PY benchmarks/bench_decode.py $args) > "$OUT/decode_$name.log" 2>&1
-  echo "== $name"; grep -E "llama|qwen|tiny|back to back|kernel|rror" "$OUT/decode_$name.log" | head -6
+  # shellcheck disable=SC2086
+  (cd "$tree" && timeout $limit $PY benchmarks/bench_decode.py $args "${variants[@]}") \
+    > "$OUT/decode_$name.log" 2>&1
+  echo "== $name"; grep -E "llama|qwen|tiny|back to back|kernel|variant|rror" "$OUT/decode_$name.log" | head -12
 done

@@ -29,11 +29,15 @@ def test_bench_decode_sweeps_models_batches_and_contexts(tmp_path):
             assert np.isfinite(c[label]["ms"]) and np.isfinite(c[label]["back_to_back_ms"])
 
 
-def test_bench_decode_times_the_unfused_attention_beside(tmp_path):
+def test_bench_decode_times_variants_beside(tmp_path):
     out = tmp_path / "decode.json"
+    variants = ["fused_attention=0", "prefetch=0,fold_norms=0"]
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--models",
-                    "tiny", "--contexts", "128", "--repeats", "1", "--unfused-attention",
-                    "--json", str(out)], check=True, timeout=600, cwd=tmp_path)
+                    "tiny", "--contexts", "128", "--repeats", "1", "--variants",
+                    ";".join(variants), "--json", str(out)], check=True, timeout=600,
+                   cwd=tmp_path)
     (case,) = json.loads(out.read_text())["cases"]
-    assert case["unfused_logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
-    assert np.isfinite(case["jax_mpk.jit unfused attention"]["ms"])
+    for text in variants:
+        variant = case[f"jax_mpk.jit {text}"]
+        assert variant["logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
+        assert np.isfinite(variant["ms"]) and np.isfinite(variant["back_to_back_ms"])

@@ -25,13 +25,8 @@ __device__ __forceinline__ void copy16_async(void* shared, const void* global) {
                : "memory");
 }
 
-// Asks L2 to fetch the line holding `global` (a hint: no registers, no shared memory, no
-// wait), so that a later load of it hits L2 instead of HBM.
-__device__ __forceinline__ void prefetch_l2(const void* global) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(global));
-}
-
-// The same into this SM's L1, for plain loads that follow soon.
+// Asks this SM's L1 to fetch the line holding `global` (a hint: no registers, no wait), for
+// plain loads that follow soon.
 __device__ __forceinline__ void prefetch_l1(const void* global) {
   asm volatile("prefetch.global.L1 [%0];\n" ::"l"(global));
 }

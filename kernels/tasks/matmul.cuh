@@ -28,7 +28,7 @@ namespace mpk {
 struct MatmulTask {
   static constexpr TaskKind kKind = kTaskMatmul;
   static constexpr const char* kName = "matmul";
-  static constexpr int kDescWords = 25;
+  static constexpr int kDescWords = 26;
   static constexpr int kResidual = 1, kBias = 2, kNorm = 4, kGate = 8;  // flags
   static constexpr int kStagedRows = 4;  // rows run() stages whole (jax_mpk.passes.norm_linear)
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
@@ -39,9 +39,6 @@ struct MatmulTask {
   static constexpr int kStagedX = 8192;   // floats of x staged at a time
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
-  // Loads per thread a prefetch asks L2 for beyond the ring's: the rest of a tile streams
-  // from HBM while the task waits for its inputs. 128 KiB a worker, 17 MiB on an H100.
-  static constexpr unsigned kL2PrefetchLoads = 32;
   static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
                 "matmul's shared memory exceeds the task arena");
 
@@ -72,7 +69,7 @@ struct MatmulTask {
   static const char* check(const TaskDesc& d, const Operand* ops) {
     if (d.num_operands < 4 || d.num_operands > 7)
       return "matmul takes operands out, descriptor, x, w[, residual][, bias][, scale | up][, extent]";
-    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 25 int32";
+    if (ops[1].bytes < 4 * kDescWords) return "matmul descriptor operand is shorter than 26 int32";
     for (int i = 0; i < 6; ++i)
       if (d.dims[i] < 0) return "matmul dims (b, n, k first and count) must be >= 0";
     return nullptr;
@@ -337,9 +334,16 @@ struct MatmulTask {
     commit_copies();
   }
 
-  // The loads kept in flight ahead of the first use.
-  __device__ static void prologue(uint4* mine, WeightStream& stream) {
-    for (unsigned j = 0; j < kStages - 1; ++j) issue(mine, stream, j);
+  // Loads [first, kStages - 1) of those kept in flight ahead of the first use.
+  __device__ static void prologue(uint4* mine, WeightStream& stream, unsigned first, unsigned end = kStages - 1) {
+    for (unsigned j = first; j < end; ++j) issue(mine, stream, j);
+  }
+
+  // How many of the prologue's loads prefetch() issues before the task's wait (the
+  // descriptor's count, at most the prologue's): the rest wait for the task's start, so that
+  // x's loads after the wait do not queue behind them all.
+  __device__ static unsigned prefetch_loads(const TaskContext& ctx) {
+    return unsigned(min(max(ctx.descriptor()[25], 0), kStages - 1));
   }
 
   template <typename Weights, int rows>
@@ -375,10 +379,9 @@ struct MatmulTask {
             // This thread's loads k = s + j * slices, kStages - 1 ahead of their use.
             WeightStream stream = stream_of<Weights>(p, w_col, kc0, kc, share);
             uint4* mine = sh.ring + ctx.thread;
-            if (in_flight)  // MatmulTask::prefetch issued the prologue
-              stream.skip(kStages - 1);
-            else
-              prologue(mine, stream);
+            const unsigned issued = in_flight ? prefetch_loads(ctx) : 0;  // by MatmulTask::prefetch
+            stream.skip(issued);
+            prologue(mine, stream, issued);
             const int stride = padded(kc);
             if (live == V && live_rows == rows) {
 #pragma unroll 2
@@ -690,9 +693,10 @@ struct MatmulTask {
   }
 
   // The first weight loads of by_columns' first chunk, issued before the task's inputs are
-  // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent),
-  // and the next kL2PrefetchLoads - kStages + 1 as L2 prefetches. `run` then skips that
-  // prologue; prefetchable() is both sides' test of the path.
+  // ready (kTaskPrefetch: the compiler set it for weights no task writes, without an extent).
+  // `run` then skips them; prefetchable() is both sides' test of the path. Asking L2 for
+  // more of the tile meanwhile (prefetch.global.L2) made the 1B step slower, the more so the
+  // more was asked (session 17: 32 loads a thread 83 µs, 64 loads 200 µs).
   template <typename T>
   __device__ static void prefetch_as(const TaskContext& ctx, const Problem& p) {
     const int b = ctx.desc.dims[0];
@@ -703,8 +707,7 @@ struct MatmulTask {
     const int kc = min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
     WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
-    prologue(Shared(ctx.shared).ring + ctx.thread, stream);
-    for (unsigned j = kStages - 1; j < min(stream.steps, kL2PrefetchLoads); ++j, stream.skip(1)) prefetch_l2(stream.next);
+    prologue(Shared(ctx.shared).ring + ctx.thread, stream, 0, prefetch_loads(ctx));
   }
 
   __device__ static bool prefetchable(const TaskContext& ctx, const Problem& p) {
