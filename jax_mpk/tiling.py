@@ -74,7 +74,8 @@ class DeviceSpec:
     # Matmuls start loading weights no task writes before their inputs are ready
     # (program.TASK_PREFETCH); False for an A/B of that overlap.
     prefetch: bool = True
-    # ... this many 16-byte loads a thread (at most 15, its ring's prologue).
+    # ... this many 16-byte loads a thread (at most 15, its ring's prologue; on the 1B step
+    # 8 and 4 were 32 and 56 µs slower than 15, none 58 µs: session 17).
     matmul_prefetch_loads: int = 15
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
