@@ -42,7 +42,9 @@ MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale | up][
               the matmul reads g * logistic(g) * up in float32, rounded to x's dtype (up laid
               out as x, of its dtype). A task flagged TASK_PREFETCH issues its first
               prefetch_loads weight loads a thread (at most 15) before its wait (speed
-              only). A task with a partial k range
+              only). 16 (MATMUL_TENSOR_CORES): bf16 or f16 x and w of one dtype, in tiles of
+              16 to 128 columns, are multiplied on tensor cores (speed only: float32
+              accumulation either way, in another order). A task with a partial k range
               (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
               are written as 0 without reading x or w there; 3 (K): the sum runs over
@@ -108,6 +110,7 @@ SEQUENCE_STEP_WORDS = 16  # kStepWords of kernels/tasks/sequence.cuh
 ATTENTION_WHOLE, ATTENTION_PARTIAL, ATTENTION_MERGE = 0, 1, 2  # DECODE_ATTENTION modes
 MATMUL_NORM = 4  # MATMUL flag: RMS-normalize x's rows first
 MATMUL_GATE = 8  # MATMUL flag: x is silu(x) * up
+MATMUL_TENSOR_CORES = 16  # MATMUL flag: 16-bit tiles of 16 to 128 columns go to tensor cores
 
 
 class DType(enum.IntEnum):

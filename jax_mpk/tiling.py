@@ -23,6 +23,7 @@ from jax_mpk.task_kinds import (
     ATTENTION_WHOLE,
     MATMUL_GATE,
     MATMUL_NORM,
+    MATMUL_TENSOR_CORES,
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
     SEQUENCE_STEP_WORDS,
@@ -77,6 +78,9 @@ class DeviceSpec:
     # ... this many 16-byte loads a thread (at most 15, its ring's prologue; on the 1B step
     # 8 and 4 were 32 and 56 µs slower than 15, none 58 µs: session 17).
     matmul_prefetch_loads: int = 15
+    # Matmuls with at least this many rows of x, bf16 or f16 x and weights of one dtype, run
+    # on tensor cores (MATMUL_TENSOR_CORES); 0: never. Off until timed on a GPU.
+    matmul_tensor_core_rows: int = 0
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
@@ -564,8 +568,12 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     norm_words = [const_bits(eps, np.float32), const_bits(offset, np.float32),
                   dtype_code(norm_dtype), dtype_code(scale_input.dtype if norm else x.dtype)]
 
+    rows = pb.device.matmul_tensor_core_rows
+    tensor_cores = 0 < rows <= M and x.dtype == w.dtype and x.dtype.name in ("bfloat16", "float16")
+
     def desc(out_dtype, flags, strides=out_strides):
-        flags |= (MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
+        flags |= ((MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
+                  | (MATMUL_TENSOR_CORES if tensor_cores else 0))
         return pb.descriptor(np.array(
             [B, a["B1"], M, N, K, dtype_code(x.dtype), dtype_code(w.dtype), dtype_code(out_dtype),
              flags, *a["x_strides"], *a["w_strides"], *strides, extent_axis, *norm_words,

@@ -65,6 +65,18 @@ def poisoned(device: DeviceSpec | None, backend: str = "megakernel") -> DeviceSp
     return dataclasses.replace(device, poison_results=True)
 
 
+def matmul_descriptors(program) -> list[np.ndarray]:
+    """The int32 descriptor (operand 1) of each MATMUL task of a lowered program."""
+    from jax_mpk.program import TaskKind
+
+    words = []
+    for task in program.tasks[program.tasks["kind"] == TaskKind.MATMUL]:
+        operand = program.operands[task["first_operand"] + 1]
+        at = int(program.slots[operand["slot"]]["offset"] + operand["offset"])
+        words.append(program.constants[at:at + int(operand["bytes"])].view(np.int32))
+    return words
+
+
 def steps(graph) -> list:
     """The graph's ops with each sequence (passes/sequence.py) replaced by its steps."""
     return [s for op in graph.ops for s in op.attrs.get("steps", [op])]

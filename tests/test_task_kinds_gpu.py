@@ -6,6 +6,7 @@ checks the tests themselves (and the compiler) on a machine without a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -17,7 +18,16 @@ from jax import lax
 import jax_mpk
 from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
-from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
+from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
+from jax_mpk.tiling import DeviceSpec
+from tests.harness import (
+    SMALL_DEVICE,
+    assert_close,
+    decode_step,
+    expect,
+    matmul_descriptors,
+    poisoned,
+)
 from tests.test_models import STEPS
 
 BACKEND = os.environ.get("JAX_MPK_TEST_BACKEND", "megakernel")
@@ -191,6 +201,33 @@ def test_matmul(m, dtype, epilogue, device):
         return y
 
     check(fn, x, w, b, r, dtype=dtype, device=DEVICES[device], kinds=[TaskKind.MATMUL])
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("m, k, n", [(8, 200, 136), (16, 2048, 128), (33, 999, 40), (64, 130, 24),
+                                     (100, 64, 1000)])
+def test_matmul_on_tensor_cores(m, k, n, dtype, device):
+    """DeviceSpec.matmul_tensor_core_rows: ragged rows (two passes of 64 at 100), k (partial
+    ring stages, several staged chunks of x) and columns (tiles of 16 to 128 on the small
+    device, split K there), with the residual."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(m + k)
+    x, w = normal(rng, (m, k), dtype), normal(rng, (k, n), dtype, k ** -0.5)
+    r = normal(rng, (m, n), dtype)
+    spec = DEVICES[device]
+    if spec is None and BACKEND == "megakernel":
+        from jax_mpk import runtime
+
+        spec = DeviceSpec.of_cuda_device(runtime.device_info())
+    spec = dataclasses.replace(spec or DeviceSpec(), matmul_tensor_core_rows=8)
+
+    def fn(x, w, r):
+        return x @ w + r
+
+    check(fn, x, w, r, dtype=dtype, device=spec, kinds=[TaskKind.MATMUL])
+    program = compile(fn, spec).lower(x, w, r).program
+    assert all(words[8] & MATMUL_TENSOR_CORES for words in matmul_descriptors(program))
 
 
 @pytest.mark.parametrize("dtype", list(FLOATS))

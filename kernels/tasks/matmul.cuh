@@ -22,6 +22,7 @@
 #include "../runtime/task_context.cuh"
 #include "async_copy.cuh"
 #include "dtype.cuh"
+#include "tensor_core.cuh"
 
 namespace mpk {
 
@@ -29,7 +30,7 @@ struct MatmulTask {
   static constexpr TaskKind kKind = kTaskMatmul;
   static constexpr const char* kName = "matmul";
   static constexpr int kDescWords = 26;
-  static constexpr int kResidual = 1, kBias = 2, kNorm = 4, kGate = 8;  // flags
+  static constexpr int kResidual = 1, kBias = 2, kNorm = 4, kGate = 8, kTensorCores = 16;  // flags
   static constexpr int kStagedRows = 4;  // rows run() stages whole (jax_mpk.passes.norm_linear)
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
@@ -37,6 +38,7 @@ struct MatmulTask {
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
   static constexpr int kStagedX = 8192;   // floats of x staged at a time
+  static constexpr int kMmaRows = 64;     // rows of x a tensor core pass takes (8 n8 tiles)
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
   static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
@@ -446,6 +448,112 @@ struct MatmulTask {
     }
   }
 
+  // Whether by_columns' tiles go through tensor cores (kTensorCores, jax_mpk's
+  // DeviceSpec.matmul_tensor_core_rows): 16-bit x and w of one dtype, and a ring stage a
+  // whole number of 16 x 16 blocks (2 to 16 column groups: 16 to 128 columns a tile).
+  template <typename T>
+  __device__ static bool on_tensor_cores(const Problem& p) {
+    if constexpr (sizeof(T) != 2) {
+      return false;
+    } else {
+      const int round_groups = ColumnShare(p.nn, 8, 0).round_groups;
+      return (p.flags & kTensorCores) && p.x_dtype == p.w_dtype && p.extent_axis == 0 && round_groups >= 2 &&
+             round_groups <= 16;
+    }
+  }
+
+  // by_columns on tensor cores: out^T = w^T x^T, one m16n8k16 tile per 16 columns, 16 k and
+  // 8 rows of x, so that M = 8 wastes nothing. The weights stream through the same ring,
+  // whose stage j is rows k0 + j * slices + [0, slices) by the tile's columns, 16 bytes a
+  // thread: its (slices / 16) x (columns / 16) blocks are 8, one a warp (ldmatrix.trans
+  // reads a block as the A operand), and the warps sharing columns sum at the end. x is
+  // staged as for by_columns (float32, exact for 16-bit x) and packed back to pairs for the
+  // B operand. A thread zeroes its ring slot where it has no load (past k, or past the
+  // tile's columns), so that no stale bits enter a sum.
+  template <typename T>
+  __device__ static void by_columns_mma(const TaskContext& ctx, const Problem& p, int b, const Shared& sh,
+                                        bool prefetched) {
+    constexpr int V = 8;
+    const ColumnShare share(p.nn, V, ctx.thread);
+    const int blocks = share.round_groups / 2;  // 16-column blocks of a stage
+    const int warp = ctx.thread / 32, lane = ctx.thread % 32, group = lane / 4, pair = lane % 4;
+    const int block = warp % blocks, kstep = warp / blocks;  // this warp's 16 x 16 block of each stage
+    const int ksteps = kWarps / blocks;
+    const bool active = share.g < share.groups;
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
+    const int64_t w_col = w_b + int64_t(p.n0 + share.g * V) * p.ws[3];
+    const int kc_max = chunk_of(p, kMmaRows, 4);
+    uint4* mine = sh.ring + ctx.thread;
+    // This lane's ldmatrix row: matrices 0-3 are (k 0-7, n 0-7), (k 0-7, n 8-15),
+    // (k 8-15, n 0-7) and (k 8-15, n 8-15) of the warp's block, A's a[0..3].
+    const int matrix = lane / 8;
+    const int row_k = kstep * 16 + matrix / 2 * 8 + lane % 8, row_group = block * 2 + matrix % 2;
+    const uint4* row = sh.ring + row_k * share.round_groups + row_group;
+    for (int m0 = 0; m0 < p.M; m0 += kMmaRows) {
+      const int rows = min(kMmaRows, p.M - m0);
+      float acc[kMmaRows / 8][4] = {};
+      for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
+        const int kc = min(kc_max, p.k0 + p.kn - kc0);
+        stage_x(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
+        WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, kc0, kc, share);
+        if (!active) stream.steps = 0;
+        const unsigned issued = prefetched ? prefetch_loads(ctx) : 0;  // by MatmulTask::prefetch
+        prefetched = false;
+        stream.skip(issued);
+        prologue(mine, stream, issued);
+        const int stride = padded(kc);
+        const unsigned stages = unsigned(kc + share.slices - 1) / unsigned(share.slices);
+        for (unsigned j = 0; j < stages; ++j) {
+          if (j >= stream.steps) mine[(j % kStages) * kWorkerThreads] = make_uint4(0, 0, 0, 0);
+          wait_copies<kStages - 2>();  // load j has landed (load j + kStages - 1 is not issued yet)
+          __syncthreads();             // every thread's load j, and every warp done with stage j - 1
+          issue(mine, stream, j + kStages - 1);  // into stage j - 1's slot
+          uint32_t a[4];
+          load_matrices_transposed(a, row + (j % kStages) * kWorkerThreads);
+          const int k = int(j) * share.slices + kstep * 16 + 2 * pair;  // this lane's first k of B
+#pragma unroll
+          for (int t = 0; t < kMmaRows / 8; ++t) {
+            if (t * 8 < rows) {  // uniform
+              const int r = t * 8 + group;
+              const float* x = sh.staged + r * stride + k;
+              const bool live = r < rows;
+              const float x0 = live && k < kc ? load_shared_f32(x) : 0.0f;
+              const float x1 = live && k + 1 < kc ? load_shared_f32(x + 1) : 0.0f;
+              const float x8 = live && k + 8 < kc ? load_shared_f32(x + 8) : 0.0f;
+              const float x9 = live && k + 9 < kc ? load_shared_f32(x + 9) : 0.0f;
+              mma_16x8x16<T>(acc[t], a, pack_pair<T>(x0, x1), pack_pair<T>(x8, x9));
+            }
+          }
+        }
+      }
+      ctx.mark(1);
+      // The warps of each column block sum through the ring, as [kstep][column][row]: the
+      // last real load was waited for, and the barrier waits for every warp's last block.
+      float* sums = reinterpret_cast<float*>(sh.ring);
+      const int width = blocks * 16;
+      __syncthreads();
+#pragma unroll
+      for (int t = 0; t < kMmaRows / 8; ++t) {
+        if (t * 8 < rows) {
+          float* at = sums + (kstep * width + block * 16 + group) * kMmaRows + t * 8 + 2 * pair;
+          at[0] = acc[t][0];
+          at[1] = acc[t][1];
+          at[8 * kMmaRows] = acc[t][2];
+          at[8 * kMmaRows + 1] = acc[t][3];
+        }
+      }
+      __syncthreads();
+      for (int i = ctx.thread; i < p.nn * rows; i += kWorkerThreads) {
+        const int n = i / rows, r = i % rows;
+        float sum = 0.0f;
+        for (int s = 0; s < ksteps; ++s) sum += sums[(s * width + n) * kMmaRows + r];
+        store(p, b, m0 + r, p.n0 + n, sum);
+      }
+      __syncthreads();  // the next pass's prologue refills the ring
+      ctx.mark(2);
+    }
+  }
+
   // acc[r][v] += x[r, k] * w[k, n + v] for every row and column of a full tile.
   template <int rows, typename Weights>
   __device__ static void accumulate_all(float (&acc)[rows][Weights::kWidth], const typename Weights::Raw& w,
@@ -704,7 +812,7 @@ struct MatmulTask {
     const ColumnShare share(p.nn, V, ctx.thread);
     const int n = p.n0 + share.g * V;
     if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
-    const int kc = min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
+    const int kc = min(chunk_of(p, on_tensor_cores<T>(p) ? kMmaRows : column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
     WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
     prologue(Shared(ctx.shared).ring + ctx.thread, stream, 0, prefetch_loads(ctx));
@@ -736,6 +844,30 @@ struct MatmulTask {
     dispatch<float>(ctx, p, b, sh, prefetched);
   }
 
+  // A task of one batch index whose tiles go through tensor cores (on_tensor_cores).
+  __device__ static bool runs_on_tensor_cores(const TaskContext& ctx, const Problem& p) {
+    const int b = ctx.desc.dims[0];
+    if (ctx.desc.dims[1] != 1) return false;
+    if (p.w_dtype == kBF16) return on_tensor_cores<__nv_bfloat16>(p) && vectorizable<__nv_bfloat16>(p, b, 3);
+    return p.w_dtype == kF16 && on_tensor_cores<__half>(p) && vectorizable<__half>(p, b, 3);
+  }
+
+  // run() hands such a task over whole and returns, so that nothing of its own stays live
+  // across the call (the workers spilled when the call sat in dispatch). It takes no struct
+  // of its caller's but the context, and copies that: the loops would read them from the
+  // caller's stack (LDL).
+  __device__ __noinline__ static void run_on_tensor_cores(const TaskContext& caller_ctx, bool prefetched,
+                                                          bool x_staged) {
+    const TaskContext ctx = caller_ctx;
+    Problem p = problem_of(ctx);
+    if (x_staged) p.x = nullptr;  // run() staged x whole
+    const Shared sh(ctx.shared);
+    if (p.w_dtype == kBF16)
+      by_columns_mma<__nv_bfloat16>(ctx, p, ctx.desc.dims[0], sh, prefetched);
+    else
+      by_columns_mma<__half>(ctx, p, ctx.desc.dims[0], sh, prefetched);
+  }
+
   __device__ static void run(const TaskContext& ctx) {
     Problem p = problem_of(ctx);
     if (stages_whole(ctx, p)) {
@@ -753,6 +885,10 @@ struct MatmulTask {
       if (p.extent_axis == 1) p.live_rows = limit;
       if (p.extent_axis == 2) p.live_end = min(p.live_end, limit);
       if (p.extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
+    }
+    if (runs_on_tensor_cores(ctx, p)) {
+      run_on_tensor_cores(ctx, prefetched, p.x == nullptr);
+      return;
     }
     const Shared sh(ctx.shared);
     const int b_end = ctx.desc.dims[0] + ctx.desc.dims[1];
