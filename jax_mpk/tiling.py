@@ -569,7 +569,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
                   dtype_code(norm_dtype), dtype_code(scale_input.dtype if norm else x.dtype)]
 
     rows = pb.device.matmul_tensor_core_rows
-    tensor_cores = 0 < rows <= M and x.dtype == w.dtype and x.dtype.name in ("bfloat16", "float16")
+    # Not with a norm: its output may be float32, which the 16-bit operands would round.
+    tensor_cores = (0 < rows <= M and not norm and x.dtype == w.dtype
+                    and x.dtype.name in ("bfloat16", "float16"))
 
     def desc(out_dtype, flags, strides=out_strides):
         flags |= ((MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
