@@ -7,7 +7,7 @@
 # program format) is installed from that tree against its runtime and benchmarked there; the
 # next plain DIR reinstalls this checkout.
 # DIR:VARIANTS also times bench_decode's --variants VARIANTS on that runtime, in the same process
-# (DeviceSpec overrides, ';' between variants: "matmul_ahead_loads=64;prefetch=0").
+# (DeviceSpec overrides, ';' between variants: "matmul_prefetch_loads=8;prefetch=0").
 # Usage: bash scripts/ab_decode.sh DIR[:VARIANTS]... (BENCH_ARGS overrides the bench_decode
 # arguments)
 set -uo pipefail
