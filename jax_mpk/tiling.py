@@ -79,8 +79,9 @@ class DeviceSpec:
     # 8 and 4 were 32 and 56 µs slower than 15, none 58 µs: session 17).
     matmul_prefetch_loads: int = 15
     # Matmuls with at least this many rows of x, bf16 or f16 x and weights of one dtype, run
-    # on tensor cores (MATMUL_TENSOR_CORES); 0: never. Off until timed on a GPU.
-    matmul_tensor_core_rows: int = 0
+    # on tensor cores (MATMUL_TENSOR_CORES); 0: never. At batch 1 they were 270 µs slower
+    # than CUDA cores on the 1B step (session 18).
+    matmul_tensor_core_rows: int = 8
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS

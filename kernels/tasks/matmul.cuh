@@ -41,7 +41,8 @@ struct MatmulTask {
   static constexpr int kMmaRows = 64;     // rows of x a tensor core pass takes (8 n8 tiles)
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
-  static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
+  static constexpr int kSpareBytes = 8192;  // after the ring: stage_by_copy's raw rows (with the partials')
+  static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 + kSpareBytes <= kTaskSharedBytes,
                 "matmul's shared memory exceeds the task arena");
 
   // The task arena (ctx.shared): partial sums, staged x, then the weight ring.
@@ -157,6 +158,66 @@ struct MatmulTask {
       staged[r * stride + k] = up ? gated(x, load_f32(up, p.x_dtype, at), p.x_dtype) : x;
     }
     __syncthreads();
+  }
+
+  // Whether stage_x's rows can be copied raw by cp.async (stage_by_copy): 16-bit x (and the
+  // gate's up) in rows of whole, aligned 16-byte vectors. stage_x's scalar loop waits on one
+  // load after another: the batch-8 step's down projection spent 200 of its 225 µs a task
+  // there (session 18). Only the tensor core path takes it: called from by_columns' or by_k's
+  // loops, in line or not, it made the workers spill 104-260 bytes.
+  __device__ static bool stages_by_copy(const Problem& p, const char* up, int64_t first, int kc) {
+    if (p.x_dtype != kBF16 && p.x_dtype != kF16) return false;
+    if (p.xs[3] != 1 || kc % 8 != 0 || (p.xs[2] * 2) % 16 != 0) return false;
+    if ((reinterpret_cast<uintptr_t>(p.x) + first * 2) % 16 != 0) return false;
+    return !up || (reinterpret_cast<uintptr_t>(up) + first * 2) % 16 == 0;
+  }
+
+  // stage_x by cp.async in rounds of 8192 raw elements (4096 of x and of up with the gate):
+  // the partials' 8 KiB and the spare 8 KiB after the ring hold them, then every thread
+  // widens (and gates) pairs into staged, whose stride is kc (a multiple of 8).
+  __device__ static void stage_by_copy(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows,
+                                       int k0, int kc, float* staged) {
+    const char* up = up_of(ctx, p);
+    const int64_t first = x_b + int64_t(m0) * p.xs[2] + k0;
+    char* low = ctx.shared;
+    char* high = ctx.shared + kTaskSharedBytes - kSpareBytes;
+    const int per_round = up ? kSpareBytes / 2 : kSpareBytes;  // elements
+    const int total = rows * kc;
+    __syncthreads();  // the previous chunk is consumed
+    for (int e0 = 0; e0 < total; e0 += per_round) {
+      const int n = min(per_round, total - e0);
+      for (int e = ctx.thread * 8; e < n; e += kWorkerThreads * 8) {
+        const int r = (e0 + e) / kc, k = (e0 + e) % kc;
+        const int64_t at = (first + int64_t(r) * p.xs[2] + k) * 2;
+        if (up) {
+          copy16_async(low + e * 2, p.x + at);
+          copy16_async(high + e * 2, up + at);
+        } else {
+          copy16_async(e < per_round / 2 ? low + e * 2 : high + (e - per_round / 2) * 2, p.x + at);
+        }
+      }
+      commit_copies();
+      wait_copies<0>();
+      __syncthreads();
+      for (int e = ctx.thread * 2; e < n; e += kWorkerThreads * 2) {
+        const char* from = up || e < per_round / 2 ? low + e * 2 : high + (e - per_round / 2) * 2;
+        float2 v = widen_pair(__float_as_uint(load_shared_f32(reinterpret_cast<const float*>(from))), p.x_dtype);
+        if (up) {
+          const float* up_pair = reinterpret_cast<const float*>(high + e * 2);
+          const float2 u = widen_pair(__float_as_uint(load_shared_f32(up_pair)), p.x_dtype);
+          v = make_float2(gated(v.x, u.x, p.x_dtype), gated(v.y, u.y, p.x_dtype));
+        }
+        *reinterpret_cast<float2*>(staged + e0 + e) = v;
+      }
+      __syncthreads();
+    }
+  }
+
+  // Two 16-bit floats of one register (bf16 or f16), the lower index in the low half.
+  __device__ static float2 widen_pair(uint32_t pair, int32_t dtype) {
+    if (dtype == kBF16) return make_float2(__uint_as_float(pair << 16), __uint_as_float(pair & 0xFFFF0000u));
+    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(pair))),
+                       __half2float(__ushort_as_half(static_cast<unsigned short>(pair >> 16))));
   }
 
   // Whether run() stages all of x (stage_whole) before by_columns runs, which then stages
@@ -494,7 +555,10 @@ struct MatmulTask {
       float acc[kMmaRows / 8][4] = {};
       for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
         const int kc = min(kc_max, p.k0 + p.kn - kc0);
-        stage_x(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
+        if (p.x && stages_by_copy(p, up_of(ctx, p), x_b + int64_t(m0) * p.xs[2] + kc0, kc))
+          stage_by_copy(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
+        else
+          stage_x(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
         WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, kc0, kc, share);
         if (!active) stream.steps = 0;
         const unsigned issued = prefetched ? prefetch_loads(ctx) : 0;  // by MatmulTask::prefetch
