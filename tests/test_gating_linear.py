@@ -41,7 +41,7 @@ def gated_ops(compiled, args) -> tuple[int, int]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [256, 104])  # 104: 13 bf16 vectors a row, no power of two
-@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: staged by stage_x, not whole
+@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: tensor cores, x staged by stage_by_copy
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_the_gating_runs_inside_its_linear(dtype, rows, k, backend):
     dtype = DTYPES[dtype]
