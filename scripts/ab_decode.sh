@@ -32,7 +32,7 @@ args=${BENCH_ARGS:---models llama-1b --batches 1 --contexts 512 --repeats 30}
 run=0
 for spec in "$@"; do
   dir=${spec%%:*}
-  variants=() limit=120
+  variants=() limit=200  # batches 1 and 8 of the 1B step: about 130 s
   if [ "$dir" != "$spec" ]; then
     variants=(--variants "${spec#*:}")
     limit=$((limit + 40 * ($(tr -cd ';' <<< "${spec#*:}" | wc -c) + 1)))
