@@ -180,7 +180,8 @@ class Function:
         graph = build_graph(closed, donated, names, tp)
         spec = self._device_spec()
         passes.optimize(graph, fuse_attention=spec.fused_attention, fold_norms=spec.fold_norms,
-                        fold_gating=spec.fold_gating, fold_appends=spec.fold_cache_appends)
+                        fold_gating=spec.fold_gating, fold_appends=spec.fold_cache_appends,
+                        device=spec)
         program = compile_graph(graph, spec, tp)
         out_leaves, out_tree = jax.tree.flatten(out_shape)
         results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]

@@ -67,7 +67,8 @@ class DeviceSpec:
     fused_attention: bool = True
     # RMS norms read only by matmuls are computed in those matmuls (passes/norm_linear.py).
     fold_norms: bool = True
-    # So are gatings silu(g) * up read only by matmuls (passes/gating_linear.py).
+    # So are gatings silu(g) * up read only by matmuls (passes/gating_linear.py) of fewer
+    # rows than matmul_tensor_core_rows (any, when that is 0).
     fold_gating: bool = True
     # Cache appends go into the elementwise ops computing what they append, e.g. k's RoPE
     # (passes/cache_append.py): 64 µs less a 1B decode step on an H200.
@@ -82,6 +83,9 @@ class DeviceSpec:
     # on tensor cores (MATMUL_TENSOR_CORES); 0: never. At batch 1 they were 270 µs slower
     # than CUDA cores on the 1B step (session 18).
     matmul_tensor_core_rows: int = 8
+    # The same for weights contiguous along k (a tied LM head: MatmulTask::by_k_mma): the
+    # 1B step at batch 8 took 3.66 ms with it against 6.55 on CUDA cores (session 19).
+    matmul_tensor_core_rows_along_k: int = 8
     # A decode-attention split holds at least this many cache positions; a cache this long
     # or shorter is one task per head group, with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
@@ -537,6 +541,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     extent_axis = EXTENT_AXES[a.get("extent_axis")]
     extent = [pb.location(op.inputs[-1])] if extent_axis else []
     b_tiles = [(b, 1) for b in range(B)]
+    eps, offset, norm_dtype = norm or (0.0, 0.0, x.dtype)
+    tensor_cores = on_tensor_cores(pb.device, M, x.dtype, w.dtype, a["w_strides"],
+                                   np.dtype(norm_dtype) if norm else None)
     if a["w_strides"][3] == 1:
         # Weights contiguous along n: one tile of whole columns per worker where N allows
         # (on an H100 a 32-byte-wide tile streams as fast as a 512-byte one, and needs no
@@ -547,6 +554,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         unit = pb.device.matmul_tile_n
         per_worker = -(-sum(columns) // max(1, pb.workers // B))
         row = max(unit, -(-per_worker // unit) * unit)
+        if norm and tensor_cores:  # the kernel's tensor core tiles: 16 to 128 columns
+            row = min(row, MMA_TILE_COLUMNS)
         n_tiles = _tiles(N, -(-N // row), unit)
         tiles = B * sum(-(-n // row) for n in columns)  # the group's, this op's among them
     else:
@@ -565,14 +574,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     prefetch = (TASK_PREFETCH if pb.device.prefetch and w.buffer.role in READ_ONLY_ROLES
                 and not extent_axis else 0)
 
-    eps, offset, norm_dtype = norm or (0.0, 0.0, x.dtype)
     norm_words = [const_bits(eps, np.float32), const_bits(offset, np.float32),
                   dtype_code(norm_dtype), dtype_code(scale_input.dtype if norm else x.dtype)]
-
-    rows = pb.device.matmul_tensor_core_rows
-    # Not with a norm: its output may be float32, which the 16-bit operands would round.
-    tensor_cores = (0 < rows <= M and not norm and x.dtype == w.dtype
-                    and x.dtype.name in ("bfloat16", "float16"))
 
     def desc(out_dtype, flags, strides=out_strides):
         flags |= ((MATMUL_NORM if norm else 0) | (MATMUL_GATE if gate else 0)
@@ -670,6 +673,37 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     for b in range(B):
         pb.add(TaskKind.DECODE_ATTENTION, locations, [b, 1, 0, T, ATTENTION_MERGE, 0], index,
                stage=1)
+
+
+# kernels/tasks/matmul.cuh: tensor core tiles of by_columns_mma (16 to 128 columns) and what
+# their x stages at once (kPartials + kStagedX words of 16-bit pairs, rows k / 2 + 4 words
+# apart, k padded to the ring stage's rows: at most 128).
+MMA_TILE_COLUMNS = 128
+MMA_PAIR_WORDS = 2048 + 8192
+MMA_MAX_ROWS = 64
+
+
+def on_tensor_cores(device: DeviceSpec, M: int, x_dtype, w_dtype, w_strides,
+                    norm_dtype=None) -> bool:
+    """Whether a matmul's tasks ask for tensor cores (MATMUL_TENSOR_CORES): rows from the
+    device's threshold (one for weights contiguous along n, one along k), 16-bit x and
+    weights of one dtype, and a folded norm only where it rounds to that dtype."""
+    rows = (device.matmul_tensor_core_rows if w_strides[3] == 1
+            else device.matmul_tensor_core_rows_along_k)
+    return (0 < rows <= M and x_dtype == w_dtype
+            and np.dtype(x_dtype).name in ("bfloat16", "float16")
+            and (norm_dtype is None or norm_dtype == x_dtype))
+
+
+def tensor_cores_normalize(device: DeviceSpec, M: int, K: int, N: int, dtype, w_strides) -> bool:
+    """Whether a matmul of M rows on tensor cores can normalize its x (passes/norm_linear.py):
+    all of K in one staged chunk of its rows (MatmulTask::mma_norm_fits), weights along n
+    in tiles of whole 16-column blocks."""
+    rows = -(-min(M, MMA_MAX_ROWS) // 8) * 8
+    fit = (MMA_PAIR_WORDS // rows - 4) * 2 // MMA_TILE_COLUMNS * MMA_TILE_COLUMNS
+    return (on_tensor_cores(device, M, dtype, dtype, w_strides, np.dtype(dtype))
+            and w_strides[3] == 1 and M <= MMA_MAX_ROWS and K <= fit and K % 8 == 0
+            and N % 16 == 0 and device.matmul_tile_n % 16 == 0)
 
 
 def _stream_x(a: dict, has_bias: bool) -> bool:

@@ -246,15 +246,20 @@ def test_tensor_cores_are_asked_for_from_the_row_threshold():
     from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
     from tests.harness import matmul_descriptors
 
-    def asked(m, dtype, rows):
+    def asked(m, dtype, rows, along_k=0, transposed=False):
         x, w = normal(m, 64).astype(dtype), normal(64, 32, scale=0.1).astype(dtype)
-        device = DeviceSpec(sm_count=4, matmul_tensor_core_rows=rows)
-        program = jax_mpk.jit(jnp.matmul, backend="reference", device=device).lower(x, w).program
+        device = DeviceSpec(sm_count=4, matmul_tensor_core_rows=rows,
+                            matmul_tensor_core_rows_along_k=along_k)
+        fn, w = ((lambda x, w: x @ w.T), w.T.copy()) if transposed else (jnp.matmul, w)
+        program = jax_mpk.jit(fn, backend="reference", device=device).lower(x, w).program
         return {bool(words[8] & MATMUL_TENSOR_CORES) for words in matmul_descriptors(program)}
 
     assert asked(8, jnp.bfloat16, 8) == asked(9, jnp.float16, 8) == {True}
     assert asked(7, jnp.bfloat16, 8) == asked(8, jnp.float32, 8) == {False}
     assert asked(64, jnp.bfloat16, 0) == {False}
+    # Weights contiguous along k have their own threshold.
+    assert asked(8, jnp.bfloat16, 8, transposed=True) == {False}
+    assert asked(1, jnp.bfloat16, 0, along_k=1, transposed=True) == {True}
 
 
 def test_matmul_streams_the_bigger_operand():

@@ -41,7 +41,7 @@ def gated_ops(compiled, args) -> tuple[int, int]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [256, 104])  # 104: 13 bf16 vectors a row, no power of two
-@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: tensor cores, x staged by stage_by_copy
+@pytest.mark.parametrize("rows", [1, 3, 8])  # 8: on CUDA cores (the fold stays off tensor cores)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_the_gating_runs_inside_its_linear(dtype, rows, k, backend):
     dtype = DTYPES[dtype]
@@ -50,7 +50,8 @@ def test_the_gating_runs_inside_its_linear(dtype, rows, k, backend):
         return residual + (jax.nn.silu(g) * up) @ w_down
 
     args = inputs(dtype, rows, k, seed=rows + k)
-    folded = jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    device = dataclasses.replace(SMALL_DEVICE, matmul_tensor_core_rows=0)
+    folded = jax_mpk.jit(fn, backend=backend, device=poisoned(device, backend))
     got = folded(*args)
     assert_close(got, expect(fn, *args), dtype)
     assert gated_ops(folded, args) == (1, 0)
@@ -58,6 +59,22 @@ def test_the_gating_runs_inside_its_linear(dtype, rows, k, backend):
     unfolded = jax_mpk.jit(fn, backend=backend, device=poisoned(UNFOLDED, backend))
     assert_same_bits(got, unfolded(*args))
     assert gated_ops(unfolded, args) == (0, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_the_gating_stays_beside_tensor_core_linears(dtype, backend):
+    """From DeviceSpec.matmul_tensor_core_rows rows on, each task would gate all its rows
+    again: the gating stays an elementwise op."""
+    dtype = DTYPES[dtype]
+
+    def fn(g, up, w_down, residual):
+        return residual + (jax.nn.silu(g) * up) @ w_down
+
+    args = inputs(dtype, 8, 256, seed=11)
+    compiled = jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    assert_close(compiled(*args), expect(fn, *args), dtype)
+    assert gated_ops(compiled, args) == (0, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

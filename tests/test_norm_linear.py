@@ -12,7 +12,8 @@ import pytest
 
 import jax_mpk
 from examples.models import linen
-from tests.harness import SMALL_DEVICE, assert_close, expect, poisoned
+from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
+from tests.harness import SMALL_DEVICE, assert_close, expect, matmul_descriptors, poisoned
 
 BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
@@ -63,6 +64,35 @@ def test_the_norm_runs_inside_its_linears(kind, dtype, rows, k, backend):
     ops = ops_of(compiled, args)
     assert reductions(ops) == 0
     assert all("norm" in op.attrs for op in ops if op.kind == "matmul")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [256, 104])
+@pytest.mark.parametrize("kind", ["llama", "flax"])
+def test_the_norm_runs_inside_tensor_core_linears(kind, k, backend):
+    """8 rows in bf16 run on tensor cores (DeviceSpec.matmul_tensor_core_rows), which
+    normalize x as they stage it as 16-bit pairs, in tiles of 16 to 128 columns; columns
+    that do not fill 16-column blocks keep the norm, as do tiles of 8-column units."""
+    x, residual, scale, wq, _ = inputs(kind, jnp.bfloat16, 8, k, seed=k)
+    device = dataclasses.replace(SMALL_DEVICE, matmul_tile_n=16)  # tiles of whole 16-column blocks
+    wk = jnp.asarray(np.random.default_rng(k).standard_normal((k, 32)) * k ** -0.5, jnp.bfloat16)
+
+    def fn(x, residual, scale, wq, wk):
+        h = x + residual
+        n = rms_norm(kind, h, scale)
+        return n @ wq, n @ wk, h
+
+    args = (x, residual, scale, wq, wk)
+    compiled = jax_mpk.jit(fn, backend=backend, device=poisoned(device, backend))
+    assert_close(compiled(*args), expect(fn, *args), jnp.bfloat16)
+    ops = ops_of(compiled, args)
+    assert reductions(ops) == 0
+    assert all("norm" in op.attrs for op in ops if op.kind == "matmul")
+    program = compiled.lower(*args).program
+    assert all(words[8] & MATMUL_TENSOR_CORES for words in matmul_descriptors(program))
+    ragged = (x, residual, scale, wq, wk[:, :24])
+    assert reductions(ops_of(compiled, ragged)) == 1
+    assert reductions(ops_of(jax_mpk.jit(fn, backend=backend, device=SMALL_DEVICE), args)) == 1
 
 
 def test_norms_it_must_leave_alone():

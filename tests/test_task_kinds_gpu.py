@@ -203,30 +203,60 @@ def test_matmul(m, dtype, epilogue, device):
     check(fn, x, w, b, r, dtype=dtype, device=DEVICES[device], kinds=[TaskKind.MATMUL])
 
 
-@pytest.mark.parametrize("device", list(DEVICES))
-@pytest.mark.parametrize("dtype", ["bf16", "f16"])
-@pytest.mark.parametrize("m, k, n", [(8, 200, 136), (16, 2048, 128), (33, 999, 40), (64, 130, 24),
-                                     (100, 64, 1000)])
-def test_matmul_on_tensor_cores(m, k, n, dtype, device):
-    """DeviceSpec.matmul_tensor_core_rows: ragged rows (two passes of 64 at 100), k (partial
-    ring stages, several staged chunks of x) and columns (tiles of 16 to 128 on the small
-    device, split K there), with the residual."""
-    dtype = FLOATS[dtype]
-    rng = np.random.default_rng(m + k)
-    x, w = normal(rng, (m, k), dtype), normal(rng, (k, n), dtype, k ** -0.5)
-    r = normal(rng, (m, n), dtype)
+def _tensor_core_device(device, rows):
     spec = DEVICES[device]
     if spec is None and BACKEND == "megakernel":
         from jax_mpk import runtime
 
         spec = DeviceSpec.of_cuda_device(runtime.device_info())
-    spec = dataclasses.replace(spec or DeviceSpec(), matmul_tensor_core_rows=8)
+    return dataclasses.replace(spec or DeviceSpec(), matmul_tensor_core_rows=rows,
+                               matmul_tensor_core_rows_along_k=rows)
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("m, k, n", [(8, 200, 136), (16, 2048, 128), (33, 999, 40), (64, 130, 24),
+                                     (100, 64, 1000), (8, 8192, 2048)])
+def test_matmul_on_tensor_cores(m, k, n, dtype, device):
+    """DeviceSpec.matmul_tensor_core_rows: ragged rows (two passes of 64 at 100), k (partial
+    ring stages, several staged chunks of x: four at 8 x 8192, the 1B step's down projection)
+    and columns (tiles of 16 to 128 on the small device, split K there), with the residual."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(m + k)
+    x, w = normal(rng, (m, k), dtype), normal(rng, (k, n), dtype, k ** -0.5)
+    r = normal(rng, (m, n), dtype)
+    spec = _tensor_core_device(device, rows=8)
 
     def fn(x, w, r):
         return x @ w + r
 
     check(fn, x, w, r, dtype=dtype, device=spec, kinds=[TaskKind.MATMUL])
     program = compile(fn, spec).lower(x, w, r).program
+    assert all(words[8] & MATMUL_TENSOR_CORES for words in matmul_descriptors(program))
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("m, k, n", [(1, 2048, 1000), (8, 200, 136), (13, 56, 40), (64, 2048, 72),
+                                     (3, 2600, 24), (5, 999, 33), (1, 2048, 30000),
+                                     (8, 512, 20000)])
+def test_matmul_on_tensor_cores_along_k(m, k, n, dtype, device):
+    """Weights contiguous along k (a tied LM head) on tensor cores from one row: ragged
+    columns and rows (passes of 8 rows at k = 2048), a k step half loaded (200), split K on
+    the small device, many 16-column blocks a warp (30000 and 20000 columns, as an LM head
+    has); k too long for the arena (2600) or not whole 16-byte loads (999) stays on CUDA
+    cores."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(m + k + n)
+    x, table = normal(rng, (m, k), dtype), normal(rng, (n, k), dtype, k ** -0.5)
+    r = normal(rng, (m, n), dtype)
+    spec = _tensor_core_device(device, rows=1)
+
+    def fn(x, table, r):
+        return x @ table.T + r
+
+    check(fn, x, table, r, dtype=dtype, device=spec, kinds=[TaskKind.MATMUL])
+    program = compile(fn, spec).lower(x, table, r).program
     assert all(words[8] & MATMUL_TENSOR_CORES for words in matmul_descriptors(program))
 
 

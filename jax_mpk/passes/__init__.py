@@ -29,11 +29,12 @@ __all__ = ["optimize"]
 
 
 def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = False,
-             fold_gating: bool = False, fold_appends: bool = False) -> Graph:
+             fold_gating: bool = False, fold_appends: bool = False, device=None) -> Graph:
     """fuse_attention: decode attention as one op (DeviceSpec.fused_attention); fold_norms,
     fold_gating: RMS norms and silu(g) * up into the matmuls that read them
-    (DeviceSpec.fold_norms, DeviceSpec.fold_gating); fold_appends: cache appends into the
-    elementwise ops that compute them (DeviceSpec.fold_cache_appends)."""
+    (DeviceSpec.fold_norms, DeviceSpec.fold_gating), as far as the tiling of `device` (a
+    DeviceSpec; None: no tensor cores) lets their tasks compute them; fold_appends: cache
+    appends into the elementwise ops that compute them (DeviceSpec.fold_cache_appends)."""
     remove_dead_ops(graph)
     update_in_place(graph)
     coalesce_copies(graph)
@@ -49,9 +50,9 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
     remove_duplicate_ops(graph)
     fold_output_copies(graph)
     if fold_norms:
-        fold_norms_into_linears(graph)
+        fold_norms_into_linears(graph, device)
     if fold_gating:
-        fold_gating_into_linears(graph)
+        fold_gating_into_linears(graph, device.matmul_tensor_core_rows or None if device else None)
     if fuse_attention:
         fuse_decode_attention(graph)
     if fold_appends:

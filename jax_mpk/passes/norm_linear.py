@@ -27,29 +27,34 @@ from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
 # (MatmulTask::stages_whole): at most kStagedRows rows, kStagedX floats, rows of whole
 # 16-byte vectors (buffers are 256-byte aligned), all of K (the tiler splits no K then).
+# On tensor cores (tiling.tensor_cores_normalize) up to MMA_MAX_ROWS rows, 16-bit pairs.
 MAX_NORM_ROWS = 4
 STAGED_FLOATS = 8192
 
 
-def fold_norms_into_linears(graph: Graph) -> None:
-    fold_into_matmuls(graph, _fold_norm)
+def fold_norms_into_linears(graph: Graph, device=None) -> None:
+    """device: the DeviceSpec the graph is tiled for (None: no tensor cores)."""
+    fold_into_matmuls(graph, lambda links, op, users: _fold_norm(links, op, users, device))
 
 
-def _fold_norm(links: Links, scaled: Op, users: list[Op]):
+def _fold_norm(links: Links, scaled: Op, users: list[Op], device):
     norm = _rms_norm(links, scaled, users)
     if norm is None:
         return None
     x, scale, attrs, chain = norm
-    return chain, [_normed_matmul(u, scaled.outputs[0], x, scale, attrs) for u in users], (x, scale)
+    folded = [_normed_matmul(u, scaled.outputs[0], x, scale, attrs, device) for u in users]
+    return chain, folded, (x, scale)
 
 
 def _rms_norm(links: Links, scaled: Op, users: list[Op]):
     """(x, scale, attrs, [squares, sums, scaled]) when `scaled` ends an RMS norm; else None."""
+    from jax_mpk.tiling import MMA_MAX_ROWS
+
     if links.sole_writer(scaled.outputs[0], users) is not scaled:
         return None
     out = scaled.outputs[0]
     K = out.shape[-1] if out.shape else 0
-    if not K or out.size // K > MAX_NORM_ROWS or out.strides != contiguous_strides(out.shape):
+    if not K or out.size // K > MMA_MAX_ROWS or out.strides != contiguous_strides(out.shape):
         return None
     instrs = scaled.attrs["instrs"]
     top = len(instrs) - 1
@@ -172,19 +177,27 @@ def _squared(op: Op) -> Tensor | None:
     return op.inputs[a] if op.inputs[a].shape == op.outputs[0].shape else None
 
 
-def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs) -> Op | None:
+def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs,
+                   device) -> Op | None:
     """The matmul reading x and the norm's scale, normalizing as it stages; None when its
     rows are not the norm's rows in order (batched, offset, strided or swapped), or when its
-    tasks would not stage all of x at once (more rows, rows not of whole 16-byte vectors, or
-    weights not contiguous along n)."""
-    from jax_mpk.tiling import _stream_x
+    tasks would not stage all of x at once (more rows than the CUDA core paths take where it
+    would not run on tensor cores, rows not of whole 16-byte vectors, or weights not
+    contiguous along n)."""
+    from jax_mpk.tiling import _stream_x, on_tensor_cores, tensor_cores_normalize
 
     a = matmul.attrs
     view = matmul.inputs[0]
     K = normed.shape[-1]
+    w_dtype = matmul.inputs[1].dtype
+    if device is not None and on_tensor_cores(device, a["M"], x.dtype, w_dtype, a["w_strides"],
+                                              normed.dtype):
+        fits = tensor_cores_normalize(device, a["M"], K, a["N"], x.dtype, a["w_strides"])
+    else:
+        fits = a["M"] <= MAX_NORM_ROWS and a["M"] * -(-K // 4) * 4 <= STAGED_FLOATS
     if (view.buffer is not normed.buffer or view.offset != normed.offset or a["B"] != 1
             or a["K"] != K or a["x_strides"][3] != 1 or (a["M"] > 1 and a["x_strides"][2] != K)
-            or a["M"] > MAX_NORM_ROWS or a["M"] * -(-K // 4) * 4 > STAGED_FLOATS
+            or not fits
             or (K * x.dtype.itemsize) % 16 or (x.offset * x.dtype.itemsize) % 16
             or x.dtype.itemsize not in (2, 4)
             or a["w_strides"][3] != 1 or a["w_strides"][2] == 1 or "extent_axis" in a

@@ -14,7 +14,9 @@
 // Weights contiguous along n: each thread owns V adjacent columns (one 16-byte load per k)
 // and a slice of k; the slices are summed through shared memory. Weights contiguous along
 // k: a group of lanes per column, 16 bytes of k per lane and load, summed by shuffles.
-// Otherwise one column per thread, scalar loads.
+// Otherwise one column per thread, scalar loads. With the tensor core flag (16-bit x and w,
+// DeviceSpec.matmul_tensor_core_rows), tiles of 16 to 128 columns (by_columns_mma) and
+// weights contiguous along k (by_k_mma) go through mma.sync instead, x staged as 16-bit pairs.
 #pragma once
 
 #include <type_traits>
@@ -41,8 +43,7 @@ struct MatmulTask {
   static constexpr int kMmaRows = 64;     // rows of x a tensor core pass takes (8 n8 tiles)
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
-  static constexpr int kSpareBytes = 8192;  // after the ring: stage_by_copy's raw rows (with the partials')
-  static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 + kSpareBytes <= kTaskSharedBytes,
+  static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
                 "matmul's shared memory exceeds the task arena");
 
   // The task arena (ctx.shared): partial sums, staged x, then the weight ring.
@@ -160,64 +161,153 @@ struct MatmulTask {
     __syncthreads();
   }
 
-  // Whether stage_x's rows can be copied raw by cp.async (stage_by_copy): 16-bit x (and the
-  // gate's up) in rows of whole, aligned 16-byte vectors. stage_x's scalar loop waits on one
-  // load after another: the batch-8 step's down projection spent 200 of its 225 µs a task
-  // there (session 18). Only the tensor core path takes it: called from by_columns' or by_k's
-  // loops, in line or not, it made the workers spill 104-260 bytes.
-  __device__ static bool stages_by_copy(const Problem& p, const char* up, int64_t first, int kc) {
-    if (p.x_dtype != kBF16 && p.x_dtype != kF16) return false;
-    if (p.xs[3] != 1 || kc % 8 != 0 || (p.xs[2] * 2) % 16 != 0) return false;
-    if ((reinterpret_cast<uintptr_t>(p.x) + first * 2) % 16 != 0) return false;
-    return !up || (reinterpret_cast<uintptr_t>(up) + first * 2) % 16 == 0;
+  // The tensor core paths stage x as 16-bit pairs in the arena below the ring (the partials'
+  // and staged floats' room): row r of a chunk at pairs[r * pair_stride + k / 2], zero from
+  // the chunk's k to its padded end. The stride is 4 mod 8 words, so that the eight rows
+  // of a B fragment's load fall in distinct banks.
+  static constexpr int kPairWords = kPartials + kStagedX;
+  __device__ static int pair_stride(int kc_pad) { return kc_pad / 2 + 4; }
+
+  // The tensor core paths' norm: each row's sum of squares, then 1 / sqrt(mean square + eps).
+  __device__ static float* mma_norm_rows() {
+    __shared__ float rows[kMmaRows];
+    return rows;
   }
 
-  // stage_x by cp.async in rounds of 8192 raw elements (4096 of x and of up with the gate):
-  // the partials' 8 KiB and the spare 8 KiB after the ring hold them, then every thread
-  // widens (and gates) pairs into staged, whose stride is kc (a multiple of 8).
-  __device__ static void stage_by_copy(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows,
-                                       int k0, int kc, float* staged) {
-    const char* up = up_of(ctx, p);
-    const int64_t first = x_b + int64_t(m0) * p.xs[2] + k0;
-    char* low = ctx.shared;
-    char* high = ctx.shared + kTaskSharedBytes - kSpareBytes;
-    const int per_round = up ? kSpareBytes / 2 : kSpareBytes;  // elements
-    const int total = rows * kc;
-    __syncthreads();  // the previous chunk is consumed
-    for (int e0 = 0; e0 < total; e0 += per_round) {
-      const int n = min(per_round, total - e0);
-      for (int e = ctx.thread * 8; e < n; e += kWorkerThreads * 8) {
-        const int r = (e0 + e) / kc, k = (e0 + e) % kc;
-        const int64_t at = (first + int64_t(r) * p.xs[2] + k) * 2;
-        if (up) {
-          copy16_async(low + e * 2, p.x + at);
-          copy16_async(high + e * 2, up + at);
-        } else {
-          copy16_async(e < per_round / 2 ? low + e * 2 : high + (e - per_round / 2) * 2, p.x + at);
-        }
-      }
-      commit_copies();
-      wait_copies<0>();
-      __syncthreads();
-      for (int e = ctx.thread * 2; e < n; e += kWorkerThreads * 2) {
-        const char* from = up || e < per_round / 2 ? low + e * 2 : high + (e - per_round / 2) * 2;
-        float2 v = widen_pair(__float_as_uint(load_shared_f32(reinterpret_cast<const float*>(from))), p.x_dtype);
-        if (up) {
-          const float* up_pair = reinterpret_cast<const float*>(high + e * 2);
-          const float2 u = widen_pair(__float_as_uint(load_shared_f32(up_pair)), p.x_dtype);
-          v = make_float2(gated(v.x, u.x, p.x_dtype), gated(v.y, u.y, p.x_dtype));
-        }
-        *reinterpret_cast<float2*>(staged + e0 + e) = v;
-      }
-      __syncthreads();
+  // Whether a tensor core task can normalize x as it stages it: all of K (no split) in one
+  // chunk of whole aligned 16-byte vectors of 16-bit x, its rows in one pass, rounded to
+  // the weights' dtype (passes/norm_linear.py folds only such norms).
+  __device__ static bool mma_norm_fits(const TaskContext& ctx, const Problem& p, int kc_max) {
+    const int32_t* desc = ctx.descriptor();
+    return p.k0 == 0 && p.kn == desc[4] && kc_max >= p.kn && p.M <= kMmaRows && p.xs[3] == 1 && p.kn % 8 == 0 &&
+           (p.M == 1 || p.xs[2] % 8 == 0) && desc[23] == p.w_dtype;
+  }
+
+  // Adds the squares of one staged vector of row r (none past `rows`: r is uniform-checked
+  // per lane) to sums[r]: a warp whose lanes share a row adds once (shared float atomics
+  // are compare-and-swap loops: session 8).
+  template <typename T>
+  __device__ static void add_squares(const TaskContext& ctx, const uint4& v, int r, int rows, float* sums) {
+    float squares = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float f = VectorWeights<T>::get(v, e);
+      squares += __fmul_rn(f, f);  // each rounds to float32, as the unfused op's squares do
+    }
+    const bool live = r < rows;
+    const int first = __shfl_sync(0xFFFFFFFFu, r, 0);
+    if (__all_sync(0xFFFFFFFFu, !live || r == first)) {
+      for (int offset = 16; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xFFFFFFFFu, squares, offset);
+      if (ctx.thread % 32 == 0 && first < rows) atomicAdd(sums + first, squares);
+    } else if (live) {
+      atomicAdd(sums + r, squares);
     }
   }
 
-  // Two 16-bit floats of one register (bf16 or f16), the lower index in the low half.
-  __device__ static float2 widen_pair(uint32_t pair, int32_t dtype) {
-    if (dtype == kBF16) return make_float2(__uint_as_float(pair << 16), __uint_as_float(pair & 0xFFFF0000u));
-    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(pair))),
-                       __half2float(__ushort_as_half(static_cast<unsigned short>(pair >> 16))));
+  // x[m][k] * inv_rms[m] * (offset + scale[k]), rounded to the norm's dtype, for the vectors
+  // this thread staged (stage_pairs' order), in place; then a barrier.
+  template <typename T>
+  __device__ static void normalize_pairs(const TaskContext& ctx, const Problem& p, int rows, int k0, int kc, int kc_pad,
+                                         uint32_t* pairs, float* sums) {
+    const int32_t* desc = ctx.descriptor();
+    const float K = float(desc[4]), eps = __int_as_float(desc[21]), offset = __int_as_float(desc[22]);
+    const int norm_dtype = desc[23], scale_dtype = desc[24];
+    const char* scale = ctx.operand<const char>(after_epilogue(p));
+    const int stride = pair_stride(kc_pad), per_row = kc_pad / 8;
+    __syncthreads();
+    for (int r = ctx.thread; r < rows; r += kWorkerThreads) sums[r] = 1.0f / sqrtf(sums[r] / K + eps);
+    __syncthreads();
+    for (int i = ctx.thread; i < rows * per_row; i += kWorkerThreads) {
+      const int r = i / per_row, k = i % per_row * 8;
+      if (k >= kc) continue;  // zero padding
+      float gain[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) gain[e] = offset + load_f32(scale, scale_dtype, k0 + k + e);
+      uint4* at = reinterpret_cast<uint4*>(pairs + r * stride + k / 2);
+      const uint4 raw = *at;
+      const float inv = sums[r];
+      uint4 out;
+      uint32_t* to = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+      for (int w = 0; w < 4; ++w)
+        to[w] = pack_pair<T>(round_float(VectorWeights<T>::get(raw, 2 * w) * inv * gain[2 * w], norm_dtype),
+                             round_float(VectorWeights<T>::get(raw, 2 * w + 1) * inv * gain[2 * w + 1], norm_dtype));
+      *at = out;
+    }
+    __syncthreads();
+  }
+
+  // Rows [m0, m0 + rows) of x over k in [k0, k0 + kc) as pairs of T (silu(g) * up with the
+  // gate; RMS-normalized with the norm, which needs all of K in the chunk and whole aligned
+  // vectors: mma_norm_fits), zero over [kc, kc_pad) (kc_pad a multiple of 16). Every load of
+  // x is on the critical path, so a thread issues kBatch 16-byte loads (of x and of up)
+  // before it stores any; rows that are not whole aligned vectors go element by element.
+  // Ends with a barrier when it normalizes, without one otherwise.
+  template <typename T>
+  __device__ static void stage_pairs(const TaskContext& ctx, const Problem& p, int64_t x_b, int m0, int rows, int k0,
+                                     int kc, int kc_pad, uint32_t* pairs) {
+    constexpr int kBatch = 4;
+    const char* up = up_of(ctx, p);
+    const int stride = pair_stride(kc_pad), per_row = kc_pad / 8;  // 16-byte vectors of a row
+    const int64_t first = x_b + int64_t(m0) * p.xs[2] + k0;
+    const bool vectors = p.xs[3] == 1 && kc % 8 == 0 && (rows == 1 || p.xs[2] % 8 == 0) &&
+                         (reinterpret_cast<uintptr_t>(p.x) + first * 2) % 16 == 0 &&
+                         (!up || (reinterpret_cast<uintptr_t>(up) + first * 2) % 16 == 0);
+    const bool norm = p.flags & kNorm;
+    if (norm && !vectors) report_unstaged_norm(ctx, p.M);  // mma_norm_fits but misaligned: none folded
+    float* sums = mma_norm_rows();
+    if (norm) {
+      for (int r = ctx.thread; r < rows; r += kWorkerThreads) sums[r] = 0.0f;
+      __syncthreads();
+    }
+    if (vectors) {
+      for (int i0 = 0; i0 < rows * per_row; i0 += kBatch * kWorkerThreads) {
+        uint4 x[kBatch], u[kBatch];
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int i = i0 + b * kWorkerThreads + ctx.thread, r = i / per_row, k = i % per_row * 8;
+          x[b] = u[b] = make_uint4(0, 0, 0, 0);
+          if (i < rows * per_row && k < kc) {
+            const int64_t at = (first + int64_t(r) * p.xs[2] + k) * 2;
+            x[b] = *reinterpret_cast<const uint4*>(p.x + at);
+            if (up) u[b] = *reinterpret_cast<const uint4*>(up + at);
+          }
+        }
+        if (norm) {
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b)
+            add_squares<T>(ctx, x[b], (i0 + b * kWorkerThreads + ctx.thread) / per_row, rows, sums);
+        }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int i = i0 + b * kWorkerThreads + ctx.thread;
+          if (i >= rows * per_row) break;
+          if (up) {
+            using W = VectorWeights<T>;
+            const uint4 g = x[b];
+            uint32_t* to = reinterpret_cast<uint32_t*>(&x[b]);
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+              to[w] = pack_pair<T>(gated(W::get(g, 2 * w), W::get(u[b], 2 * w), p.x_dtype),
+                                   gated(W::get(g, 2 * w + 1), W::get(u[b], 2 * w + 1), p.x_dtype));
+          }
+          *reinterpret_cast<uint4*>(pairs + i / per_row * stride + i % per_row * 4) = x[b];
+        }
+      }
+      if (norm) normalize_pairs<T>(ctx, p, rows, k0, kc, kc_pad, pairs, sums);
+      return;
+    }
+    for (int i = ctx.thread; i < rows * kc_pad / 2; i += kWorkerThreads) {
+      const int r = i / (kc_pad / 2), k = 2 * (i % (kc_pad / 2));
+      const int64_t at = first + int64_t(r) * p.xs[2] + int64_t(k) * p.xs[3];
+      float low = k < kc ? load_f32(p.x, p.x_dtype, at) : 0.0f;
+      float high = k + 1 < kc ? load_f32(p.x, p.x_dtype, at + p.xs[3]) : 0.0f;
+      if (up) {
+        low = k < kc ? gated(low, load_f32(up, p.x_dtype, at), p.x_dtype) : 0.0f;
+        high = k + 1 < kc ? gated(high, load_f32(up, p.x_dtype, at + p.xs[3]), p.x_dtype) : 0.0f;
+      }
+      pairs[r * stride + k / 2] = pack_pair<T>(low, high);
+    }
   }
 
   // Whether run() stages all of x (stage_whole) before by_columns runs, which then stages
@@ -510,8 +600,9 @@ struct MatmulTask {
   }
 
   // Whether by_columns' tiles go through tensor cores (kTensorCores, jax_mpk's
-  // DeviceSpec.matmul_tensor_core_rows): 16-bit x and w of one dtype, and a ring stage a
-  // whole number of 16 x 16 blocks (2 to 16 column groups: 16 to 128 columns a tile).
+  // DeviceSpec.matmul_tensor_core_rows): 16-bit x and w of one dtype (with a norm, where
+  // mma_norm_fits), and a ring stage a whole number of 16 x 16 blocks (2 to 16 column
+  // groups: 16 to 128 columns a tile).
   template <typename T>
   __device__ static bool on_tensor_cores(const Problem& p) {
     if constexpr (sizeof(T) != 2) {
@@ -523,69 +614,88 @@ struct MatmulTask {
     }
   }
 
+  // A tensor core tile's ring slot of thread (s, g): its 16 bytes of k row s, column group g,
+  // swizzled so that ldmatrix's eight rows of one column group (k rows s..s+7, 16 bytes
+  // each, round_groups * 16 bytes apart) fall in distinct banks: the group is XORed with
+  // s % 8 scaled to the groups a 128-byte line holds.
+  __device__ static int mma_slot(int s, int g, int round_groups) {
+    const int per_line = min(round_groups, 8);
+    return s * round_groups + (g ^ ((s & 7) * per_line / 8));
+  }
+
+  // k values per tensor core chunk: a multiple of the stage's k rows (slices) such that
+  // rows of x (up to kMmaRows, whole n8 tiles) fit the pairs area; all of k when it fits.
+  __device__ static int mma_chunk(const Problem& p, int slices) {
+    const int rows = (min(p.M, kMmaRows) + 7) / 8 * 8;
+    const int fit = max(slices, (kPairWords / rows - 4) * 2 / slices * slices);
+    return min(p.kn, fit);
+  }
+
   // by_columns on tensor cores: out^T = w^T x^T, one m16n8k16 tile per 16 columns, 16 k and
   // 8 rows of x, so that M = 8 wastes nothing. The weights stream through the same ring,
   // whose stage j is rows k0 + j * slices + [0, slices) by the tile's columns, 16 bytes a
-  // thread: its (slices / 16) x (columns / 16) blocks are 8, one a warp (ldmatrix.trans
-  // reads a block as the A operand), and the warps sharing columns sum at the end. x is
-  // staged as for by_columns (float32, exact for 16-bit x) and packed back to pairs for the
-  // B operand. A thread zeroes its ring slot where it has no load (past k, or past the
-  // tile's columns), so that no stale bits enter a sum.
+  // thread (mma_slot): its (slices / 16) x (columns / 16) blocks are 8, one a warp
+  // (ldmatrix.trans reads a block as the A operand), and the warps sharing columns sum at
+  // the end. A chunk's weight prologue is issued before its x is staged (stage_pairs), so
+  // the two round trips overlap. A thread zeroes its ring slot where it has no load (past k,
+  // or past the tile's columns), so that no stale bits enter a sum.
   template <typename T>
-  __device__ static void by_columns_mma(const TaskContext& ctx, const Problem& p, int b, const Shared& sh,
-                                        bool prefetched) {
+  __device__ __noinline__ static void by_columns_mma(const TaskContext& caller_ctx, const Problem& caller_p, int b,
+                                                     bool prefetched) {
+    const TaskContext ctx = caller_ctx;
+    const Problem p = caller_p;
+    const Shared sh(ctx.shared);
     constexpr int V = 8;
     const ColumnShare share(p.nn, V, ctx.thread);
-    const int blocks = share.round_groups / 2;  // 16-column blocks of a stage
+    const int rg = share.round_groups, blocks = rg / 2;  // 16-column blocks of a stage
     const int warp = ctx.thread / 32, lane = ctx.thread % 32, group = lane / 4, pair = lane % 4;
     const int block = warp % blocks, kstep = warp / blocks;  // this warp's 16 x 16 block of each stage
     const int ksteps = kWarps / blocks;
     const bool active = share.g < share.groups;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int64_t w_col = w_b + int64_t(p.n0 + share.g * V) * p.ws[3];
-    const int kc_max = chunk_of(p, kMmaRows, 4);
-    uint4* mine = sh.ring + ctx.thread;
+    const int kc_max = mma_chunk(p, share.slices);
+    if ((p.flags & kNorm) && !mma_norm_fits(ctx, p, kc_max)) {  // passes/norm_linear.py folds none such
+      report_unstaged_norm(ctx, p.M);
+      return;
+    }
+    uint32_t* pairs = reinterpret_cast<uint32_t*>(ctx.shared);
+    uint4* mine = sh.ring + mma_slot(share.s, share.g, rg);
     // This lane's ldmatrix row: matrices 0-3 are (k 0-7, n 0-7), (k 0-7, n 8-15),
     // (k 8-15, n 0-7) and (k 8-15, n 8-15) of the warp's block, A's a[0..3].
     const int matrix = lane / 8;
     const int row_k = kstep * 16 + matrix / 2 * 8 + lane % 8, row_group = block * 2 + matrix % 2;
-    const uint4* row = sh.ring + row_k * share.round_groups + row_group;
+    const uint4* row = sh.ring + mma_slot(row_k, row_group, rg);
     for (int m0 = 0; m0 < p.M; m0 += kMmaRows) {
       const int rows = min(kMmaRows, p.M - m0);
       float acc[kMmaRows / 8][4] = {};
       for (int kc0 = p.k0; kc0 < p.k0 + p.kn; kc0 += kc_max) {
         const int kc = min(kc_max, p.k0 + p.kn - kc0);
-        if (p.x && stages_by_copy(p, up_of(ctx, p), x_b + int64_t(m0) * p.xs[2] + kc0, kc))
-          stage_by_copy(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
-        else
-          stage_x(ctx, p, x_b, m0, rows, kc0, kc, sh.staged);
+        const unsigned stages = unsigned(kc + share.slices - 1) / unsigned(share.slices);
+        const int kc_pad = int(stages) * share.slices, stride = pair_stride(kc_pad);
+        __syncthreads();  // the previous chunk's x and ring are consumed
         WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, kc0, kc, share);
         if (!active) stream.steps = 0;
         const unsigned issued = prefetched ? prefetch_loads(ctx) : 0;  // by MatmulTask::prefetch
         prefetched = false;
         stream.skip(issued);
         prologue(mine, stream, issued);
-        const int stride = padded(kc);
-        const unsigned stages = unsigned(kc + share.slices - 1) / unsigned(share.slices);
+        stage_pairs<T>(ctx, p, x_b, m0, rows, kc0, kc, kc_pad, pairs);
+        ctx.mark(0);
         for (unsigned j = 0; j < stages; ++j) {
           if (j >= stream.steps) mine[(j % kStages) * kWorkerThreads] = make_uint4(0, 0, 0, 0);
           wait_copies<kStages - 2>();  // load j has landed (load j + kStages - 1 is not issued yet)
-          __syncthreads();             // every thread's load j, and every warp done with stage j - 1
+          __syncthreads();             // every thread's load j and x, and every warp done with stage j - 1
           issue(mine, stream, j + kStages - 1);  // into stage j - 1's slot
           uint32_t a[4];
           load_matrices_transposed(a, row + (j % kStages) * kWorkerThreads);
-          const int k = int(j) * share.slices + kstep * 16 + 2 * pair;  // this lane's first k of B
+          // B: rows group (+ 8t) of x at k and k + 8, two pairs each (this lane's 2 pair).
+          const uint32_t* x = pairs + group * stride + (int(j) * share.slices + kstep * 16) / 2 + pair;
 #pragma unroll
           for (int t = 0; t < kMmaRows / 8; ++t) {
             if (t * 8 < rows) {  // uniform
-              const int r = t * 8 + group;
-              const float* x = sh.staged + r * stride + k;
-              const bool live = r < rows;
-              const float x0 = live && k < kc ? load_shared_f32(x) : 0.0f;
-              const float x1 = live && k + 1 < kc ? load_shared_f32(x + 1) : 0.0f;
-              const float x8 = live && k + 8 < kc ? load_shared_f32(x + 8) : 0.0f;
-              const float x9 = live && k + 9 < kc ? load_shared_f32(x + 9) : 0.0f;
-              mma_16x8x16<T>(acc[t], a, pack_pair<T>(x0, x1), pack_pair<T>(x8, x9));
+              const float* xt = reinterpret_cast<const float*>(x + t * 8 * stride);
+              mma_16x8x16<T>(acc[t], a, __float_as_uint(load_shared_f32(xt)), __float_as_uint(load_shared_f32(xt + 4)));
             }
           }
         }
@@ -615,6 +725,105 @@ struct MatmulTask {
       }
       __syncthreads();  // the next pass's prologue refills the ring
       ctx.mark(2);
+    }
+  }
+
+  // by_k on tensor cores: the rows of x (stage_pairs, k padded to 16) fit the pairs area at 8
+  // rows or more a pass, and each column's loads are whole 16-byte vectors.
+  __device__ static int k_pass_rows(int kn) {
+    return min(kMmaRows / 2, kPairWords / pair_stride((kn + 15) / 16 * 16) / 8 * 8);
+  }
+
+  template <typename T>
+  __device__ static bool on_tensor_cores_by_k(const Problem& p, int b) {
+    if constexpr (sizeof(T) != 2) {
+      return false;
+    } else {
+      return (p.flags & kTensorCores) && !(p.flags & kNorm) && p.x_dtype == p.w_dtype && p.extent_axis == 0 &&
+             p.kn % 8 == 0 && k_pass_rows(p.kn) >= 8 && vectorizable<T>(p, b, 2);
+    }
+  }
+
+  // by_k on tensor cores (on_tensor_cores_by_k): out^T = w^T x^T with w^T's rows (columns of
+  // out) contiguous along k, so ldmatrix reads a 16 x 16 block of them as the A operand as
+  // it lies. Each warp takes blocks of 16 columns in turn and streams each over all of k,
+  // one block a stage: lane i loads k [8 (i / 16), +8) of column i % 8 + 8 (i / 8 % 2) of
+  // the block into its own slot, the row ldmatrix asks of it. The warp's loads over its
+  // blocks form one sequence kStages - 1 ahead; only its lanes read its slots, so it needs no
+  // block barrier. Slots with no load (columns past the tile) are zeroed, as x past k is.
+  template <typename T>
+  __device__ __noinline__ static void by_k_mma(const TaskContext& caller_ctx, const Problem& caller_p, int b) {
+    const TaskContext ctx = caller_ctx;
+    const Problem p = caller_p;
+    const int warp = ctx.thread / 32, lane = ctx.thread % 32, group = lane / 4, pair = lane % 4;
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
+    uint32_t* pairs = reinterpret_cast<uint32_t*>(ctx.shared);
+    uint4* mine = Shared(ctx.shared).ring + ctx.thread;
+    const int ksteps = (p.kn + 15) / 16, blocks = (p.nn + 15) / 16;
+    const int stride = pair_stride(ksteps * 16), pass_rows = k_pass_rows(p.kn);
+    const int my_blocks = warp < blocks ? (blocks - warp + kWarps - 1) / kWarps : 0;  // warp-uniform
+    const unsigned steps = unsigned(my_blocks * ksteps);
+    const int column = lane % 8 + 8 * (lane / 8 % 2), half = lane / 16;  // of this lane's loads
+    // From a block's last k step to the warp's next block (session 18 stepped back ksteps
+    // times, one too many: every block after a warp's first read 16 k early).
+    const int64_t to_next_block = int64_t(16 * kWarps) * p.ws[3] - int64_t(ksteps - 1) * 16;
+    for (int m0 = 0; m0 < p.M; m0 += pass_rows) {
+      const int rows = min(pass_rows, p.M - m0);
+      __syncthreads();  // the previous pass is consumed
+      stage_pairs<T>(ctx, p, x_b, m0, rows, p.k0, p.kn, ksteps * 16, pairs);
+      __syncthreads();
+      const T* ahead =
+          reinterpret_cast<const T*>(p.w) + w_b + int64_t(p.n0 + warp * 16 + column) * p.ws[3] + p.k0 + half * 8;
+      int ahead_k = 0, ahead_c = warp * 16 + column;
+      auto issue = [&](unsigned q) {
+        uint4* slot = mine + (q % kStages) * kWorkerThreads;
+        if (q < steps) {
+          if (ahead_c < p.nn && ahead_k * 16 + half * 8 < p.kn)
+            copy16_async(slot, ahead);
+          else
+            *slot = make_uint4(0, 0, 0, 0);
+          if (++ahead_k < ksteps) {
+            ahead += 16;
+          } else {
+            ahead_k = 0;
+            ahead += to_next_block;
+            ahead_c += 16 * kWarps;
+          }
+        }
+        commit_copies();
+      };
+      for (unsigned q = 0; q < kStages - 1; ++q) issue(q);
+      unsigned q = 0;
+      for (int i = 0; i < my_blocks; ++i) {
+        float acc[kMmaRows / 16][4] = {};
+        for (int ks = 0; ks < ksteps; ++ks, ++q) {
+          wait_copies<kStages - 2>();  // load q has landed (load q + kStages - 1 is not issued yet)
+          __syncwarp();                // every lane's load q, and every lane done with stage q - 1
+          issue(q + kStages - 1);      // into stage q - 1's slot
+          uint32_t a[4];
+          load_matrices(a, mine + (q % kStages) * kWorkerThreads);
+          const uint32_t* x = pairs + group * stride + ks * 8 + pair;
+#pragma unroll
+          for (int t = 0; t < kMmaRows / 16; ++t) {
+            if (t * 8 < rows) {  // uniform
+              const uint32_t* xt = x + t * 8 * stride;
+              mma_16x8x16<T>(acc[t], a, __float_as_uint(load_shared_f32(reinterpret_cast<const float*>(xt))),
+                             __float_as_uint(load_shared_f32(reinterpret_cast<const float*>(xt + 4))));
+            }
+          }
+        }
+        // acc[t] is out^T's 16 x 8 tile: columns n (+ 8) by rows 2 pair (+ 1) of x's tile t.
+        const int n = (warp + i * kWarps) * 16 + group;
+#pragma unroll
+        for (int t = 0; t < kMmaRows / 16; ++t) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int m = t * 8 + 2 * pair + e % 2, c = n + e / 2 * 8;
+            if (t * 8 < rows && m < rows && c < p.nn) store(p, b, m0 + m, p.n0 + c, acc[t][e]);
+          }
+        }
+      }
+      wait_copies<0>();  // the ring's zero-fill and copies past the last step land before the next pass
     }
   }
 
@@ -876,10 +1085,12 @@ struct MatmulTask {
     const ColumnShare share(p.nn, V, ctx.thread);
     const int n = p.n0 + share.g * V;
     if (share.s >= share.slices || share.g >= share.groups || p.M <= 0) return;
-    const int kc = min(chunk_of(p, on_tensor_cores<T>(p) ? kMmaRows : column_rows<V>(p.M), 4), p.kn);
+    const bool mma = on_tensor_cores<T>(p);
+    const int kc = mma ? mma_chunk(p, share.slices) : min(chunk_of(p, column_rows<V>(p.M), 4), p.kn);
     const int64_t w_col = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1] + int64_t(n) * p.ws[3];
     WeightStream stream = stream_of<VectorWeights<T>>(p, w_col, p.k0, kc, share);
-    prologue(Shared(ctx.shared).ring + ctx.thread, stream, 0, prefetch_loads(ctx));
+    uint4* mine = Shared(ctx.shared).ring + (mma ? mma_slot(share.s, share.g, share.round_groups) : ctx.thread);
+    prologue(mine, stream, 0, prefetch_loads(ctx));
   }
 
   __device__ static bool prefetchable(const TaskContext& ctx, const Problem& p) {
@@ -912,28 +1123,44 @@ struct MatmulTask {
   __device__ static bool runs_on_tensor_cores(const TaskContext& ctx, const Problem& p) {
     const int b = ctx.desc.dims[0];
     if (ctx.desc.dims[1] != 1) return false;
-    if (p.w_dtype == kBF16) return on_tensor_cores<__nv_bfloat16>(p) && vectorizable<__nv_bfloat16>(p, b, 3);
-    return p.w_dtype == kF16 && on_tensor_cores<__half>(p) && vectorizable<__half>(p, b, 3);
+    if (p.w_dtype == kBF16)
+      return by_columns_on_tensor_cores<__nv_bfloat16>(p, b) || on_tensor_cores_by_k<__nv_bfloat16>(p, b);
+    return p.w_dtype == kF16 && (by_columns_on_tensor_cores<__half>(p, b) || on_tensor_cores_by_k<__half>(p, b));
   }
 
   // run() hands such a task over whole and returns, so that nothing of its own stays live
   // across the call (the workers spilled when the call sat in dispatch). It takes no struct
   // of its caller's but the context, and copies that: the loops would read them from the
   // caller's stack (LDL).
-  __device__ __noinline__ static void run_on_tensor_cores(const TaskContext& caller_ctx, bool prefetched,
-                                                          bool x_staged) {
+  __device__ __noinline__ static void run_on_tensor_cores(const TaskContext& caller_ctx, bool prefetched) {
     const TaskContext ctx = caller_ctx;
-    Problem p = problem_of(ctx);
-    if (x_staged) p.x = nullptr;  // run() staged x whole
-    const Shared sh(ctx.shared);
+    const Problem p = problem_of(ctx);
     if (p.w_dtype == kBF16)
-      by_columns_mma<__nv_bfloat16>(ctx, p, ctx.desc.dims[0], sh, prefetched);
+      run_on_tensor_cores_as<__nv_bfloat16>(ctx, p, prefetched);
     else
-      by_columns_mma<__half>(ctx, p, ctx.desc.dims[0], sh, prefetched);
+      run_on_tensor_cores_as<__half>(ctx, p, prefetched);
+  }
+
+  template <typename T>
+  __device__ static bool by_columns_on_tensor_cores(const Problem& p, int b) {
+    return on_tensor_cores<T>(p) && vectorizable<T>(p, b, 3);
+  }
+
+  template <typename T>
+  __device__ static void run_on_tensor_cores_as(const TaskContext& ctx, const Problem& p, bool prefetched) {
+    const int b = ctx.desc.dims[0];
+    if (by_columns_on_tensor_cores<T>(p, b))
+      by_columns_mma<T>(ctx, p, b, prefetched);
+    else
+      by_k_mma<T>(ctx, p, b);
   }
 
   __device__ static void run(const TaskContext& ctx) {
     Problem p = problem_of(ctx);
+    if ((p.flags & kTensorCores) && runs_on_tensor_cores(ctx, p)) {  // stages its own x, as 16-bit pairs
+      run_on_tensor_cores(ctx, ctx.prefetched && prefetchable(ctx, p));
+      return;
+    }
     if (stages_whole(ctx, p)) {
       stage_whole(ctx, p, Shared(ctx.shared).staged);
       p.x = nullptr;  // the loops stage nothing; a flag would hold a register through them
@@ -949,10 +1176,6 @@ struct MatmulTask {
       if (p.extent_axis == 1) p.live_rows = limit;
       if (p.extent_axis == 2) p.live_end = min(p.live_end, limit);
       if (p.extent_axis == 3) p.kn = max(0, min(p.k0 + p.kn, limit) - p.k0);
-    }
-    if (runs_on_tensor_cores(ctx, p)) {
-      run_on_tensor_cores(ctx, prefetched, p.x == nullptr);
-      return;
     }
     const Shared sh(ctx.shared);
     const int b_end = ctx.desc.dims[0] + ctx.desc.dims[1];

@@ -27,6 +27,17 @@ __device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const
                : "memory");
 }
 
+// Four 8x8 matrices of 16-bit elements from shared memory: lanes 8i..8i+7 give the
+// addresses of matrix i's rows (16 bytes each); register i of a lane gets elements
+// (group, 2 pair) and (group, 2 pair + 1) of matrix i.
+__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const void* row) {
+  const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(at)
+               : "memory");
+}
+
 // Two floats as the 16-bit pair of a fragment register, `low` in the low half.
 template <typename T>
 __device__ __forceinline__ uint32_t pack_pair(float low, float high) {
