@@ -1,0 +1,78 @@
+"""The highest register each function of the megakernel touches, from a built runtime, in
+seconds (test_ptxas compiles for minutes). ptxas allocates registers across the megakernel's
+internal calls, so an out-of-line task path that needs more registers makes its callers, the
+workers, spill what they hold across the call (session 20: by_columns_mma at 249 where main
+had 217 cost the workers 104 spilled bytes each and the batch-1 step about 20 µs).
+
+    python scripts/function_registers.py build/DIR/libjax_mpk_runtime.so [more .so] [--match mma]
+
+Needs cuobjdump (the nvidia-cuda-cuobjdump wheel brings it: `pip install
+nvidia-cuda-cuobjdump`) and readelf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from sass import INSTRUCTION, cuda_tool  # noqa: E402
+
+
+def function_ranges(cubin: Path) -> list[tuple[int, int, str]]:
+    """(start, size, name) of each function inside the megakernel's code section."""
+    symbols = subprocess.run(["readelf", "-sW", str(cubin)], capture_output=True, text=True,
+                             check=True).stdout
+    ranges = []
+    for line in symbols.splitlines():
+        parts = line.split()
+        if len(parts) >= 8 and parts[3] == "FUNC" and "megakernel" in parts[7]:
+            ranges.append((int(parts[1], 16), int(parts[2], 0), parts[7].split("$")[-1]))
+    return sorted(ranges)
+
+
+def highest_registers(so: str) -> dict[str, tuple[int, int]]:
+    """name -> (highest register index used, code bytes) for every function of the kernel."""
+    tool = cuda_tool("cuobjdump")
+    assert tool, "cuobjdump is neither on PATH nor in an nvidia-cuda-cuobjdump wheel"
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([tool, "-xelf", "all", os.path.abspath(so)], cwd=tmp, check=True,
+                       capture_output=True)
+        cubin = next(Path(tmp).glob("megakernel*.sm_90a.cubin"))
+        ranges = function_ranges(cubin)
+    sass = subprocess.run([tool, "-sass", so], capture_output=True, text=True, check=True).stdout
+    start = sass.index("Function : _ZN3mpk10megakernel")
+    end = sass.find("Function :", start + 1)
+    highest: dict[str, int] = {}
+    for m in INSTRUCTION.finditer(sass[start:end if end > 0 else None]):
+        registers = [int(r) for r in re.findall(r"\bR(\d+)\b", m.group(2))]
+        if not registers:
+            continue
+        address = int(m.group(1), 16)
+        for first, size, name in ranges:
+            if first <= address < first + size:
+                highest[name] = max(highest.get(name, 0), max(registers))
+                break
+    return {name: (highest.get(name, -1), size) for _, size, name in ranges}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runtimes", nargs="+")
+    parser.add_argument("--match", default="", help="only functions whose mangled name holds this")
+    args = parser.parse_args()
+    for so in args.runtimes:
+        print(f"== {so}: highest register, code bytes, function")
+        for name, (register, size) in sorted(highest_registers(so).items()):
+            if args.match in name:
+                print(f"{register:5d} {size:9d}  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
