@@ -4,6 +4,8 @@ fold_norms): against jax.jit on both backends, and the norms the pass must leave
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 
 import jax_mpk
 from examples.models import linen
+from jax_mpk import tiling
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
 from tests.harness import SMALL_DEVICE, assert_close, expect, matmul_descriptors, poisoned
 
@@ -135,3 +138,22 @@ def test_fold_norms_off_keeps_the_three_ops():
     device = dataclasses.replace(SMALL_DEVICE, fold_norms=False)
     ops = ops_of(jax_mpk.jit(fn, backend="reference", device=device), args)
     assert reductions(ops) == 1
+
+
+def _kernel_constant(source: str, name: str) -> int:
+    found = re.search(rf"static constexpr int {name} = (\d+);", source)
+    assert found, f"{name} is no longer a constant of kernels/tasks/matmul.cuh"
+    return int(found.group(1))
+
+
+def test_tiling_mirrors_the_tensor_core_kernel_limits():
+    """tiling.tensor_cores_normalize folds a norm only where the kernel's x fits one chunk: its
+    MMA_* constants copy matmul.cuh's by hand, so a kernel change must show here."""
+    source = (Path(__file__).resolve().parents[1] / "kernels" / "tasks" / "matmul.cuh").read_text()
+    assert tiling.MMA_PAIR_WORDS == (_kernel_constant(source, "kPartials")
+                                     + _kernel_constant(source, "kStagedX"))
+    assert tiling.MMA_MAX_ROWS == _kernel_constant(source, "kMmaRows")
+    # on_tensor_cores<T>: tiles of up to so many column groups of 8
+    groups = re.search(r"static bool on_tensor_cores\(.*?round_groups <= (\d+)", source, re.S)
+    assert groups, "MatmulTask::on_tensor_cores no longer caps the column groups"
+    assert tiling.MMA_TILE_COLUMNS == int(groups.group(1)) * 8
