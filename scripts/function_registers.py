@@ -1,8 +1,10 @@
-"""The highest register each function of the megakernel touches, from a built runtime, in
-seconds (test_ptxas compiles for minutes). ptxas allocates registers across the megakernel's
-internal calls, so an out-of-line task path that needs more registers makes its callers, the
-workers, spill what they hold across the call (session 20: by_columns_mma at 249 where main
-had 217 cost the workers 104 spilled bytes each and the batch-1 step about 20 µs).
+"""The highest register each function of the megakernel touches, and its local-memory
+instructions (STL/LDL: spills and stack arrays), from a built runtime, in seconds (test_ptxas
+compiles for minutes): equal counts in the workers against main's build mean no new spills.
+ptxas allocates registers across the megakernel's internal calls, so an out-of-line task
+path that needs more registers makes its callers, the workers, spill what they hold across
+the call (session 20: by_columns_mma at 249 where main had 217 cost the workers 104 spilled
+bytes each and the batch-1 step about 20 µs).
 
     python scripts/function_registers.py build/DIR/libjax_mpk_runtime.so [more .so] [--match mma]
 
@@ -36,8 +38,9 @@ def function_ranges(cubin: Path) -> list[tuple[int, int, str]]:
     return sorted(ranges)
 
 
-def highest_registers(so: str) -> dict[str, tuple[int, int]]:
-    """name -> (highest register index used, code bytes) for every function of the kernel."""
+def highest_registers(so: str) -> dict[str, tuple[int, int, int]]:
+    """name -> (highest register index used, STL + LDL instructions, code bytes) for every
+    function of the kernel."""
     tool = cuda_tool("cuobjdump")
     assert tool, "cuobjdump is neither on PATH nor in an nvidia-cuda-cuobjdump wheel"
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,6 +52,7 @@ def highest_registers(so: str) -> dict[str, tuple[int, int]]:
     start = sass.index("Function : _ZN3mpk10megakernel")
     end = sass.find("Function :", start + 1)
     highest: dict[str, int] = {}
+    local: dict[str, int] = {}
     for m in INSTRUCTION.finditer(sass[start:end if end > 0 else None]):
         registers = [int(r) for r in re.findall(r"\bR(\d+)\b", m.group(2))]
         if not registers:
@@ -57,8 +61,9 @@ def highest_registers(so: str) -> dict[str, tuple[int, int]]:
         for first, size, name in ranges:
             if first <= address < first + size:
                 highest[name] = max(highest.get(name, 0), max(registers))
+                local[name] = local.get(name, 0) + bool(re.search(r"\b(STL|LDL)\b", m.group(2)))
                 break
-    return {name: (highest.get(name, -1), size) for _, size, name in ranges}
+    return {name: (highest.get(name, -1), local.get(name, 0), size) for _, size, name in ranges}
 
 
 def main() -> None:
@@ -68,10 +73,10 @@ def main() -> None:
     parser.add_argument("--match", default="", help="only functions whose mangled name holds this")
     args = parser.parse_args()
     for so in args.runtimes:
-        print(f"== {so}: highest register, code bytes, function")
-        for name, (register, size) in sorted(highest_registers(so).items()):
+        print(f"== {so}: highest register, local-memory instructions, code bytes, function")
+        for name, (register, local, size) in sorted(highest_registers(so).items()):
             if args.match in name:
-                print(f"{register:5d} {size:9d}  {name[:110]}")
+                print(f"{register:5d} {local:6d} {size:9d}  {name[:100]}")
 
 
 if __name__ == "__main__":
