@@ -52,7 +52,8 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
     if fold_norms:
         fold_norms_into_linears(graph, device)
     if fold_gating:
-        fold_gating_into_linears(graph, device.matmul_tensor_core_rows or None if device else None)
+        tensor_core_rows = device.matmul_tensor_core_rows if device is not None else 0
+        fold_gating_into_linears(graph, tensor_core_rows or None)
     if fuse_attention:
         fuse_decode_attention(graph)
     if fold_appends:
