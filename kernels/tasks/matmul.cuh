@@ -631,6 +631,33 @@ struct MatmulTask {
     return min(p.kn, fit);
   }
 
+  // by_columns_mma's stages of one chunk, for up to kTiles n8 tiles of x's rows: a tile
+  // past `rows` is skipped by a uniform branch, but its predicated loads and mma still take
+  // issue slots, so the loop is instantiated per tile count (at 8 rows the loop for 8 tiles
+  // was 96 instructions a stage, most of them predicated off, 8 warps issuing them between
+  // two barriers for each 4 KiB stage).
+  template <typename T, int kTiles>
+  __device__ __forceinline__ static void mma_stages(float (&acc)[kMmaRows / 8][4], uint4* mine, WeightStream& stream,
+                                                    const uint4* row, const uint32_t* x, int x_step, int stride,
+                                                    unsigned stages, int rows) {
+    for (unsigned j = 0; j < stages; ++j, x += x_step) {
+      if (j >= stream.steps) mine[(j % kStages) * kWorkerThreads] = make_uint4(0, 0, 0, 0);
+      wait_copies<kStages - 2>();  // load j has landed (load j + kStages - 1 is not issued yet)
+      __syncthreads();             // every thread's load j and x, and every warp done with stage j - 1
+      issue(mine, stream, j + kStages - 1);  // into stage j - 1's slot
+      uint32_t a[4];
+      load_matrices_transposed(a, row + (j % kStages) * kWorkerThreads);
+      // B: rows group (+ 8t) of x at k and k + 8, two pairs each (this lane's 2 pair).
+#pragma unroll
+      for (int t = 0; t < kTiles; ++t) {
+        if (kTiles == 1 || t * 8 < rows) {  // uniform
+          const float* xt = reinterpret_cast<const float*>(x + t * 8 * stride);
+          mma_16x8x16<T>(acc[t], a, __float_as_uint(load_shared_f32(xt)), __float_as_uint(load_shared_f32(xt + 4)));
+        }
+      }
+    }
+  }
+
   // by_columns on tensor cores: out^T = w^T x^T, one m16n8k16 tile per 16 columns, 16 k and
   // 8 rows of x, so that M = 8 wastes nothing. The weights stream through the same ring,
   // whose stage j is rows k0 + j * slices + [0, slices) by the tile's columns, 16 bytes a
@@ -682,23 +709,16 @@ struct MatmulTask {
         prologue(mine, stream, issued);
         stage_pairs<T>(ctx, p, x_b, m0, rows, kc0, kc, kc_pad, pairs);
         ctx.mark(0);
-        for (unsigned j = 0; j < stages; ++j) {
-          if (j >= stream.steps) mine[(j % kStages) * kWorkerThreads] = make_uint4(0, 0, 0, 0);
-          wait_copies<kStages - 2>();  // load j has landed (load j + kStages - 1 is not issued yet)
-          __syncthreads();             // every thread's load j and x, and every warp done with stage j - 1
-          issue(mine, stream, j + kStages - 1);  // into stage j - 1's slot
-          uint32_t a[4];
-          load_matrices_transposed(a, row + (j % kStages) * kWorkerThreads);
-          // B: rows group (+ 8t) of x at k and k + 8, two pairs each (this lane's 2 pair).
-          const uint32_t* x = pairs + group * stride + (int(j) * share.slices + kstep * 16) / 2 + pair;
-#pragma unroll
-          for (int t = 0; t < kMmaRows / 8; ++t) {
-            if (t * 8 < rows) {  // uniform
-              const float* xt = reinterpret_cast<const float*>(x + t * 8 * stride);
-              mma_16x8x16<T>(acc[t], a, __float_as_uint(load_shared_f32(xt)), __float_as_uint(load_shared_f32(xt + 4)));
-            }
-          }
-        }
+        const uint32_t* x = pairs + group * stride + kstep * 8 + pair;
+        const int x_step = share.slices / 2;  // words of a row per stage
+        if (rows <= 8)
+          mma_stages<T, 1>(acc, mine, stream, row, x, x_step, stride, stages, rows);
+        else if (rows <= 16)
+          mma_stages<T, 2>(acc, mine, stream, row, x, x_step, stride, stages, rows);
+        else if (rows <= 32)
+          mma_stages<T, 4>(acc, mine, stream, row, x, x_step, stride, stages, rows);
+        else
+          mma_stages<T, 8>(acc, mine, stream, row, x, x_step, stride, stages, rows);
       }
       ctx.mark(1);
       // The warps of each column block sum through the ring, as [kstep][column][row]: the
@@ -751,7 +771,8 @@ struct MatmulTask {
   // the block into its own slot, the row ldmatrix asks of it. The warp's loads over its
   // blocks form one sequence kStages - 1 ahead; only its lanes read its slots, so it needs no
   // block barrier. Slots with no load (columns past the tile) are zeroed, as x past k is.
-  template <typename T>
+  // kTiles: n8 tiles of x's rows a pass takes at most (mma_stages says why it is a constant).
+  template <typename T, int kTiles>
   __device__ __noinline__ static void by_k_mma(const TaskContext& caller_ctx, const Problem& caller_p, int b) {
     const TaskContext ctx = caller_ctx;
     const Problem p = caller_p;
@@ -795,7 +816,7 @@ struct MatmulTask {
       for (unsigned q = 0; q < kStages - 1; ++q) issue(q);
       unsigned q = 0;
       for (int i = 0; i < my_blocks; ++i) {
-        float acc[kMmaRows / 16][4] = {};
+        float acc[kTiles][4] = {};
         for (int ks = 0; ks < ksteps; ++ks, ++q) {
           wait_copies<kStages - 2>();  // load q has landed (load q + kStages - 1 is not issued yet)
           __syncwarp();                // every lane's load q, and every lane done with stage q - 1
@@ -804,7 +825,7 @@ struct MatmulTask {
           load_matrices(a, mine + (q % kStages) * kWorkerThreads);
           const uint32_t* x = pairs + group * stride + ks * 8 + pair;
 #pragma unroll
-          for (int t = 0; t < kMmaRows / 16; ++t) {
+          for (int t = 0; t < kTiles; ++t) {
             if (t * 8 < rows) {  // uniform
               const uint32_t* xt = x + t * 8 * stride;
               mma_16x8x16<T>(acc[t], a, __float_as_uint(load_shared_f32(reinterpret_cast<const float*>(xt))),
@@ -815,7 +836,7 @@ struct MatmulTask {
         // acc[t] is out^T's 16 x 8 tile: columns n (+ 8) by rows 2 pair (+ 1) of x's tile t.
         const int n = (warp + i * kWarps) * 16 + group;
 #pragma unroll
-        for (int t = 0; t < kMmaRows / 16; ++t) {
+        for (int t = 0; t < kTiles; ++t) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int m = t * 8 + 2 * pair + e % 2, c = n + e / 2 * 8;
@@ -1152,7 +1173,10 @@ struct MatmulTask {
     if (by_columns_on_tensor_cores<T>(p, b))
       by_columns_mma<T>(ctx, p, b, prefetched);
     else
-      by_k_mma<T>(ctx, p, b);
+      if (p.M <= 8)
+        by_k_mma<T, 1>(ctx, p, b);
+      else
+        by_k_mma<T, kMmaRows / 16>(ctx, p, b);
   }
 
   __device__ static void run(const TaskContext& ctx) {
