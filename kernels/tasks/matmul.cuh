@@ -204,8 +204,8 @@ struct MatmulTask {
     }
   }
 
-  // One staged vector at `at` (8 values of row r) times inv_rms[r] * gain, rounded to the
-  // norm's dtype, in place.
+  // One staged vector at `at` (8 values of one row) times that row's inv_rms and the gains,
+  // rounded to the norm's dtype, in place.
   template <typename T>
   __device__ __forceinline__ static void normalize_vector(uint4* at, float inv, const float (&gain)[8], int norm_dtype) {
     using W = VectorWeights<T>;
@@ -224,7 +224,8 @@ struct MatmulTask {
   // dtype and aligned, a thread loads the gains of kBatch vectors, 16 bytes each, before it
   // uses any: the loads are on the critical path, and a round trip a vector cost a normed
   // linear at batch 8 about 6 of its 30 µs (session 21's timeline). Other scales go a
-  // vector at a time.
+  // vector at a time: unrolled like the packed loop, their 8 scalar loads a vector made each
+  // tensor core function 43 KB longer.
   template <typename T>
   __device__ static void normalize_pairs(const TaskContext& ctx, const Problem& p, int rows, int k0, int kc, int kc_pad,
                                          uint32_t* pairs, float* sums) {
