@@ -76,13 +76,15 @@ DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counte
               descriptor (int32): [B, B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype,
                                    scores_dtype, q_strides[4], k_strides[4], v_strides[4],
                                    out_strides[3], scale (float32 bits), splits]
-              mode 0 (WHOLE): every t in the task's range, out written. mode 1 (PARTIAL): the
-              positions [t_first, t_first + t_count) of split `split`; its row max m[g], sum
-              l[g] of exp(s - m) and acc[g, :] = sum exp(s - m) v go to partials record
-              b * splits + split, float32 [G] m, [G] l, [G, Dv] acc; with counters (uint64 task
-              counters, one per b), it then adds 1 to counter b, and the split that brings it
-              to splits x (iteration + 1) merges b as MERGE does. mode 2 (MERGE): out from the
-              `splits` records of each b (a split past the extent has m = -inf, l = 0).
+              mode 0 (WHOLE): every t in the task's range, out written. mode 1 (PARTIAL): split
+              `split`'s share of the live positions, [split * n, (split + 1) * n) below the
+              extent for n = ceil(extent / splits) (t_first, t_count: its share of T, which
+              bounds n and sizes the arena); its row max m[g], sum l[g] of exp(s - m) and
+              acc[g, :] = sum exp(s - m) v go to partials record b * splits + split, float32
+              [G] m, [G] l, [G, Dv] acc; with counters (uint64 task counters, one per b), it
+              then adds 1 to counter b, and the split that brings it to splits x (iteration +
+              1) merges b as MERGE does. mode 2 (MERGE): out from the `splits` records of each
+              b (a split with no live position has m = -inf, l = 0).
 """
 
 from __future__ import annotations

@@ -86,8 +86,9 @@ class DeviceSpec:
     # The same for weights contiguous along k (a tied LM head: MatmulTask::by_k_mma): the
     # 1B step at batch 8 took 3.66 ms with it against 6.55 on CUDA cores (session 19).
     matmul_tensor_core_rows_along_k: int = 8
-    # A decode-attention split holds at least this many cache positions; a cache this long
-    # or shorter is one task per head group, with no merge.
+    # A decode-attention split's share of the cache is at least this many positions (it runs
+    # its share of the live ones); a cache this long or shorter is one task per head group,
+    # with no merge.
     attention_split_positions: int = decode_attention.MIN_POSITIONS
     # The last split of a batch index to finish merges the splits (a task counter each),
     # instead of a merge task one hop later.

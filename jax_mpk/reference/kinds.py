@@ -9,6 +9,7 @@ from jax_mpk.program import TaskKind
 from jax_mpk.reference.memory import RaceError, TaskAccess
 from jax_mpk.task_kinds import (
     ATTENTION_MERGE,
+    ATTENTION_PARTIAL,
     ATTENTION_WHOLE,
     MATMUL_GATE,
     MATMUL_NORM,
@@ -342,7 +343,12 @@ def decode_attention(ctx, dims):
             out = _merged_splits(ctx.load, b * splits, splits, G, Dv)
             ctx.store(0, out_dt, out_at, out.astype(out_dt))
             continue
-        t = np.arange(t0, max(t0, min(t0 + tn, extent)))[:, None]
+        if mode == ATTENTION_PARTIAL:  # the live positions, shared evenly
+            per = -(-extent // splits)
+            first = min(split * per, extent)
+            t = np.arange(first, min(first + per, extent))[:, None]
+        else:
+            t = np.arange(t0, max(t0, min(t0 + tn, extent)))[:, None]
         q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
         k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
         v = ctx.load(4, v_dt, outer * vs[0] + inner * vs[1] + t * vs[2] + dv * vs[3]).astype(F32)

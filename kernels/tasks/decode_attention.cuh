@@ -2,11 +2,13 @@
 // extent, for the G query rows of each batch index b (a head group: GQA, MHA at G = 1, MQA).
 // operands: out, descriptor, q, k, v, extent[, partials[, counters]]; dims: b_first, b_count,
 // t_first, t_count, mode, split (jax_mpk/task_kinds.py). WHOLE runs every position and writes
-// out; PARTIAL runs its split's positions and writes the split's row max m, sum l of exp(s - m)
-// and acc = sum exp(s - m) v to its float32 record; MERGE rescales the records of each b by
-// exp(m - max m) and writes out. With task counters, the last split of each b to finish
-// merges it, one hop earlier than a MERGE task. Float32 throughout; scores round to their
-// dtype first, as the scores matmul they replace stores them.
+// out; PARTIAL runs its split's share of the live positions (ceil(extent / splits) each, in
+// split order: at most ceil(T / splits), which the compiler sized the arena for) and writes
+// the split's row max m, sum l of exp(s - m) and acc = sum exp(s - m) v to its float32
+// record; MERGE rescales the records of each b by exp(m - max m) and writes out. With task
+// counters, the last split of each b to finish merges it, one hop earlier than a MERGE task.
+// Float32 throughout; scores round to their dtype first, as the scores matmul they replace
+// stores them.
 //
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
 // whole, the output [G][Dv]); its last kReduceFloats hold the value pass's per-warp sums.
@@ -122,6 +124,7 @@ struct DecodeAttentionTask {
       }
 #pragma unroll
       for (int u = 0; u < kLoads; ++u) {
+        if (base + u * slots >= n) break;  // uniform: no lane has a row left
         const int t = base + u * slots + slot;
         const T* e = reinterpret_cast<const T*>(&raw[u]);
         for (int g = 0; g < p.G; ++g) {
@@ -338,13 +341,17 @@ struct DecodeAttentionTask {
         merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
         continue;
       }
-      const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
       if (mode == kPartial) {
+        // The live positions, shared evenly: a split's static share of T would leave the splits
+        // past the extent idle and the others with all of it.
+        const int per = (extent + p.splits - 1) / p.splits;
+        const int t0 = min(ctx.desc.dims[5] * per, extent), t1 = min(t0 + per, extent);
         float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
         attend(ctx, p, b, t0, t1, r, r + p.G, r + 2 * p.G);
         if (ctx.desc.num_operands == 8 && last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
           merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
       } else {
+        const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
         float* acc = reinterpret_cast<float*>(ctx.shared) + p.G * (p.D + (t1 - t0));  // [G][Dv]
         __shared__ float m_whole[kMaxRows], l_whole[kMaxRows];
         attend(ctx, p, b, t0, t1, m_whole, l_whole, acc);
