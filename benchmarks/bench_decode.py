@@ -6,8 +6,10 @@ next, as in a decode loop. Each step is timed alone (dispatch, run, wait) and ba
 figure there is its GPU time). Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
-        [--contexts 512,2048] [--json PATH] [--plot PATH] [--timeline DIR] [--host-profile]
-        [--tiling max_split_k=1,...] [--variants "fused_attention=0;prefetch=0"]
+        [--contexts 512,2048] [--fill 0.25] [--json PATH] [--plot PATH] [--timeline DIR]
+        [--host-profile] [--tiling max_split_k=1,...] [--variants "fused_attention=0;prefetch=0"]
+
+`--fill` sets the share of the cache in use at the timed step (default 1: its last position).
 
 `--variants` times more jax_mpk.jit configurations beside, in the same process and on the
 same weights: each is a set of DeviceSpec overrides on top of `--tiling`, and gets its own
@@ -48,6 +50,7 @@ MODELS = {"llama-1b": LLAMA_1B, "qwen3-8b": QWEN3_8B,
 
 TILING: dict[str, int] = {}  # DeviceSpec overrides (--tiling)
 VARIANTS: list[str] = []  # more jax_mpk.jit configurations to time beside (--variants)
+FILL = [1.0]  # the share of the cache in use at the timed step (--fill)
 
 
 def device_spec(**extra) -> DeviceSpec | None:
@@ -73,7 +76,7 @@ def setup(cfg, batch: int, context: int):
     shape = cfg.cache_shape(batch)
     cache = [(jnp.asarray(rng.standard_normal(shape), cfg.dtype),
               jnp.asarray(rng.standard_normal(shape), cfg.dtype)) for _ in range(cfg.layers)]
-    pos = jnp.int32(context - 1)
+    pos = jnp.int32(max(1, round(context * FILL[0])) - 1)
     params = jax.jit(model.init)(jax.random.key(0), tokens, cache, pos)
     return model, params, tokens, cache, pos
 
@@ -89,7 +92,8 @@ def measure(name: str, batch: int, context: int, hbm: float | None, repeats: int
 
     expected, _ = reference(params, tokens, fresh_cache(), pos)
     got, _ = ours(params, tokens, fresh_cache(), pos)
-    row = {"model": name, "batch": batch, "context": context, "weight_bytes": weight_bytes,
+    row = {"model": name, "batch": batch, "context": context, "position": int(pos),
+           "weight_bytes": weight_bytes,
            "logits_relative_l2": relative_error(got, expected)}
     floor_ms = weight_bytes / hbm * 1e3 if hbm else None  # bytes moved / copy rate
     row["floor_ms"] = floor_ms
@@ -133,7 +137,8 @@ def print_row(row: dict) -> None:
         return f"{r['fraction_of_hbm']:5.2f}" if r["fraction_of_hbm"] else "  -  "
 
     floor = f"{row['floor_ms']:7.3f}" if row["floor_ms"] else "    -  "
-    print(f"{row['model']:9} b{row['batch']:<3} ctx {row['context']:5} "
+    at = "" if row["position"] == row["context"] - 1 else f" at {row['position']}"
+    print(f"{row['model']:9} b{row['batch']:<3} ctx {row['context']:5}{at} "
           f"{row['weight_bytes'] / 1e9:6.2f} GB floor {floor} ms | jax.jit "
           f"{row['jax.jit']['ms']:8.3f} ms {fraction(row['jax.jit'])} | jax_mpk.jit "
           f"{row['jax_mpk.jit']['ms']:8.3f} ms {fraction(row['jax_mpk.jit'])} | "
@@ -264,6 +269,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1")
     parser.add_argument("--contexts", default="512")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--fill", type=float, default=1.0,
+                        help="share of the cache in use: the step's position is its last")
     parser.add_argument("--json")
     parser.add_argument("--plot")
     parser.add_argument("--timeline", help="profile the first case; write its files here")
@@ -273,6 +280,7 @@ def main() -> None:
                         help="more DeviceSpec overrides to time beside, ';' between them")
     args = parser.parse_args()
     TILING.update(parse_tiling(args.tiling))
+    FILL[0] = args.fill
     VARIANTS.extend(v for v in args.variants.split(";") if v)
     cases = [(m, int(b), int(c)) for m in args.models.split(",")
              for b in args.batches.split(",") for c in args.contexts.split(",")]
