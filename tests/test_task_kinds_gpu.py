@@ -262,6 +262,21 @@ def test_matmul_on_tensor_cores_along_k(m, k, n, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", list(FLOATS))
+@pytest.mark.parametrize("k, n", [(2048, 1000), (2048, 30000), (4096, 2000), (2600, 24), (999, 33),
+                                  (56, 40)])
+def test_matmul_along_k_from_one_row(k, n, dtype):
+    """One row of x against weights contiguous along k, on CUDA cores (a batch-1 tied LM
+    head): the deep ring where x is at most 2048 floats, the default ring past it (4096 x
+    2000 on the GPU), split K into ragged chunks (2600 x 24), k not whole 16-byte loads (999:
+    the scalar tail), few columns (56 x 40)."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(k + n)
+    x, table = normal(rng, (1, k), dtype), normal(rng, (n, k), dtype, k ** -0.5)
+    r = normal(rng, (1, n), dtype)
+    check(lambda x, table, r: x @ table.T + r, x, table, r, dtype=dtype, kinds=[TaskKind.MATMUL])
+
+
+@pytest.mark.parametrize("dtype", list(FLOATS))
 @pytest.mark.parametrize("k, n", [(1, 1), (3, 17), (17, 3), (999, 24), (4096, 64)])
 @pytest.mark.parametrize("m", [1, 3])
 def test_matmul_ragged_and_split_k(m, k, n, dtype):
