@@ -266,9 +266,8 @@ def test_matmul_on_tensor_cores_along_k(m, k, n, dtype, device):
                                   (56, 40)])
 def test_matmul_along_k_from_one_row(k, n, dtype):
     """One row of x against weights contiguous along k, on CUDA cores (a batch-1 tied LM
-    head): the deep ring where x is at most 2048 floats, the default ring past it (4096 x
-    2000 on the GPU), split K into ragged chunks (2600 x 24), k not whole 16-byte loads (999:
-    the scalar tail), few columns (56 x 40)."""
+    head, by_k_pipelined): all of k a task (2048, 4096 on the GPU), split K into ragged chunks
+    (2600 x 24), k not whole 16-byte loads (999: the scalar tail), few columns (56 x 40)."""
     dtype = FLOATS[dtype]
     rng = np.random.default_rng(k + n)
     x, table = normal(rng, (1, k), dtype), normal(rng, (n, k), dtype, k ** -0.5)
