@@ -23,6 +23,7 @@ def test_bench_decode_sweeps_models_batches_and_contexts(tmp_path):
                     "--json", str(out)], check=True, timeout=600, cwd=tmp_path)
     cases = json.loads(out.read_text())["cases"]
     assert [(c["batch"], c["context"]) for c in cases] == [(1, 16), (1, 24), (3, 16), (3, 24)]
+    assert all(c["position"] == c["context"] - 1 for c in cases)  # the cache's last
     for c in cases:
         assert c["logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
         for label in ("jax.jit", "jax_mpk.jit"):
@@ -30,13 +31,15 @@ def test_bench_decode_sweeps_models_batches_and_contexts(tmp_path):
 
 
 def test_bench_decode_times_variants_beside(tmp_path):
+    """Variants timed beside the default, with a quarter of the cache in use (--fill)."""
     out = tmp_path / "decode.json"
     variants = ["fused_attention=0", "prefetch=0,fold_norms=0"]
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--models",
-                    "tiny", "--contexts", "128", "--repeats", "1", "--variants",
-                    ";".join(variants), "--json", str(out)], check=True, timeout=600,
-                   cwd=tmp_path)
+                    "tiny", "--contexts", "128", "--fill", "0.25", "--repeats", "1",
+                    "--variants", ";".join(variants), "--json", str(out)], check=True,
+                   timeout=600, cwd=tmp_path)
     (case,) = json.loads(out.read_text())["cases"]
+    assert case["position"] == 31
     for text in variants:
         variant = case[f"jax_mpk.jit {text}"]
         assert variant["logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
