@@ -45,6 +45,12 @@ struct MatmulTask {
   static constexpr int kStages = 16;
   static_assert((kPartials + kStagedX) * 4 + kStages * kWorkerThreads * 16 <= kTaskSharedBytes,
                 "matmul's shared memory exceeds the task arena");
+  // by_k_buffered: loads a lane takes a column, columns in the ring, and the floats of x
+  // below it (k = kColumnLoads * 32 * V <= kBufferedX).
+  static constexpr int kColumnLoads = 8, kBufferedColumns = 3, kBufferedX = 2048;
+  static_assert((kPartials + kBufferedX) * 4 + kBufferedColumns * kColumnLoads * kWorkerThreads * 16 <=
+                    kTaskSharedBytes,
+                "by_k_buffered's ring exceeds the task arena");
 
   // The task arena (ctx.shared): partial sums, staged x, then the weight ring.
   struct Shared {
@@ -923,6 +929,9 @@ struct MatmulTask {
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int kc_max = chunk_of(p, rows, 32 * V);
     if constexpr (Weights::kAsync) {
+      if constexpr (rows == 1 && sizeof(typename Weights::Elem) == 2) {
+        if (p.kn == kColumnLoads * 32 * V) return by_k_buffered<Weights>(ctx, p, b, sh);
+      }
       if (kc_max >= p.kn) return by_k_pipelined<Weights, rows>(ctx, p, b, sh, L);
     }
     for (int m0 = 0; m0 < p.M; m0 += rows) {
@@ -980,6 +989,59 @@ struct MatmulTask {
       float sum = acc[r];
       for (int offset = L / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
       if (owner) store(p, b, m0 + r, n, sum);
+    }
+  }
+
+  // by_k at one row of x where each lane of a column's 32 takes exactly kColumnLoads loads
+  // (k = 2048 at 16-bit weights: a batch-1 tied LM head of a 2048-wide model). A warp's next
+  // columns are in flight whole, one copy group a column, kBufferedColumns - 1 ahead of the
+  // one it sums, and every address is the column's plus a constant, so that a load costs its
+  // sums and little else: by_k_pipelined's load-by-load sequence took about 70 instructions
+  // a 16-byte load, and the 1B step's batch-1 LM head streamed at 0.58 of an SM's share of
+  // the copy rate, bound by its 8 warps' issue (session 12's ncu; a deeper ring, 23 loads a
+  // thread in flight against 15, gained nothing: session 22). This loop: the 1B step 67 µs
+  // faster at batch 1 (session 23).
+  template <typename Weights>
+  __device__ static void by_k_buffered(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
+    using T = typename Weights::Elem;
+    constexpr int V = Weights::kWidth, kAlong = 32 * V;  // a column's k per load, all lanes
+    const int lane = ctx.thread % 32, warp = ctx.thread / 32;
+    const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
+    const int columns = warp < p.nn ? (p.nn - warp + kWarps - 1) / kWarps : 0;  // warp-uniform
+    const int live_rows = min(1, max(0, p.live_rows));
+    stage_x(ctx, p, x_b, 0, live_rows, p.k0, p.kn, sh.staged);
+    auto live = [&](int column) {
+      const int c = warp + column * kWarps;
+      return c < p.nn && p.n0 + c < p.live_end && live_rows > 0;
+    };
+    const T* w_first = reinterpret_cast<const T*>(p.w) + w_b + int64_t(p.n0 + warp) * p.ws[3] + p.k0 + lane * V;
+    const int64_t column_stride = int64_t(kWarps) * p.ws[3];
+    uint4* ring = reinterpret_cast<uint4*>(ctx.shared + (kPartials + kBufferedX) * 4) + ctx.thread;
+    auto slots = [&](int column) { return ring + column % kBufferedColumns * kColumnLoads * kWorkerThreads; };
+    auto issue = [&](int column) {  // the column-th of this warp's columns, as one group
+      if (column < columns && live(column)) {
+        const T* w = w_first + column * column_stride;
+        uint4* slot = slots(column);
+#pragma unroll
+        for (int j = 0; j < kColumnLoads; ++j) copy16_async(slot + j * kWorkerThreads, w + j * kAlong);
+      }
+      commit_copies();
+    };
+#pragma unroll
+    for (int column = 0; column < kBufferedColumns - 1; ++column) issue(column);
+    const float* xk = sh.staged + lane * V;
+    for (int column = 0; column < columns; ++column) {
+      issue(column + kBufferedColumns - 1);
+      wait_copies<kBufferedColumns - 1>();
+      float even[1] = {}, odd[1] = {};  // two chains of sums
+      if (live(column)) {
+        const uint4* slot = slots(column);
+#pragma unroll
+        for (int j = 0; j < kColumnLoads; ++j)
+          dot<1, Weights>(j % 2 ? odd : even, load_shared16(slot + j * kWorkerThreads), 1, xk + j * kAlong, 0);
+      }
+      even[0] += odd[0];
+      store_column<1>(p, even, b, 0, p.n0 + warp + column * kWarps, 32, lane == 0 && warp + column * kWarps < p.nn);
     }
   }
 
