@@ -216,7 +216,8 @@ def _tensor_core_device(device, rows):
 @pytest.mark.parametrize("device", list(DEVICES))
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 @pytest.mark.parametrize("m, k, n", [(8, 200, 136), (16, 2048, 128), (33, 999, 40), (64, 130, 24),
-                                     (100, 64, 1000), (8, 8192, 2048), (8, 6000, 2048), (24, 8192, 2048)])
+                                     (100, 64, 1000), (8, 8192, 2048), (8, 6000, 2048),
+                                     (24, 8192, 2048)])
 def test_matmul_on_tensor_cores(m, k, n, dtype, device):
     """DeviceSpec.matmul_tensor_core_rows: ragged rows (two passes of 64 at 100), k (partial
     ring stages, several staged chunks of x: at 8 x 8192, the 1B step's down projection, 8 x
