@@ -57,7 +57,7 @@ def device_spec(**extra) -> DeviceSpec | None:
     """The GPU's DeviceSpec with the --tiling overrides; None (jax_mpk's default) on a CPU."""
     if not has_gpu():
         return None
-    return DeviceSpec.of_cuda_device(runtime.device_info(), **TILING, **extra)
+    return DeviceSpec.of_cuda_device(runtime.device_info(), **{**TILING, **extra})
 
 
 def has_gpu() -> bool:

@@ -44,3 +44,17 @@ def test_bench_decode_times_variants_beside(tmp_path):
         variant = case[f"jax_mpk.jit {text}"]
         assert variant["logits_relative_l2"] < TOLERANCE[np.dtype(jnp.bfloat16)]
         assert np.isfinite(variant["ms"]) and np.isfinite(variant["back_to_back_ms"])
+
+
+def test_a_variant_overrides_what_tiling_set(monkeypatch):
+    """Variants go on top of --tiling, the same key included (an A/B of a flag that --tiling
+    turned off for every runtime: session 23 found it raised)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as the script sees its siblings
+    from benchmarks import bench_decode
+
+    monkeypatch.setattr(bench_decode, "has_gpu", lambda: True)
+    monkeypatch.setattr(bench_decode.runtime, "device_info",
+                        lambda: {"sm_count": 132, "shared_memory_per_block": 232448})
+    monkeypatch.setattr(bench_decode, "TILING", {"prefetch": 0, "fold_norms": 0})
+    spec = bench_decode.device_spec(prefetch=1)
+    assert spec.prefetch and not spec.fold_norms and spec.sm_count == 132
