@@ -24,6 +24,7 @@
 #   sweep      bench_decode.py's whole table (Qwen3-8B, batches 1/8/32, contexts 512/2048)
 #
 # Usage: [PREBUILT_RUNTIME=dir/libjax_mpk_runtime.so] bash scripts/gpu_check.sh PART...
+# SKIP_INSTALL=1 tests what is installed (e.g. after scripts/ab_decode.sh: its last runtime).
 # e.g. `bash scripts/gpu_check.sh runtime bench sanitizer endurance`. With no PART: runtime
 # bench sanitizer. A test part takes a -k expression after a colon: `matmul:"ragged"`.
 # BASELINE_RUNTIME=path (carried) reruns bench_kinds on that build too; KINDS_ONLY=name,...
@@ -132,7 +133,7 @@ run_part() {
   esac
 }
 
-install
+[ -n "${SKIP_INSTALL:-}" ] || install
 [ $# -eq 0 ] && set -- runtime bench sanitizer
 for part in "$@"; do run_part "$part"; done
 exit $status
