@@ -7,6 +7,13 @@ the call (session 20: by_columns_mma at 249 where main had 217 cost the workers 
 bytes each and the batch-1 step about 20 µs).
 
     python scripts/function_registers.py build/DIR/libjax_mpk_runtime.so [more .so] [--match mma]
+    python scripts/function_registers.py OLD.so NEW.so --lines run_static_worker
+
+--lines NAME counts the local-memory instructions of the functions whose name holds NAME by
+their innermost source line, side by side for each build (lines that moved between two builds
+show as two rows): session 24 found main's static worker's 568 nearly all in stack arrays (the
+elementwise interpreter's registers, dynamic_box's starts, the sequence's), not in the
+matmul's paths.
 
 Needs cuobjdump (the nvidia-cuda-cuobjdump wheel brings it: `pip install
 nvidia-cuda-cuobjdump`) and readelf.
@@ -15,6 +22,7 @@ nvidia-cuda-cuobjdump`) and readelf.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import subprocess
@@ -23,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from sass import INSTRUCTION, cuda_tool  # noqa: E402
+from sass import INSTRUCTION, cuda_tool, located_instructions, opcode  # noqa: E402
 
 
 def function_ranges(cubin: Path) -> list[tuple[int, int, str]]:
@@ -66,12 +74,39 @@ def highest_registers(so: str) -> dict[str, tuple[int, int, int]]:
     return {name: (highest.get(name, -1), local.get(name, 0), size) for _, size, name in ranges}
 
 
+def local_memory_lines(so: str, match: str) -> collections.Counter:
+    """(opcode, 'file:line') -> count of the STL/LDL instructions of the functions whose name
+    holds `match`, by the innermost line of their chain of inlined calls."""
+    tool = cuda_tool("cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([tool, "-xelf", "all", os.path.abspath(so)], cwd=tmp, check=True,
+                       capture_output=True)
+        ranges = [r for r in function_ranges(next(Path(tmp).glob("megakernel*.sm_90a.cubin")))
+                  if match in r[2]]
+    counts = collections.Counter()
+    for address, chain, sass in located_instructions(so):
+        op = opcode(sass).split(".")[0]
+        inside = any(first <= address < first + size for first, size, _ in ranges)
+        if op in ("STL", "LDL") and inside:
+            counts[op, f"{os.path.basename(chain[0][0])}:{chain[0][1]}" if chain else "?"] += 1
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runtimes", nargs="+")
     parser.add_argument("--match", default="", help="only functions whose mangled name holds this")
+    parser.add_argument("--lines", metavar="NAME",
+                        help="local-memory instructions by source line in functions holding NAME")
     args = parser.parse_args()
+    if args.lines:
+        counts = [local_memory_lines(so, args.lines) for so in args.runtimes]
+        names = [os.path.basename(os.path.dirname(so)) or so for so in args.runtimes]
+        print("  ".join(f"{name:>8}" for name in names), " op  line")
+        for key in sorted(set().union(*counts), key=lambda k: -max(c[k] for c in counts)):
+            print("  ".join(f"{c[key]:8d}" for c in counts), f" {key[0]}  {key[1]}")
+        return
     for so in args.runtimes:
         print(f"== {so}: highest register, local-memory instructions, code bytes, function")
         for name, (register, local, size) in sorted(highest_registers(so).items()):
