@@ -1005,6 +1005,7 @@ struct MatmulTask {
   __device__ static void by_k_buffered(const TaskContext& ctx, const Problem& p, int b, const Shared& sh) {
     using T = typename Weights::Elem;
     constexpr int V = Weights::kWidth, kAlong = 32 * V;  // a column's k per load, all lanes
+    static_assert(kColumnLoads * kAlong <= kBufferedX, "by_k_buffered's x outgrows its room below the ring");
     const int lane = ctx.thread % 32, warp = ctx.thread / 32;
     const int64_t x_b = b / p.B1 * p.xs[0] + b % p.B1 * p.xs[1], w_b = b / p.B1 * p.ws[0] + b % p.B1 * p.ws[1];
     const int columns = warp < p.nn ? (p.nn - warp + kWarps - 1) / kWarps : 0;  // warp-uniform
