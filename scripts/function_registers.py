@@ -46,17 +46,22 @@ def function_ranges(cubin: Path) -> list[tuple[int, int, str]]:
     return sorted(ranges)
 
 
-def highest_registers(so: str) -> dict[str, tuple[int, int, int]]:
-    """name -> (highest register index used, STL + LDL instructions, code bytes) for every
-    function of the kernel."""
+def runtime_ranges(so: str) -> list[tuple[int, int, str]]:
+    """function_ranges of the megakernel's sm_90a cubin inside a built runtime library."""
     tool = cuda_tool("cuobjdump")
     assert tool, "cuobjdump is neither on PATH nor in an nvidia-cuda-cuobjdump wheel"
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([tool, "-xelf", "all", os.path.abspath(so)], cwd=tmp, check=True,
                        capture_output=True)
-        cubin = next(Path(tmp).glob("megakernel*.sm_90a.cubin"))
-        ranges = function_ranges(cubin)
-    sass = subprocess.run([tool, "-sass", so], capture_output=True, text=True, check=True).stdout
+        return function_ranges(next(Path(tmp).glob("megakernel*.sm_90a.cubin")))
+
+
+def highest_registers(so: str) -> dict[str, tuple[int, int, int]]:
+    """name -> (highest register index used, STL + LDL instructions, code bytes) for every
+    function of the kernel."""
+    ranges = runtime_ranges(so)
+    sass = subprocess.run([cuda_tool("cuobjdump"), "-sass", so], capture_output=True, text=True,
+                          check=True).stdout
     start = sass.index("Function : _ZN3mpk10megakernel")
     end = sass.find("Function :", start + 1)
     highest: dict[str, int] = {}
@@ -77,12 +82,7 @@ def highest_registers(so: str) -> dict[str, tuple[int, int, int]]:
 def local_memory_lines(so: str, match: str) -> collections.Counter:
     """(opcode, 'file:line') -> count of the STL/LDL instructions of the functions whose name
     holds `match`, by the innermost line of their chain of inlined calls."""
-    tool = cuda_tool("cuobjdump")
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([tool, "-xelf", "all", os.path.abspath(so)], cwd=tmp, check=True,
-                       capture_output=True)
-        ranges = [r for r in function_ranges(next(Path(tmp).glob("megakernel*.sm_90a.cubin")))
-                  if match in r[2]]
+    ranges = [r for r in runtime_ranges(so) if match in r[2]]
     counts = collections.Counter()
     for address, chain, sass in located_instructions(so):
         op = opcode(sass).split(".")[0]
