@@ -12,10 +12,10 @@
 #              sanitize_decode.py (about 25 s)
 #   endurance  10,000 tiny decode steps; the 1B step's peak memory under each jit
 #   loop       examples/decode_loop.py at the Llama-3.2-1B size, both jits' tokens/s
-#   matmul     test_task_kinds_gpu.py -k "matmul or float32_step" (about 250 s)
+#   matmul     test_task_kinds_gpu.py -k "matmul or float32_step" (about 250 s in one process)
 #   kinds      the rest of test_task_kinds_gpu.py (reduce, elementwise, gathers, slices,
 #              model steps, the decode loop: about 150 s)
-#   attention  test_decode_attention.py (about 270 s)
+#   attention  test_decode_attention.py (about 270 s in one process)
 #   folds      test_cache_append, test_sequence, test_gating_linear, test_norm_linear
 #   nvshmem    test_nvshmem_gpu.py, nvshmem_two_pes.py, tp_decode_two_pes.py (an NVSHMEM
 #              runtime; about 60 s)
@@ -52,6 +52,12 @@ install() {
   $PY -c "import jax, jax_mpk.runtime as r; print(jax.devices(), r.device_info(), r.extension().build_info())"
 }
 
+# The test parts whose cases are independent (matmul, kinds, attention, folds) run on
+# GPU_TEST_WORKERS processes through pytest-xdist (in the image): their time is mostly tracing
+# and compiling on the host's 16 cores. 0: one process.
+parallel=()
+[ "${GPU_TEST_WORKERS:-6}" -gt 0 ] && parallel=(-n "${GPU_TEST_WORKERS:-6}")
+
 # pytest NAME LIMIT ARGS...: -m gpu, one line a test (-v), so the counts survive a cut.
 pytest_part() {
   local name=$1 limit=$2
@@ -71,12 +77,12 @@ run_part() {
       pytest_part runtime 200 tests/test_runtime_gpu.py ${k:+-k "$k"}
       XLA_FLAGS=--xla_gpu_enable_command_buffer= pytest_part runtime_no_command_buffers 90 \
         tests/test_runtime_gpu.py -k "jit or watchdog" ;;
-    matmul) pytest_part matmul 330 tests/test_task_kinds_gpu.py -k "${k:-matmul or float32_step}" ;;
-    kinds) pytest_part kinds 300 tests/test_task_kinds_gpu.py -k "${k:-not matmul and not float32_step}" ;;
-    attention) pytest_part attention 330 tests/test_decode_attention.py ${k:+-k "$k"} ;;
+    matmul) pytest_part matmul 330 "${parallel[@]}" tests/test_task_kinds_gpu.py -k "${k:-matmul or float32_step}" ;;
+    kinds) pytest_part kinds 300 "${parallel[@]}" tests/test_task_kinds_gpu.py -k "${k:-not matmul and not float32_step}" ;;
+    attention) pytest_part attention 330 "${parallel[@]}" tests/test_decode_attention.py ${k:+-k "$k"} ;;
     folds)
-      pytest_part folds 200 tests/test_cache_append.py tests/test_sequence.py tests/test_gating_linear.py \
-        tests/test_norm_linear.py ${k:+-k "$k"} ;;
+      pytest_part folds 200 "${parallel[@]}" tests/test_cache_append.py tests/test_sequence.py \
+        tests/test_gating_linear.py tests/test_norm_linear.py ${k:+-k "$k"} ;;
     nvshmem)
       pytest_part nvshmem 120 tests/test_nvshmem_gpu.py
       timeout 90 $PY scripts/nvshmem_two_pes.py > "$OUT/nvshmem_two_pes.log" 2>&1; tail -2 "$OUT/nvshmem_two_pes.log"
