@@ -40,13 +40,17 @@ for spec in "$@"; do
   name=$((++run))_$(basename "$dir")
   tree=$here
   [ -d "$dir/tree" ] && tree=$(realpath "$dir/tree")
+  started=$SECONDS
   if [ "$tree" != "$installed_tree" ]; then
     install "$tree" "$dir/libjax_mpk_runtime.so" "$run"
     installed_tree=$tree
+    echo "(installed $tree in $((SECONDS - started)) s)"
   fi
   cp "$dir/libjax_mpk_runtime.so" "$installed"
+  benched=$SECONDS
   # shellcheck disable=SC2086
   (cd "$tree" && timeout $limit $PY benchmarks/bench_decode.py $args "${variants[@]}") \
     > "$OUT/decode_$name.log" 2>&1
-  echo "== $name"; grep -E "llama|qwen|tiny|back to back|kernel|variant|rror" "$OUT/decode_$name.log" | head -12
+  echo "== $name ($((SECONDS - benched)) s)"
+  grep -E "llama|qwen|tiny|back to back|kernel|variant|rror" "$OUT/decode_$name.log" | head -12
 done

@@ -9,6 +9,10 @@ bytes each and the batch-1 step about 20 µs).
     python scripts/function_registers.py build/DIR/libjax_mpk_runtime.so [more .so] [--match mma]
     python scripts/function_registers.py OLD.so NEW.so --lines run_static_worker
 
+A function listed for some of the builds only was inlined in the others: nvcc's choice moves
+with the size of the code around it (session 25: the float32 or float16 matmul dispatch out
+of line, and the workers' local-memory instructions 568 -> 750-920).
+
 --lines NAME counts the local-memory instructions of the functions whose name holds NAME by
 their innermost source line, side by side for each build (lines that moved between two builds
 show as two rows): session 24 found main's static worker's 568 nearly all in stack arrays (the
@@ -107,11 +111,16 @@ def main() -> None:
         for key in sorted(set().union(*counts), key=lambda k: -max(c[k] for c in counts)):
             print("  ".join(f"{c[key]:8d}" for c in counts), f" {key[0]}  {key[1]}")
         return
-    for so in args.runtimes:
+    tables = [highest_registers(so) for so in args.runtimes]
+    for so, table in zip(args.runtimes, tables, strict=True):
         print(f"== {so}: highest register, local-memory instructions, code bytes, function")
-        for name, (register, local, size) in sorted(highest_registers(so).items()):
+        for name, (register, local, size) in sorted(table.items()):
             if args.match in name:
                 print(f"{register:5d} {local:6d} {size:9d}  {name[:100]}")
+    for name in sorted(set().union(*tables)):
+        builds = [so for so, table in zip(args.runtimes, tables, strict=True) if name in table]
+        if args.match in name and len(builds) < len(tables):
+            print(f"a function of its own only in {', '.join(builds)}: {name[:100]}")
 
 
 if __name__ == "__main__":
