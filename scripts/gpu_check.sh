@@ -53,8 +53,9 @@ install() {
 }
 
 # The test parts whose cases are independent (matmul, kinds, attention, folds) run on
-# GPU_TEST_WORKERS processes through pytest-xdist (in the image): their time is mostly tracing
-# and compiling on the host's 16 cores. 0: one process.
+# GPU_TEST_WORKERS processes through pytest-xdist (in the image): their cases are small, so most
+# of their time should be tracing and compiling on the host's 16 cores (not yet measured).
+# 0: one process.
 parallel=()
 [ "${GPU_TEST_WORKERS:-6}" -gt 0 ] && parallel=(-n "${GPU_TEST_WORKERS:-6}")
 
