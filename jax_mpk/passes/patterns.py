@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from jax_mpk.ir import Graph, Op, Role, Tensor
-from jax_mpk.passes.dataflow import is_plain_copy
+from jax_mpk.passes.dataflow import Links, is_plain_copy
 from jax_mpk.task_kinds import Opcode, Reducer
 from jax_mpk.tiling import _stream_x, op_dependencies
 
@@ -102,28 +102,24 @@ def _epilogue_kind(other: Tensor, matmul: Op) -> str | None:
 def fold_output_copies(graph: Graph) -> None:
     """A matmul whose result only a plain copy reads (a transpose into the layout the next
     op wants, as attention's values take) writes straight into the copy's destination."""
-    readers = _readers(graph)
-    outputs = {id(t.buffer) for t in graph.outputs}
+    links = Links(graph)
     for copy in list(graph.ops):
         if not is_plain_copy(copy):
             continue
         (src,), (dst,) = copy.inputs, copy.outputs
-        writers = [op for op in graph.ops if any(t.buffer is src.buffer for t in op.outputs)]
-        if len(writers) != 1 or writers[0].kind != "matmul":
-            continue
-        matmul = writers[0]
-        out = matmul.outputs[0]
-        if ("residual" in matmul.attrs or "out_strides" in matmul.attrs or not _whole(out)
-                or len(readers.get(id(out.buffer), [])) != 1 or id(out.buffer) in outputs
-                or out.buffer.role is not Role.INTERMEDIATE or src.size != out.size):
+        matmul = links.sole_writer(src, [copy])
+        if (matmul is None or matmul.kind != "matmul" or "residual" in matmul.attrs
+                or "out_strides" in matmul.attrs or src.size != matmul.outputs[0].size):
             continue
         strides = _copied_strides(matmul.attrs, src, dst)
         at, end = graph.ops.index(matmul), graph.ops.index(copy)
         if strides is None or any(t.overlaps(dst) for op in graph.ops[at + 1:end]
                                   for t in op.inputs + op.outputs):
             continue
+        links.swap([matmul, copy], [])
         matmul.outputs = [dst]
         matmul.attrs["out_strides"] = strides
+        links.swap([], [matmul])
         graph.ops.remove(copy)
 
 
