@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import inspect
 import sys
 
 import jax
 import numpy as np
 
 from jax_mpk import passes, reference, tensor_parallel
-from jax_mpk.frontend import build_graph
+from jax_mpk.frontend import UnsupportedError, build_graph
 from jax_mpk.program import TaskKind
 from jax_mpk.report import report
 from jax_mpk.tensor_parallel import TensorParallel
@@ -20,11 +21,13 @@ from jax_mpk.tiling import STEP_TASK_KINDS, CompiledProgram, DeviceSpec, compile
 BACKENDS = ("auto", "megakernel", "reference")
 
 
-def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
-        device: DeviceSpec | None = None, schedule: str = "static",
-        tensor_parallel: TensorParallel | None = None):
+def jit(fn=None, *, static_argnums=(), static_argnames=(), donate_argnums=(),
+        donate_argnames=(), backend: str = "auto", device: DeviceSpec | None = None,
+        schedule: str = "static", tensor_parallel: TensorParallel | None = None):
     """Like jax.jit(fn); backend "reference" runs the program with the numpy executor.
 
+    Arguments are passed as to jax.jit's function, positionally or by keyword; static and
+    donated ones are named by position or by name (jax.jit's four *_argnums/_argnames).
     schedule: "static" (compiled per-worker task lists) or "dynamic" (scheduler
     warps dispatch tasks as their events fire); see README.md, The runtime.
     tensor_parallel: compile fn as one rank's code, its `jax.lax.psum`/`all_gather` over
@@ -32,14 +35,19 @@ def jit(fn=None, *, static_argnums=(), donate_argnums=(), backend: str = "auto",
     """
     if fn is None:
         return functools.partial(jit, static_argnums=static_argnums,
-                                 donate_argnums=donate_argnums, backend=backend, device=device,
+                                 static_argnames=static_argnames, donate_argnums=donate_argnums,
+                                 donate_argnames=donate_argnames, backend=backend, device=device,
                                  schedule=schedule, tensor_parallel=tensor_parallel)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     if device is None:
         device = _default_device(backend, schedule)
-    return Function(fn, _tuple(static_argnums), _tuple(donate_argnums), backend, device,
-                    tensor_parallel)
+    static = Arguments.named(fn, static_argnums, static_argnames)
+    donated = Arguments.named(fn, donate_argnums, donate_argnames)
+    both = (static.positions & donated.positions) | (static.names & donated.names)
+    if both:
+        raise ValueError(f"arguments {sorted(both, key=str)} are both static and donated")
+    return Function(fn, static, donated, backend, device, tensor_parallel)
 
 
 def _default_device(backend: str, schedule: str) -> DeviceSpec:
@@ -51,8 +59,67 @@ def _default_device(backend: str, schedule: str) -> DeviceSpec:
     return DeviceSpec(schedule=schedule)
 
 
-def _tuple(x) -> tuple[int, ...]:
-    return (x,) if isinstance(x, int) else tuple(x)
+@dataclasses.dataclass(frozen=True)
+class Arguments:
+    """A set of fn's arguments, by position and by name: each named parameter that can be
+    passed either way is in both (as jax.jit resolves static_argnums and static_argnames)."""
+
+    positions: frozenset[int]
+    names: frozenset[str]
+
+    @classmethod
+    def named(cls, fn, argnums, argnames) -> Arguments:
+        positions = {argnums} if isinstance(argnums, int) else set(argnums)
+        names = {argnames} if isinstance(argnames, str) else set(argnames)
+        try:
+            parameters = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # no signature to read: take them as given
+            parameters = []
+        either = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+        for i, name in enumerate(either):
+            if i in positions or name in names:
+                positions.add(i)
+                names.add(name)
+        return cls(frozenset(positions), frozenset(names))
+
+    def __contains__(self, key: int | str) -> bool:
+        return key in (self.positions if isinstance(key, int) else self.names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A call's arguments split for tracing: `static` is hashable (its static arguments and
+    where every other argument goes), `donated` and `kept` the dynamic arguments' values,
+    positions as ints and keywords as strs in `donated_keys` and `kept_keys`."""
+
+    static: tuple
+    donated_keys: tuple
+    kept_keys: tuple
+
+    @classmethod
+    def split(cls, args, kwargs, static: Arguments, donated: Arguments):
+        parts = {"static": [], "donated": [], "kept": []}
+        for key, value in [*enumerate(args), *sorted(kwargs.items())]:
+            part = "static" if key in static else "donated" if key in donated else "kept"
+            parts[part].append((key, value))
+        static_items = tuple(parts["static"])
+        try:
+            hash(static_items)
+        except TypeError as e:
+            raise ValueError(f"static arguments must be hashable, as jax.jit's are: {e}") from e
+        call = cls(static_items, tuple(k for k, _ in parts["donated"]),
+                   tuple(k for k, _ in parts["kept"]))
+        return call, tuple(v for _, v in parts["donated"]), tuple(v for _, v in parts["kept"])
+
+    def rebuild(self, donated, kept) -> tuple[list, dict]:
+        """fn's positional and keyword arguments from the dynamic values."""
+        items = [*self.static, *zip(self.donated_keys, donated, strict=True),
+                 *zip(self.kept_keys, kept, strict=True)]
+        positional = sorted((kv for kv in items if isinstance(kv[0], int)), key=lambda kv: kv[0])
+        return [v for _, v in positional], {k: v for k, v in items if isinstance(k, str)}
+
+    def name(self, key: int | str) -> str:
+        return f"arg{key}" if isinstance(key, int) else key
 
 
 @dataclasses.dataclass
@@ -89,9 +156,10 @@ class Compiled:
 
 
 class Lowered:
-    def __init__(self, compiled: Compiled, name: str):
+    def __init__(self, compiled: Compiled, name: str, function: Function):
         self.compiled = compiled
         self.name = name
+        self.function = function
 
     @property
     def program(self):
@@ -100,23 +168,23 @@ class Lowered:
     def as_text(self) -> str:
         return report(self.compiled, self.name)
 
-    def timeline(self, *args):
+    def timeline(self, *args, **kwargs):
         """Runs the program once on the GPU and returns its task timeline
         (jax_mpk.profile.read); compile with DeviceSpec(profile_capacity=N)."""
         from jax_mpk import profile
 
-        flat = jax.tree.leaves(args)
+        _, flat = self.function.compile_for(args, kwargs)
         workspace = _megakernel_call(self.compiled, flat, return_workspace=True)[-1]
         return profile.read(self.program, np.asarray(workspace))
 
 
 class Function:
-    def __init__(self, fn, static_argnums, donate_argnums, backend, device,
+    def __init__(self, fn, static: Arguments, donated: Arguments, backend, device,
                  tensor_parallel=None):
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self.static_argnums = static_argnums
-        self.donate_argnums = donate_argnums
+        self.static = static
+        self.donated = donated
         self.backend = backend
         self.device = device
         self.tensor_parallel = tensor_parallel
@@ -124,59 +192,47 @@ class Function:
         self._noticed = False
         # The megakernel launch runs under jax.jit: its C++ dispatch path, and XLA aliases
         # donated buffers to the outputs written in place instead of copying them.
-        self._launch = jax.jit(self._launch_traced, static_argnums=static_argnums,
-                               donate_argnums=donate_argnums)
+        self._launch = jax.jit(self._launch_traced, static_argnums=0, donate_argnums=1)
 
-    def _launch_traced(self, *args):
-        compiled, flat = self._compile(args)
+    def _launch_traced(self, call: Call, donated, kept):
+        compiled, flat = self._compile(call, donated, kept)
         return jax.tree.unflatten(compiled.out_tree, _megakernel_call(compiled, flat))
 
-    def _split(self, args):
-        static = tuple((i, args[i]) for i in self.static_argnums)
-        dynamic = [a for i, a in enumerate(args) if i not in self.static_argnums]
-        return static, dynamic
-
-    def compile_for(self, args: tuple) -> tuple[Compiled, list]:
+    def compile_for(self, args: tuple, kwargs: dict | None = None) -> tuple[Compiled, list]:
         """The compiled program for these arguments and its flat arguments."""
-        return self._compile(args)
+        return self._compile(*Call.split(args, kwargs or {}, self.static, self.donated))
 
-    def _compile(self, args) -> tuple[Compiled, list]:
-        static, dynamic = self._split(args)
-        flat, in_tree = jax.tree.flatten(dynamic)
+    def _compile(self, call: Call, donated, kept) -> tuple[Compiled, list]:
+        flat, in_tree = jax.tree.flatten((donated, kept))
         flat = [x if hasattr(x, "dtype") else jax.numpy.asarray(x) for x in flat]
-        key = (static, in_tree, tuple((tuple(x.shape), np.dtype(x.dtype)) for x in flat))
+        key = (call, in_tree, tuple((tuple(x.shape), x.dtype) for x in flat))
         compiled = self._cache.get(key)
         if compiled is None:
-            compiled = self._trace_and_compile(static, flat, in_tree)
+            compiled = self._trace_and_compile(call, flat, in_tree)
             self._cache[key] = compiled
         return compiled, flat
 
-    def _trace_and_compile(self, static, flat, in_tree) -> Compiled:
-        static_values = dict(static)
-        dynamic = jax.tree.unflatten(in_tree, flat)
-        positions = [i for i in range(len(dynamic) + len(static))
-                     if i not in static_values]
-
+    def _trace_and_compile(self, call: Call, flat, in_tree) -> Compiled:
         def flat_fn(*flat_args):
-            dyn = jax.tree.unflatten(in_tree, flat_args)
-            full = [None] * (len(dyn) + len(static_values))
-            for i, v in static_values.items():
-                full[i] = v
-            for i, v in zip(positions, dyn, strict=False):
-                full[i] = v
-            return self.fn(*full)
+            args, kwargs = call.rebuild(*jax.tree.unflatten(in_tree, flat_args))
+            return self.fn(*args, **kwargs)
 
+        donated, names = [], []
+        paths = jax.tree_util.tree_flatten_with_path(jax.tree.unflatten(in_tree, flat))[0]
+        for path, x in paths:  # (donated or kept, which argument, the path inside it)
+            part, index = path[0].idx, path[1].idx
+            key = (call.donated_keys, call.kept_keys)[part][index]
+            donated.append(part == 0)
+            names.append(f"{call.name(key)}{jax.tree_util.keystr(path[2:])}")
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+                raise UnsupportedError(
+                    f"argument {names[-1]} is an array of {x.dtype}: jax_mpk compiles no "
+                    "jax.random (PRNG keys, random bits); draw them outside the function")
         flat_avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
         tp = self.tensor_parallel
         axis_env = [(tp.axis, tp.size)] if tp else []
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True,
                                            axis_env=axis_env)(*flat_avals)
-        donated, names = [], []
-        paths = jax.tree_util.tree_flatten_with_path(dynamic)[0]
-        for path, _ in paths:
-            position = positions[path[0].idx] if path else 0
-            donated.append(position in self.donate_argnums)
-            names.append(f"arg{position}{jax.tree_util.keystr(path[1:])}")
         graph = build_graph(closed, donated, names, tp)
         spec = self._device_spec()
         passes.optimize(graph, fuse_attention=spec.fused_attention, fold_norms=spec.fold_norms,
@@ -191,11 +247,11 @@ class Function:
     def _device_spec(self) -> DeviceSpec:
         return self.device
 
-    def lower(self, *args) -> Lowered:
-        compiled, _ = self._compile(args)
-        return Lowered(compiled, getattr(self.fn, "__name__", "fn"))
+    def lower(self, *args, **kwargs) -> Lowered:
+        compiled, _ = self.compile_for(args, kwargs)
+        return Lowered(compiled, getattr(self.fn, "__name__", "fn"), self)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         tp = self.tensor_parallel
         backend = self.backend
         if backend == "auto":
@@ -209,9 +265,10 @@ class Function:
                 f"rank {tp.rank} of {tp.size} cannot run alone on the reference executor: run "
                 "every rank's function together with jax_mpk.tensor_parallel.run_reference, or "
                 "launch one process per GPU (jax_mpk.distributed.init) and call it there")
+        split = Call.split(args, kwargs, self.static, self.donated)
         if backend != "reference":
-            return self._launch(*args)
-        compiled, flat = self._compile(args)
+            return self._launch(*split)
+        compiled, flat = self._compile(*split)
         outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
                                  compiled.results, compiled.aliases)
         return jax.tree.unflatten(compiled.out_tree, [jax.numpy.asarray(o) for o in outs])

@@ -5,8 +5,8 @@
 # (session 15), the install's included once:
 #
 #   install    pip install -e . (prebuilt runtime: about 80 s; a full build: about 5 min)
-#   runtime    tests/test_runtime_gpu.py, and its jit/watchdog tests with XLA command
-#              buffers off (about 90 s)
+#   runtime    tests/test_runtime_gpu.py and test_jit_arguments.py, and the former's
+#              jit/watchdog tests with XLA command buffers off (about 90 s, session 15)
 #   bench      bench_decode.py, Llama-1B batch 1 context 512 beside jax.jit (about 75 s)
 #   sanitizer  compute-sanitizer memcheck and racecheck of sanitize_graph.py and
 #              sanitize_decode.py (about 25 s)
@@ -75,7 +75,7 @@ run_part() {
   step "$part${k:+ (-k $k)}"
   case $part in
     runtime)
-      pytest_part runtime 200 tests/test_runtime_gpu.py ${k:+-k "$k"}
+      pytest_part runtime 200 tests/test_runtime_gpu.py tests/test_jit_arguments.py ${k:+-k "$k"}
       XLA_FLAGS=--xla_gpu_enable_command_buffer= pytest_part runtime_no_command_buffers 90 \
         tests/test_runtime_gpu.py -k "jit or watchdog" ;;
     matmul) pytest_part matmul 330 "${parallel[@]}" tests/test_task_kinds_gpu.py -k "${k:-matmul or float32_step}" ;;

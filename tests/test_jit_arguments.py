@@ -1,0 +1,125 @@
+"""jax_mpk.jit takes its arguments as jax.jit does: by position or keyword, static and
+donated ones named either way; and Flax's own decode cache (a `mutable=("cache",)`
+collection) runs through it. Each against jax.jit on random inputs."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_mpk
+from jax_mpk.frontend import UnsupportedError
+from tests.harness import SMALL_DEVICE, assert_close, poisoned
+
+RNG = np.random.default_rng(4)
+BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
+
+
+def normal(*shape, scale=1.0):
+    return jnp.asarray(RNG.standard_normal(shape) * scale, jnp.float32)
+
+
+def ours(fn, backend, **jit_kwargs):
+    device = poisoned(SMALL_DEVICE, backend) if backend == "megakernel" else SMALL_DEVICE
+    return jax_mpk.jit(fn, backend=backend, device=device, **jit_kwargs)
+
+
+def layer(x, w, *, bias, act="tanh"):
+    y = x @ w + bias
+    return jnp.tanh(y) if act == "tanh" else jax.nn.gelu(y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keyword_arguments_are_traced_as_jax_jit_traces_them(backend):
+    x, w, bias = normal(4, 16), normal(16, 24, scale=0.25), normal(24)
+    fn = ours(layer, backend, static_argnames="act")
+    for act in ("tanh", "gelu"):
+        expected = jax.jit(layer, static_argnames="act")(x, w, bias=bias, act=act)
+        assert_close(fn(x, w, bias=bias, act=act), expected, np.float32)
+        assert_close(fn(x, w=w, bias=bias, act=act), expected, np.float32)
+    assert_close(fn(x, w, bias=bias), jax.jit(layer)(x, w, bias=bias), np.float32)
+
+
+def scaled(x, scale, power):
+    return x * scale ** power
+
+
+def test_a_static_argument_named_either_way_is_static_both_ways():
+    x = normal(8, 8)
+    by_position = jax_mpk.jit(scaled, static_argnums=2, backend="reference")
+    by_name = jax_mpk.jit(scaled, static_argnames="power", backend="reference")
+    expected = jax.jit(scaled, static_argnums=2)(x, 1.5, 3)
+    for fn in (by_position, by_name):
+        assert_close(fn(x, 1.5, 3), expected, np.float32)
+        assert_close(fn(x, 1.5, power=3), expected, np.float32)
+        # A static value is part of the program, not an input of it.
+        names = fn.lower(x, 1.5, power=3).compiled.names
+        assert names == ["arg0", "arg1"], names
+
+
+def append(cache, row, pos, *, scale):
+    cache = jax.lax.dynamic_update_slice(cache, row * scale, (pos, 0))
+    return cache, jnp.sum(cache * row)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_donated_by_name_is_updated_in_place(backend):
+    cache, row, pos = normal(32, 16), normal(1, 16), jnp.int32(5)
+    expected = jax.jit(append, static_argnames="scale")(cache, row, pos, scale=0.5)
+    fn = ours(append, backend, static_argnames="scale", donate_argnames="cache")
+    for args, kwargs, name in [((cache, row, pos), {}, "arg0"),
+                               ((), {"cache": cache, "row": row, "pos": pos}, "cache")]:
+        compiled = fn.lower(*args, **kwargs, scale=0.5).compiled
+        assert compiled.aliases == {0: compiled.names.index(name)}
+        kwargs = {k: jnp.array(v) if k == "cache" else v for k, v in kwargs.items()}
+        args = (jnp.array(cache), *args[1:]) if args else ()
+        assert_close(fn(*args, **kwargs, scale=0.5), expected, np.float32)
+
+
+def test_argument_errors_name_the_cause():
+    with pytest.raises(ValueError, match="both static and donated"):
+        jax_mpk.jit(append, static_argnames="cache", donate_argnums=0)
+    fn = jax_mpk.jit(layer, static_argnames="act", backend="reference")
+    with pytest.raises(ValueError, match="hashable"):
+        fn(normal(2, 4), normal(4, 4), bias=normal(4), act=["tanh"])
+    sample = jax_mpk.jit(lambda logits, key: jax.random.categorical(key, logits),
+                         backend="reference")
+    with pytest.raises(UnsupportedError, match="argument key is an array of key<fry>"):
+        sample(normal(2, 8), key=jax.random.key(0))
+
+
+class CachedBlock(nn.Module):
+    """Flax's own attention with its decode cache: `cached_key`, `cached_value` and
+    `cache_index` variables in the "cache" collection, updated by dynamic_update_slice."""
+
+    @nn.compact
+    def __call__(self, x, decode: bool = False):
+        h = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32,
+                                            decode=decode)(nn.RMSNorm()(x))
+        x = x + h
+        return x + nn.Dense(32)(jax.nn.silu(nn.Dense(64)(nn.RMSNorm()(x))))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flax_decode_cache_collection_steps_as_jax_jit(backend):
+    model = CachedBlock()
+    max_len, steps = 8, 5
+    variables = model.init(jax.random.key(0), normal(1, max_len, 32), decode=True)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape),
+                          variables["params"])
+    jit_kwargs = {"static_argnames": ("decode", "mutable")}
+    expected_step = jax.jit(model.apply, **jit_kwargs)
+    our_step = ours(model.apply, backend, **jit_kwargs)
+    cache = ours_cache = variables["cache"]
+    for _ in range(steps):
+        x = normal(1, 1, 32)
+        expected, mutated = expected_step({"params": params, "cache": cache}, x, decode=True,
+                                          mutable=("cache",))
+        out, our_mutated = our_step({"params": params, "cache": ours_cache}, x, decode=True,
+                                    mutable=("cache",))
+        assert_close(out, expected, np.float32)
+        assert_close(our_mutated, mutated, np.float32)
+        cache, ours_cache = mutated["cache"], our_mutated["cache"]
