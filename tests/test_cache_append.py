@@ -21,9 +21,17 @@ FOLDED = dataclasses.replace(SMALL_DEVICE, fold_cache_appends=True)
 UNFOLDED = dataclasses.replace(SMALL_DEVICE, fold_cache_appends=False)
 
 
+def graph_of(fn, args):
+    return jax_mpk.jit(fn, backend="reference", device=FOLDED).lower(*args).compiled.program.graph
+
+
 def appends(fn, args) -> int:
-    lowered = jax_mpk.jit(fn, backend="reference", device=FOLDED).lower(*args)
-    return sum(op.kind == "dynamic_update_slice" for op in lowered.compiled.program.graph.ops)
+    return sum(op.kind == "dynamic_update_slice" for op in graph_of(fn, args).ops)
+
+
+def op_shapes(fn, args) -> list:
+    return [(op.kind, len(op.attrs.get("instrs", ())), op.outputs[0].shape)
+            for op in graph_of(fn, args).ops]
 
 
 def rope_append(x, cos, sin, cache, pos):
@@ -32,6 +40,19 @@ def rope_append(x, cos, sin, cache, pos):
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
     cache = lax.dynamic_update_slice(cache, rotated, (0, pos, 0, 0))
     return cache, cache.astype(jnp.float32).sum(axis=1)  # a reader of every row
+
+
+def interleaved_rope_append(x, cos, sin, cache, pos):
+    """rope_append over the pairs (2i, 2i + 1) of a head's dims."""
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    cache = lax.dynamic_update_slice(cache, rotated.reshape(x.shape).astype(x.dtype),
+                                     (0, pos, 0, 0))
+    return cache, cache.astype(jnp.float32).sum(axis=1)
+
+
+ROPES = {"half": rope_append, "interleaved": interleaved_rope_append}
 
 
 def rope_inputs(dtype, pos, seed=0):
@@ -45,20 +66,27 @@ def rope_inputs(dtype, pos, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pos", [0, 5, 11, 40, -3])  # 40 clamps to the last row; -3 to the first
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_the_rope_writes_its_cache_row(dtype, pos, backend):
+@pytest.mark.parametrize("rope", list(ROPES))
+def test_the_rope_writes_its_cache_row(rope, dtype, pos, backend):
+    fn = ROPES[rope]
     args = rope_inputs(dtype, pos, seed=pos + 7)
-    folded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(FOLDED, backend))
+    folded = jax_mpk.jit(fn, backend=backend, device=poisoned(FOLDED, backend))
     got = folded(*args)
-    assert_close(got, expect(rope_append, *args), dtype)
-    assert appends(rope_append, args) == 0
-    unfolded = jax_mpk.jit(rope_append, backend=backend, device=poisoned(UNFOLDED, backend))
+    assert_close(got, expect(fn, *args), dtype)
+    assert appends(fn, args) == 0
+    # Two ops rotate, each writing its half of the row (the converts and the stack or
+    # concatenation run inside them), in either pairing of the dims.
+    assert op_shapes(fn, args) == op_shapes(rope_append, args)
+    assert sum("writes_within" in op.attrs for op in graph_of(fn, args).ops) == 2
+    unfolded = jax_mpk.jit(fn, backend=backend, device=poisoned(UNFOLDED, backend))
     np.testing.assert_array_equal(np.asarray(got[0], np.float32),
                                   np.asarray(unfolded(*args)[0], np.float32))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cfg", [LLAMA, QWEN3.replace(dtype=jnp.bfloat16), GPT2],
-                         ids=["llama", "qwen3-bf16", "gpt2"])
+@pytest.mark.parametrize("cfg", [LLAMA, LLAMA.replace(rope="interleaved", dtype=jnp.bfloat16),
+                                 QWEN3.replace(dtype=jnp.bfloat16), GPT2],
+                         ids=["llama", "llama-interleaved-bf16", "qwen3-bf16", "gpt2"])
 def test_a_decoder_step_with_folded_appends(cfg, backend):
     step, args = decode_step(cfg, "linen", 1, 1, seed=5)
     folded = jax_mpk.jit(step, backend=backend, device=poisoned(FOLDED, backend))

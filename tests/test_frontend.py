@@ -119,9 +119,24 @@ def test_views_and_copies():
         c = jnp.pad(x, ((1, 0), (0, 2)))
         d = jnp.broadcast_to(x[:, None, :1], (6, 3, 2)).squeeze()
         e = jnp.expand_dims(x, 1).transpose(2, 1, 0).reshape(10, 6)
-        return a, b, c, d, e
+        f = jnp.stack([x[:, ::2], jnp.tanh(x[:, 1::2])], axis=-1)
+        g = jnp.stack([x, -x, x.T.reshape(6, 10)])
+        return a, b, c, d, e, f, g
 
     check(fn, normal(6, 10))
+
+
+def test_stepped_views_fuse_both_ways():
+    """A producer read with a step (x[..., ::2]) is computed inside its reader, and a
+    reader of a buffer written with a step (the two halves of a stack) inside its writers."""
+    def fn(x):
+        y = jnp.exp(x)
+        pairs = jnp.stack([y[:, ::2] * 2.0, y[:, 1::2] - 1.0], axis=-1)
+        return pairs.reshape(x.shape).astype(jnp.bfloat16)
+
+    compiled = check(fn, normal(4, 16), dtype=jnp.bfloat16)
+    ops = compiled.lower(normal(4, 16)).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["elementwise", "elementwise"], ops
 
 
 def test_iota_and_masks():

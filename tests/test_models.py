@@ -37,6 +37,12 @@ def test_float32_step_matches_jax_jit(family, api, scan_layers, step_name):
     _check(FAMILIES[family].replace(scan_layers=scan_layers), api, step_name)
 
 
+@pytest.mark.parametrize("step_name", list(STEPS))
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_interleaved_rope_step_matches_jax_jit(api, step_name):
+    _check(FAMILIES["llama"].replace(rope="interleaved"), api, step_name)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_half_precision_decode_matches_jax_jit(family, dtype):

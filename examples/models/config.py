@@ -25,6 +25,9 @@ class DecoderConfig:
     tied_embeddings: bool
     dtype: jnp.dtype = jnp.float32
     scan_layers: bool = False
+    # RoPE's pairs of a head's dims: "half" (i, i + head_dim / 2: Llama in Hugging Face's
+    # layout) or "interleaved" (2i, 2i + 1: GPT-J, Meta's Llama code).
+    rope: str = "half"
     # Tensor parallelism (examples/models/tp.py): a per-rank config of a model split over
     # the mesh axis named here; heads, kv_heads and mlp_dim count this rank's share.
     tp_axis: str | None = None

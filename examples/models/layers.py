@@ -18,10 +18,15 @@ def rope_tables(cfg: DecoderConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, cfg: DecoderConfig) -> jax.Array:
-    """Half-split rotary embedding of x [B, S, H, D] at positions [S]."""
+    """Rotary embedding of x [B, S, H, D] at positions [S], over cfg.rope's pairs of dims."""
     cos_table, sin_table = rope_tables(cfg)
     cos = jnp.take(jnp.asarray(cos_table), positions, axis=0)[None, :, None, :]
     sin = jnp.take(jnp.asarray(sin_table), positions, axis=0)[None, :, None, :]
+    if cfg.rope == "interleaved":
+        pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        return rotated.reshape(x.shape).astype(x.dtype)
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)

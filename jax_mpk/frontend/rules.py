@@ -160,6 +160,15 @@ def _concatenate(b, params, inputs, avals):
     return out
 
 
+def _stack(b, params, inputs, avals):
+    axis = params["axis"]
+    out = b.new_tensor(avals[0].shape, avals[0].dtype)
+    strides = out.strides[:axis] + out.strides[axis + 1:]
+    for i, t in enumerate(inputs):
+        b.copy(t, out.view(t.shape, strides, i * out.strides[axis]))
+    return out
+
+
 def _iota(b, params, inputs, avals):
     if params.get("sharding") is not None:
         raise UnsupportedError("iota with a sharding")
@@ -412,6 +421,7 @@ SHAPE_RULES = {
     "slice": _slice,
     "split": _split,
     "concatenate": _concatenate,
+    "stack": _stack,
     "iota": _iota,
     "pad": _pad,
     "dot_general": _dot_general,

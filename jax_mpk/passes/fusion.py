@@ -5,6 +5,8 @@ each of several readers."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.task_kinds import MAX_ELEMENTWISE_INSTRS, Instr, Opcode, const_bits
 
@@ -145,13 +147,13 @@ def _plan(producer: Op, consumer: Op) -> dict | None:
             dims = _dim_map(t, out)
             if dims is None:
                 return None
-            dim_map, starts = dims
+            dim_map, starts, steps = dims
             for ins in producer.attrs["instrs"]:
                 if ins.opcode == Opcode.IOTA and dim_map[ins.imm] is not None and (
-                        starts[ins.imm] or dim_map[ins.imm] < 0
+                        starts[ins.imm] or steps[ins.imm] != 1 or dim_map[ins.imm] < 0
                         or dim_map[ins.imm] + 1 < len(dim_map)
                         and (dim_map[ins.imm + 1] or 0) < 0):
-                    return None  # an iota along a sliced or merged dim needs arithmetic
+                    return None  # an iota along a sliced, stepped or merged dim needs arithmetic
                 if ins.opcode == Opcode.LOAD and not _chains(producer.inputs[ins.imm], dim_map,
                                                              out.shape):
                     return None
@@ -172,7 +174,7 @@ def _inline(producer: Op, consumer: Op, dims_of_reads: dict) -> None:
             new_index[j] = inputs.index(t)
     inlined_result = {}
     for j, dims in dims_of_reads.items():
-        dim_map, starts = dims
+        dim_map, starts, _ = dims
         base = len(instrs)
         for ins in producer.attrs["instrs"]:
             if ins.opcode == Opcode.LOAD:
@@ -202,12 +204,20 @@ def _inline(producer: Op, consumer: Op, dims_of_reads: dict) -> None:
     consumer.attrs["instrs"] = instrs
 
 
-def _dim_map(view: Tensor, out: Tensor):
-    """How a consumer's input `view` walks the producer's result `out`: (dim_map, starts),
-    dim_map[d] the view dim that walks out dim d (None where none does; -1 - v where out dim
-    d is merged with the next ones into view dim v, as a reshape does) and starts[d] the
-    out index where it begins. The view may slice out, transpose it, merge its dims or
-    broadcast it into the consumer's shape. None where it does not stay inside out."""
+class DimMap(NamedTuple):
+    """How a view walks a result: dims[d] the view dim that walks result dim d (None where
+    none does; -1 - v where dim d is merged with the next ones into view dim v, as a reshape
+    does), starts[d] the index where it begins and steps[d] its step (2 for x[..., ::2])."""
+
+    dims: list[int | None]
+    starts: list[int]
+    steps: list[int]
+
+
+def _dim_map(view: Tensor, out: Tensor) -> DimMap | None:
+    """How a consumer's input `view` walks the producer's result `out`. The view may slice
+    out (with a step), transpose it, merge its dims or broadcast it into the consumer's
+    shape. None where it does not stay inside out."""
     contiguous = contiguous_strides(out.shape)
     starts, rest = [], view.offset
     for size, stride in zip(out.shape, contiguous, strict=True):
@@ -216,13 +226,20 @@ def _dim_map(view: Tensor, out: Tensor):
     if rest != 0:
         return None
     dim_map: list[int | None] = [None] * len(out.shape)
+    steps = [1] * len(out.shape)
     for v, (size, stride) in enumerate(zip(view.shape, view.strides, strict=True)):
         if size == 1 or stride == 0:
             continue  # a broadcast dim of the consumer
-        walked = [d for d in range(len(out.shape))
-                  if out.shape[d] > 1 and contiguous[d] == stride and dim_map[d] is None]
+        free = [d for d in range(len(out.shape)) if out.shape[d] > 1 and dim_map[d] is None]
+        walked = [d for d in free if contiguous[d] == stride]
         if not walked:
-            return None
+            # A stepped walk of one dim, the smallest step that stays inside it.
+            stepped = [d for d in free if stride % contiguous[d] == 0
+                       and starts[d] + (size - 1) * (stride // contiguous[d]) < out.shape[d]]
+            if not stepped:
+                return None
+            dim_map[stepped[0]], steps[stepped[0]] = v, stride // contiguous[stepped[0]]
+            continue
         d = walked[0]
         if starts[d] + size <= out.shape[d]:
             dim_map[d] = v
@@ -237,7 +254,7 @@ def _dim_map(view: Tensor, out: Tensor):
         for g in group[:-1]:
             dim_map[g] = -1 - v
         dim_map[d] = v
-    return dim_map, starts
+    return DimMap(dim_map, starts, steps)
 
 
 def _chains(t: Tensor, dim_map, out_shape) -> bool:
@@ -248,9 +265,9 @@ def _chains(t: Tensor, dim_map, out_shape) -> bool:
 
 def _compose(t: Tensor, dims, shape) -> Tensor:
     """The producer's input t, indexed in the consumer's shape."""
-    dim_map, starts = dims
+    dim_map, starts, steps = dims
     strides = [0] * len(shape)
     for src_dim, dst_dim in enumerate(dim_map):
         if dst_dim is not None and dst_dim >= 0:
-            strides[dst_dim] = t.strides[src_dim]
+            strides[dst_dim] = t.strides[src_dim] * steps[src_dim]
     return t.view(shape, strides, sum(s * st for s, st in zip(starts, t.strides, strict=True)))
