@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from jax_mpk import passes, reference, tensor_parallel
-from jax_mpk.frontend import UnsupportedError, build_graph
+from jax_mpk.frontend import build_graph
+from jax_mpk.frontend.rules import is_key
 from jax_mpk.program import TaskKind
 from jax_mpk.report import report
 from jax_mpk.tensor_parallel import TensorParallel
@@ -134,6 +135,13 @@ class Compiled:
     names: list[str]
     registered: object = None  # the program as registered with the extension, once launched
     tensor_parallel: TensorParallel | None = None
+    out_key_impls: tuple = ()  # per flat result: the PRNG impl of a key result (its key data)
+
+    def unflatten(self, flat_results):
+        """The function's results from the program's: keys wrapped again, as fn returned them."""
+        leaves = [jax.random.wrap_key_data(x, impl=impl) if impl else x
+                  for x, impl in zip(flat_results, self.out_key_impls, strict=True)]
+        return jax.tree.unflatten(self.out_tree, leaves)
 
     @property
     def symmetric_buffers(self) -> dict[int, int]:
@@ -196,7 +204,7 @@ class Function:
 
     def _launch_traced(self, call: Call, donated, kept):
         compiled, flat = self._compile(call, donated, kept)
-        return jax.tree.unflatten(compiled.out_tree, _megakernel_call(compiled, flat))
+        return compiled.unflatten(_megakernel_call(compiled, flat))
 
     def compile_for(self, args: tuple, kwargs: dict | None = None) -> tuple[Compiled, list]:
         """The compiled program for these arguments and its flat arguments."""
@@ -210,25 +218,31 @@ class Function:
         if compiled is None:
             compiled = self._trace_and_compile(call, flat, in_tree)
             self._cache[key] = compiled
-        return compiled, flat
+        return compiled, [jax.random.key_data(x) if is_key(x) else x for x in flat]
 
     def _trace_and_compile(self, call: Call, flat, in_tree) -> Compiled:
+        # PRNG keys (an nnx module's Rngs, say) go in and out as their key data.
+        key_impls = [jax.random.key_impl(x) if is_key(x) else None for x in flat]
+        out_key_impls = []
+
         def flat_fn(*flat_args):
+            flat_args = [jax.random.wrap_key_data(x, impl=impl) if impl else x
+                         for x, impl in zip(flat_args, key_impls, strict=True)]
             args, kwargs = call.rebuild(*jax.tree.unflatten(in_tree, flat_args))
-            return self.fn(*args, **kwargs)
+            leaves, tree = jax.tree.flatten(self.fn(*args, **kwargs))
+            out_key_impls[:] = [jax.random.key_impl(x) if is_key(x) else None for x in leaves]
+            return jax.tree.unflatten(tree, [jax.random.key_data(x) if is_key(x) else x
+                                             for x in leaves])
 
         donated, names = [], []
         paths = jax.tree_util.tree_flatten_with_path(jax.tree.unflatten(in_tree, flat))[0]
-        for path, x in paths:  # (donated or kept, which argument, the path inside it)
+        for path, _ in paths:  # (donated or kept, which argument, the path inside it)
             part, index = path[0].idx, path[1].idx
             key = (call.donated_keys, call.kept_keys)[part][index]
             donated.append(part == 0)
             names.append(f"{call.name(key)}{jax.tree_util.keystr(path[2:])}")
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
-                raise UnsupportedError(
-                    f"argument {names[-1]} is an array of {x.dtype}: jax_mpk compiles no "
-                    "jax.random (PRNG keys, random bits); draw them outside the function")
-        flat_avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat]
+        flat_avals = [jax.random.key_data(x) if is_key(x) else x for x in flat]
+        flat_avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in flat_avals]
         tp = self.tensor_parallel
         axis_env = [(tp.axis, tp.size)] if tp else []
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True,
@@ -242,7 +256,7 @@ class Function:
         out_leaves, out_tree = jax.tree.flatten(out_shape)
         results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names,
-                        tensor_parallel=tp)
+                        tensor_parallel=tp, out_key_impls=tuple(out_key_impls))
 
     def _device_spec(self) -> DeviceSpec:
         return self.device
@@ -271,7 +285,7 @@ class Function:
         compiled, flat = self._compile(*split)
         outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
                                  compiled.results, compiled.aliases)
-        return jax.tree.unflatten(compiled.out_tree, [jax.numpy.asarray(o) for o in outs])
+        return compiled.unflatten([jax.numpy.asarray(o) for o in outs])
 
 
 @functools.cache  # asked on every call; the devices of a process do not change

@@ -1,6 +1,7 @@
 """jax_mpk.jit takes its arguments as jax.jit does: by position or keyword, static and
-donated ones named either way; and Flax's own decode cache (a `mutable=("cache",)`
-collection) runs through it. Each against jax.jit on random inputs."""
+donated ones named either way, PRNG keys passed through; and Flax's own decode caches (linen's
+`mutable=("cache",)` collection, an nnx module's state with its Rngs) run through it. Each
+against jax.jit on random inputs."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import jax_mpk
 from jax_mpk.frontend import UnsupportedError
+from jax_mpk.frontend.rules import is_key
 from tests.harness import SMALL_DEVICE, assert_close, poisoned
 
 RNG = np.random.default_rng(4)
@@ -87,7 +90,7 @@ def test_argument_errors_name_the_cause():
         fn(normal(2, 4), normal(4, 4), bias=normal(4), act=["tanh"])
     sample = jax_mpk.jit(lambda logits, key: jax.random.categorical(key, logits),
                          backend="reference")
-    with pytest.raises(UnsupportedError, match="argument key is an array of key<fry>"):
+    with pytest.raises(UnsupportedError, match="`random_bits`: random_bits of PRNG keys"):
         sample(normal(2, 8), key=jax.random.key(0))
 
 
@@ -123,3 +126,45 @@ def test_flax_decode_cache_collection_steps_as_jax_jit(backend):
         assert_close(out, expected, np.float32)
         assert_close(our_mutated, mutated, np.float32)
         cache, ours_cache = mutated["cache"], our_mutated["cache"]
+
+
+class NnxBlock(nnx.Module):
+    """nnx's attention with its decode cache, and a Dropout holding the module's Rngs (PRNG
+    keys in the state that goes in and out of each step)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(50, 32, rngs=rngs)
+        self.norm = nnx.RMSNorm(32, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=True,
+                                           rngs=rngs)
+        self.drop = nnx.Dropout(0.1, deterministic=True, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.embed(tokens)
+        x = x + self.drop(self.attn(self.norm(x)))
+        return self.embed.attend(self.norm(x))
+
+
+def key_data(tree):
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nnx_state_with_rngs_steps_as_jax_jit(backend):
+    model = NnxBlock(nnx.Rngs(3))
+    model.attn.init_cache((1, 8, 32))
+    graphdef, state = nnx.split(model)
+
+    def step(state, tokens):
+        module = nnx.merge(graphdef, state)
+        return module(tokens), nnx.state(module)
+
+    ours_step = ours(step, backend)
+    expected_state = our_state = state
+    for tokens in RNG.integers(0, 50, (4, 1, 1)):
+        tokens = jnp.asarray(tokens, jnp.int32)
+        expected, expected_state = jax.jit(step)(expected_state, tokens)
+        out, our_state = ours_step(our_state, tokens)
+        assert_close(out, expected, np.float32)
+        assert_close(key_data(our_state), key_data(expected_state), np.float32)
+    assert jax.tree.structure(our_state) == jax.tree.structure(expected_state)

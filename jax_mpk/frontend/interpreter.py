@@ -7,7 +7,7 @@ from jax._src import source_info_util
 from jax.extend import core as jcore
 
 from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
-from jax_mpk.frontend.rules import SUPPORTED, lower_eqn
+from jax_mpk.frontend.rules import SUPPORTED, is_key, lower_eqn
 from jax_mpk.ir import Tensor
 
 # Primitives whose body runs once, in place: their jaxpr is inlined.
@@ -105,6 +105,8 @@ def _unroll_scan(b: GraphBuilder, eqn, inputs):
         ys_per_step.append((i, outs[num_carry:]))
     ys = []
     for j, var in enumerate(eqn.outvars[num_carry:]):
+        if is_key(var.aval):
+            raise UnsupportedError(f"scan stacking PRNG keys (at {b.source})")
         stacked = b.new_tensor(var.aval.shape, var.aval.dtype)
         for i, step_ys in ys_per_step:
             y = step_ys[j]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 from jax import lax
 
@@ -38,15 +39,25 @@ BINARY = {
     "add_any": Opcode.ADD,
 }
 IDENTITY = {"copy", "copy_p", "stop_gradient", "optimization_barrier"}
+# A PRNG key array is its key data here (jax_mpk.api passes keys in and out as key data):
+# wrapping and unwrapping change nothing, and nothing else may touch a key.
+KEY_IDENTITY = {"random_wrap", "random_unwrap"}
 REDUCERS = {"reduce_sum": Reducer.SUM, "reduce_max": Reducer.MAX, "reduce_min": Reducer.MIN,
             "argmax": Reducer.ARGMAX, "argmin": Reducer.ARGMIN}
+
+
+def is_key(aval) -> bool:
+    """Whether aval is of a PRNG key dtype (jax.random.key's)."""
+    return jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended)
 
 
 def lower_eqn(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
     name = eqn.primitive.name
     out_avals = [v.aval for v in eqn.outvars]
-    if name in IDENTITY:
+    if name in IDENTITY or name in KEY_IDENTITY:
         return list(inputs)
+    if any(is_key(v.aval) for v in [*eqn.invars, *eqn.outvars]):
+        raise UnsupportedError(f"{name} of PRNG keys (jax.random)")
     if name in UNARY or name in BINARY or name in ("select_n", "clamp", "integer_pow",
                                                     "convert_element_type"):
         return [_elementwise(b, eqn, inputs, out_avals[0])]
@@ -435,5 +446,5 @@ SHAPE_RULES = {
 for _name, _reducer in REDUCERS.items():
     SHAPE_RULES[_name] = (lambda r: lambda b, p, i, a: _reduce(b, p, i, a, r))(_reducer)
 
-SUPPORTED = sorted(set(UNARY) | set(BINARY) | IDENTITY | set(SHAPE_RULES)
+SUPPORTED = sorted(set(UNARY) | set(BINARY) | IDENTITY | KEY_IDENTITY | set(SHAPE_RULES)
                    | {"select_n", "clamp", "integer_pow", "convert_element_type"})
