@@ -212,7 +212,10 @@ class Function:
 
     def _compile(self, call: Call, donated, kept) -> tuple[Compiled, list]:
         flat, in_tree = jax.tree.flatten((donated, kept))
-        flat = [x if hasattr(x, "dtype") else jax.numpy.asarray(x) for x in flat]
+        # As jax.jit takes them: numpy arrays and Python scalars in jax's dtypes (float64
+        # numpy arrays as float32 unless jax_enable_x64); abstract shapes for lower() as given.
+        flat = [x if isinstance(x, jax.Array | jax.ShapeDtypeStruct) else jax.numpy.asarray(x)
+                for x in flat]
         key = (call, in_tree, tuple((tuple(x.shape), x.dtype) for x in flat))
         compiled = self._cache.get(key)
         if compiled is None:

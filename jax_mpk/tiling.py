@@ -204,6 +204,8 @@ class ProgramBuilder:
         op_deps, ancestors = op_dependencies(self.graph.ops)
         for i, op in enumerate(self.graph.ops):
             TILERS[op.kind](self, op, i)
+        if not self.tasks and self.graph.ops:  # every op is empty (zero-size arrays)
+            self.add(TaskKind.NOOP, [], [], 0)
         self._plan_workspace(ancestors)
         return self._emit(op_deps)
 

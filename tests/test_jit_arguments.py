@@ -82,6 +82,33 @@ def test_donated_by_name_is_updated_in_place(backend):
         assert_close(fn(*args, **kwargs, scale=0.5), expected, np.float32)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_arrays_and_scalars_are_taken_in_jax_dtypes(backend):
+    """float64 and int64 numpy arrays go in as float32 and int32, as jax.jit takes them
+    (the reference executor read the float64 bytes as float32 before)."""
+    def fn(x, i, scale):
+        return x * scale + i
+
+    x, i = RNG.standard_normal((3, 5)), RNG.integers(-9, 9, (5,))
+    expected = jax.jit(fn)(x, i, 1.5)
+    got = ours(fn, backend)(x, i, 1.5)
+    assert got.dtype == expected.dtype == jnp.float32
+    assert_close(got, expected, np.float32)
+
+
+EMPTY = {
+    "all_empty": lambda x, y: (jnp.tanh(x) * 2, jnp.concatenate([x, x], 0)),  # no task at all
+    "some_empty": lambda x, y: (jnp.tanh(x) * 2, y.sum(0)),  # a sum over no rows: zeros
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(EMPTY))
+def test_zero_size_arrays_give_zero_size_results(name, backend):
+    x, y = normal(0, 4), jnp.zeros((0, 3), jnp.float32)
+    assert_close(ours(EMPTY[name], backend)(x, y), jax.jit(EMPTY[name])(x, y), np.float32)
+
+
 def test_argument_errors_name_the_cause():
     with pytest.raises(ValueError, match="both static and donated"):
         jax_mpk.jit(append, static_argnames="cache", donate_argnums=0)
