@@ -1,6 +1,7 @@
 """Cache appends folded into the elementwise ops that compute what they append
 (passes/cache_append.py, DeviceSpec.fold_cache_appends): against jax.jit on both backends,
-bit for bit against the unfolded append, and the appends the pass must leave alone."""
+bit for bit against the unfolded append, and the appends the pass must leave alone; and
+jnp's `.at[...].set/add` at one place, which the frontend turns into such appends."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jax import lax
 
 import jax_mpk
 from examples.models.config import GPT2, LLAMA, QWEN3
+from jax_mpk.frontend import UnsupportedError
 from jax_mpk.tiling import op_dependencies
 from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
 
@@ -96,6 +98,32 @@ def test_a_decoder_step_with_folded_appends(cfg, backend):
     assert_close(cache, expected_cache, cfg.dtype)
     # k's append folds into its RoPE; v's has a matmul for writer, and GPT-2 has no RoPE.
     assert appends(step, args) == (2 if cfg.family == "gpt2" else 1) * cfg.layers
+
+
+AT_ONE_PLACE = {  # jnp's .at[...] updates, which jax lowers to scatters
+    "set_row": lambda c, pos, k: c.at[:, pos].set(k),
+    "add_row": lambda c, pos, k: c.at[1, pos].add(k[0]),
+    "set_token": lambda c, pos, k: c[0, :, 0, 0].at[pos].set(k[0, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pos", [0, 11, 12, 40, -1, -13])  # 12 and 40 past the end: dropped
+@pytest.mark.parametrize("name", list(AT_ONE_PLACE))
+def test_at_one_place_updates_as_jax_jit(name, pos, backend):
+    fn = AT_ONE_PLACE[name]
+    _, _, _, cache, _ = rope_inputs(jnp.float32, 0, seed=3)
+    k = jnp.asarray(np.random.default_rng(4).standard_normal((2, 3, 16)), jnp.float32)
+    expected = expect(fn, cache, jnp.int32(pos), k)
+    got = jax_mpk.jit(fn, backend=backend, device=poisoned(FOLDED, backend),
+                      donate_argnums=0)(jnp.array(cache), jnp.int32(pos), k)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_a_scatter_at_several_places_is_refused():
+    fn = jax_mpk.jit(lambda c, rows: c.at[rows].set(0.0), backend="reference")
+    with pytest.raises(UnsupportedError, match="scatter other than at one place"):
+        fn(jnp.zeros((4, 3)), jnp.asarray([0, 2], jnp.int32))
 
 
 def test_the_parts_of_one_row_are_written_independently():

@@ -6,6 +6,7 @@ elementwise primitives become one-instruction elementwise ops that the fusion pa
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -356,6 +357,54 @@ def _dynamic_update_slice(b, params, inputs, avals):
     return out
 
 
+def _scatter(b, params, inputs, avals, add: bool = False):
+    """x.at[i, j].set(v) (or .add(v)): one window of x, at scalar indices, as a
+    dynamic_update_slice. jax drops an update whose window leaves x (FILL_OR_DROP) where
+    dynamic_update_slice would clamp it, so the window read at the clamped place is written
+    back unchanged then."""
+    x, indices, updates = inputs
+    dn = params["dimension_numbers"]
+    scattered = tuple(dn.scatter_dims_to_operand_dims)
+    mode = str(params["mode"])
+    if (len(indices.shape) != 1 or indices.shape[0] != len(scattered)
+            or tuple(dn.update_window_dims) != tuple(range(len(updates.shape)))
+            or tuple(sorted(dn.inserted_window_dims)) != tuple(sorted(scattered))
+            or dn.operand_batching_dims or ("FILL_OR_DROP" not in mode and "CLIP" not in mode
+                                            and "PROMISE_IN_BOUNDS" not in mode)):
+        raise UnsupportedError("scatter other than at one place (x.at[i].set(v) or .add(v))")
+    window, sizes = list(updates.shape), []
+    for d in range(len(x.shape)):
+        sizes.append(1 if d in scattered else window.pop(0))
+    starts = [b.constant(np.int32(0)) for _ in x.shape]
+    for k, d in enumerate(scattered):
+        starts[d] = indices.view((), (), k * indices.strides[0])
+    read = _dynamic_slice(b, {"slice_sizes": sizes}, [x, *starts],
+                          [jax.ShapeDtypeStruct(sizes, x.dtype)])
+    update = _reshaped(b, updates, sizes)
+    i32, boolean, dtype = np.dtype(np.int32), np.dtype(np.bool_), x.dtype
+    instrs = [Instr(Opcode.LOAD, dtype, (), 0), Instr(Opcode.LOAD, dtype, (), 1)]  # read, update
+    if add:
+        instrs.append(Instr(Opcode.ADD, dtype, (0, 1)))
+    value = len(instrs) - 1
+    if "FILL_OR_DROP" in mode:  # the window read back where the update falls outside x
+        ok = None
+        for k, d in enumerate(scattered):
+            at = len(instrs)
+            instrs += [Instr(Opcode.LOAD, indices.dtype, (), 2 + k),
+                       Instr(Opcode.CONVERT, i32, (at,)), const_instr(0, i32),
+                       Instr(Opcode.GE, boolean, (at + 1, at + 2)),
+                       const_instr(x.shape[d] - sizes[d], i32),
+                       Instr(Opcode.LE, boolean, (at + 1, at + 4))]
+            instrs.append(Instr(Opcode.AND, boolean, (at + 3, at + 5)))
+            if ok is not None:
+                instrs.append(Instr(Opcode.AND, boolean, (ok, len(instrs) - 1)))
+            ok = len(instrs) - 1
+        instrs.append(Instr(Opcode.SELECT, dtype, (ok, 0, value)))
+    scalars = [indices.view((), (), k * indices.strides[0]) for k in range(len(scattered))]
+    written = b.elementwise(instrs, [read, update, *scalars], sizes)
+    return _dynamic_update_slice(b, {}, [x, written, *starts], avals)
+
+
 def _gather(b, params, inputs, avals):
     table, ids = inputs
     dn = params["dimension_numbers"]
@@ -439,6 +488,8 @@ SHAPE_RULES = {
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice,
     "gather": _gather,
+    "scatter": _scatter,
+    "scatter-add": functools.partial(_scatter, add=True),
     "psum": _psum,
     "all_gather": _all_gather,
     "axis_index": _axis_index,
