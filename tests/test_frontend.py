@@ -139,6 +139,18 @@ def test_stepped_views_fuse_both_ways():
     assert [op.kind for op in ops] == ["elementwise", "elementwise"], ops
 
 
+@pytest.mark.parametrize("index", [-1, 0, 1, 2, 7])  # lax.switch clamps it into range
+def test_cond_and_switch_select_the_taken_branch(index):
+    def fn(x, w, i):
+        cond = lax.cond(i > 0, lambda a: jnp.tanh(a @ w), lambda a: a * 2.0 - 1.0, x)
+        switch = lax.switch(i, [lambda a: a, lambda a: -a, jnp.exp], x.sum(1))
+        # The branch not taken is computed too: its infinities must not leak.
+        finite = lax.cond(i >= -1, lambda a: a + 1.0, lambda a: 1.0 / (a - a), x)
+        return cond, switch, finite
+
+    check(fn, normal(3, 8), normal(8, 8, scale=0.3), jnp.int32(index))
+
+
 def test_iota_and_masks():
     def fn(x, pos):
         mask = jnp.arange(x.shape[1])[None, :] <= pos + jnp.arange(x.shape[0])[:, None]

@@ -6,9 +6,10 @@ import numpy as np
 from jax._src import source_info_util
 from jax.extend import core as jcore
 
-from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
+from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError, const_instr
 from jax_mpk.frontend.rules import SUPPORTED, is_key, lower_eqn
 from jax_mpk.ir import Tensor
+from jax_mpk.task_kinds import Instr, Opcode
 
 # Primitives whose body runs once, in place: their jaxpr is inlined.
 INLINED = {
@@ -57,6 +58,8 @@ def _lower(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]:
             return _inline(b, eqn, inputs)
         if name == "scan":
             return _unroll_scan(b, eqn, inputs)
+        if name == "cond":
+            return _select_branch(b, eqn, inputs)
         return _lower_primitive(b, eqn, inputs)
     finally:
         b.source = outer_source
@@ -69,7 +72,8 @@ def _lower_primitive(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]
         raise UnsupportedError(
             f"jax_mpk cannot compile `{eqn.primitive.name}`: {e} is not supported "
             f"(at {b.source}).\nSupported primitives: {', '.join(SUPPORTED)}; plus "
-            f"{', '.join(sorted(INLINED))} (inlined) and scan (unrolled)."
+            f"{', '.join(sorted(INLINED))} (inlined), scan (unrolled) and cond (every branch "
+            "computed, one selected)."
         ) from None
 
 
@@ -113,6 +117,29 @@ def _unroll_scan(b: GraphBuilder, eqn, inputs):
             b.copy(y, stacked.view(y.shape, stacked.strides[1:], i * stacked.strides[0]))
         ys.append(stacked)
     return [*carry, *ys]
+
+
+def _select_branch(b: GraphBuilder, eqn, inputs):
+    """lax.cond and lax.switch: every branch computed, each result selected by the index
+    (in range: jax clamps it before the cond). The untaken branches' work is wasted, their
+    values never read."""
+    index, operands = inputs[0], inputs[1:]
+    branches = [interpret(b, br.jaxpr, br.consts, operands) for br in eqn.params["branches"]]
+    results = []
+    for j, var in enumerate(eqn.outvars):
+        if is_key(var.aval):
+            raise UnsupportedError(f"cond choosing PRNG keys (at {b.source})")
+        dtype, value = np.dtype(var.aval.dtype), branches[0][j]
+        for k, outs in enumerate(branches[1:], start=1):
+            i32 = np.dtype(np.int32)
+            value = b.elementwise([Instr(Opcode.LOAD, i32, (), 0), const_instr(k, i32),
+                                   Instr(Opcode.GE, np.dtype(np.bool_), (0, 1)),
+                                   Instr(Opcode.LOAD, dtype, (), 1),
+                                   Instr(Opcode.LOAD, dtype, (), 2),
+                                   Instr(Opcode.SELECT, dtype, (2, 3, 4))],
+                                  [index, value, outs[j]], var.aval.shape)
+        results.append(value)
+    return results
 
 
 def source_line(eqn) -> str:
