@@ -151,6 +151,13 @@ def test_cond_and_switch_select_the_taken_branch(index):
     check(fn, normal(3, 8), normal(8, 8, scale=0.3), jnp.int32(index))
 
 
+def test_float_to_integer_conversions_saturate_as_xla_does():
+    x = jnp.asarray([1.7, -1.7, 300.0, -300.0, 1e10, -1e10, np.nan, np.inf, -np.inf, 255.9],
+                    jnp.float32)
+    for dtype in (jnp.int32, jnp.uint32, jnp.int8, jnp.uint8, jnp.bool_):
+        check(lambda x, dtype=dtype: (x * 1.0).astype(dtype), x)
+
+
 def test_iota_and_masks():
     def fn(x, pos):
         mask = jnp.arange(x.shape[1])[None, :] <= pos + jnp.arange(x.shape[0])[:, None]

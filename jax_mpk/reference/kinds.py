@@ -94,6 +94,17 @@ _BITWISE = {Opcode.AND: (np.logical_and, np.bitwise_and), Opcode.OR: (np.logical
             np.bitwise_or), Opcode.XOR: (np.logical_xor, np.bitwise_xor)}
 
 
+def cast(values: np.ndarray, dtype) -> np.ndarray:
+    """values as dtype, as XLA converts: a float becomes an integer toward zero, saturated
+    at the integer dtype's range, NaN as 0 (numpy's astype wraps or is undefined there)."""
+    dtype = np.dtype(dtype)
+    if is_float(values.dtype) and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        wide = np.nan_to_num(np.trunc(values.astype(np.float64)), nan=0.0)
+        return np.clip(wide, info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
 def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
              index: list[np.ndarray]) -> np.ndarray:
     """One instruction. Float registers hold float32 whatever their dtype, as on the device:
@@ -108,7 +119,7 @@ def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
     if op == Opcode.IOTA:
         return index[instr.imm].astype(held)
     if op == Opcode.CONVERT:
-        return args[0].astype(dtype).astype(held)
+        return cast(args[0], dtype).astype(held)
     if op == Opcode.SELECT:
         return np.where(args[0], args[2], args[1]).astype(held)
     if op == Opcode.CLAMP:
@@ -163,7 +174,7 @@ def elementwise(ctx, dims):
     if dynamic_row:  # a folded cache append: the output's row comes from an input
         j, per_row, rows, written, wrap = dynamic_row
         base = _clamped_start(int(ctx.load(2 + j, I32, [0])[0]), rows, written, wrap) * per_row
-    ctx.store(0, out_dtype, base + offsets(out_strides), regs[-1].astype(out_dtype))
+    ctx.store(0, out_dtype, base + offsets(out_strides), cast(regs[-1], out_dtype))
 
 
 # Reductions and contractions -----------------------------------------------------------
@@ -184,7 +195,7 @@ def reduce(ctx, dims):
         y = np.argmax(x, axis=1)
     else:
         y = np.argmin(x, axis=1)
-    ctx.store(0, numpy_dtype(out_dtype), j, y.astype(numpy_dtype(out_dtype)))
+    ctx.store(0, numpy_dtype(out_dtype), j, cast(y, numpy_dtype(out_dtype)))
 
 
 def matmul(ctx, dims):

@@ -59,8 +59,11 @@ __device__ __forceinline__ uint32_t convert_held(uint32_t v, int32_t from, int32
     const float f = bits_f(v);
     if (dtype_is_float(to)) return f_bits(round ? round_float(f, to) : f);
     if (to == kBool) return f != 0.0f;
-    if (to == kU32) return uint32_t(static_cast<long long>(f));
-    return wrap_int(uint32_t(static_cast<int>(f)), to);
+    // As XLA converts: toward zero, saturated at the integer dtype's range, NaN to 0 (the
+    // two intrinsics are PTX's cvt.rzi, which saturates and takes NaN to 0 itself).
+    if (to == kU32) return __float2uint_rz(f);
+    const int i = __float2int_rz(f);
+    return uint32_t(to == kI8 ? min(max(i, -128), 127) : to == kU8 ? min(max(i, 0), 255) : i);
   }
   if (dtype_is_float(to)) {
     const float f = dtype_is_signed(from) ? float(int32_t(v)) : float(v);
