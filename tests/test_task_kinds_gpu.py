@@ -132,15 +132,12 @@ def test_elementwise_integers_and_bools(n):
     check(fn, i, j, b, kinds=[TaskKind.ELEMENTWISE])
 
 
-def test_float_to_integer_conversions_saturate_as_xla_does():
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint32, jnp.int8, jnp.uint8, jnp.bool_])
+def test_float_to_integer_conversions_saturate_as_xla_does(dtype):
     x = jnp.asarray([1.7, -1.7, 300.0, -300.0, 1e10, -1e10, np.nan, np.inf, -np.inf, 255.9],
                     jnp.float32)
-
-    def fn(x):
-        y = x * 1.0  # computed in the task, not folded into the load
-        return tuple(y.astype(d) for d in (jnp.int32, jnp.uint32, jnp.int8, jnp.uint8, bool))
-
-    check(fn, x, kinds=[TaskKind.ELEMENTWISE])
+    # x * 1.0: converted in the task, not folded into the load.
+    check(lambda x: (x * 1.0).astype(dtype), x, kinds=[TaskKind.ELEMENTWISE])
 
 
 def test_elementwise_transposed_and_broadcast_inputs():

@@ -95,8 +95,9 @@ _BITWISE = {Opcode.AND: (np.logical_and, np.bitwise_and), Opcode.OR: (np.logical
 
 
 def cast(values: np.ndarray, dtype) -> np.ndarray:
-    """values as dtype, as XLA converts: a float becomes an integer toward zero, saturated
-    at the integer dtype's range, NaN as 0 (numpy's astype wraps or is undefined there)."""
+    """values as dtype, as XLA's convert (CONVERT): a float becomes an integer toward zero,
+    saturated at the integer dtype's range, NaN as 0 (numpy's astype wraps or is undefined
+    there). Stores of integer arithmetic wrap, as astype does."""
     dtype = np.dtype(dtype)
     if is_float(values.dtype) and dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -174,7 +175,7 @@ def elementwise(ctx, dims):
     if dynamic_row:  # a folded cache append: the output's row comes from an input
         j, per_row, rows, written, wrap = dynamic_row
         base = _clamped_start(int(ctx.load(2 + j, I32, [0])[0]), rows, written, wrap) * per_row
-    ctx.store(0, out_dtype, base + offsets(out_strides), cast(regs[-1], out_dtype))
+    ctx.store(0, out_dtype, base + offsets(out_strides), regs[-1].astype(out_dtype))
 
 
 # Reductions and contractions -----------------------------------------------------------
@@ -195,7 +196,7 @@ def reduce(ctx, dims):
         y = np.argmax(x, axis=1)
     else:
         y = np.argmin(x, axis=1)
-    ctx.store(0, numpy_dtype(out_dtype), j, cast(y, numpy_dtype(out_dtype)))
+    ctx.store(0, numpy_dtype(out_dtype), j, y.astype(numpy_dtype(out_dtype)))
 
 
 def matmul(ctx, dims):

@@ -59,11 +59,8 @@ __device__ __forceinline__ uint32_t convert_held(uint32_t v, int32_t from, int32
     const float f = bits_f(v);
     if (dtype_is_float(to)) return f_bits(round ? round_float(f, to) : f);
     if (to == kBool) return f != 0.0f;
-    // PTX's cvt.rzi saturates at the 32-bit range and takes NaN to 0, as XLA converts; int8
-    // and uint8 then wrap where XLA saturates (NOTES: clamping them here tipped nvcc's
-    // inlining of the dynamic worker into spills).
-    if (to == kU32) return __float2uint_rz(f);
-    return wrap_int(uint32_t(__float2int_rz(f)), to);
+    if (to == kU32) return uint32_t(static_cast<long long>(f));
+    return wrap_int(uint32_t(static_cast<int>(f)), to);
   }
   if (dtype_is_float(to)) {
     const float f = dtype_is_signed(from) ? float(int32_t(v)) : float(v);

@@ -142,7 +142,16 @@ struct ElementwiseTask {
                                                    uint32_t b, uint32_t c) {
     const bool is_float = dtype_is_float(dt);
     switch (op) {
-      case kOpConvert: return convert_held(a, ad, dt, true);
+      case kOpConvert:
+        // XLA converts a float to an integer toward zero, saturated at the integer's range,
+        // NaN to 0: PTX's cvt.rzi does so for 32 bits, the 8-bit range is clamped after it.
+        // convert_held (inlined everywhere) wraps as integer arithmetic results must.
+        if (dtype_is_float(ad) && dt == kU32) return __float2uint_rz(bits_f(a));
+        if (dtype_is_float(ad) && dt != kBool && !dtype_is_float(dt)) {
+          const int i = __float2int_rz(bits_f(a));
+          return uint32_t(dt == kI8 ? min(max(i, -128), 127) : dt == kU8 ? min(max(i, 0), 255) : i);
+        }
+        return convert_held(a, ad, dt, true);
       case kOpSelect: return a != 0 ? c : b;
       case kOpClamp: {
         const uint32_t low = is_float ? f_bits(float_binary(kOpMax, bits_f(b), bits_f(a)))
