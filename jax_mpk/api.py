@@ -119,7 +119,8 @@ class Call:
         positional = sorted((kv for kv in items if isinstance(kv[0], int)), key=lambda kv: kv[0])
         return [v for _, v in positional], {k: v for k, v in items if isinstance(k, str)}
 
-    def name(self, key: int | str) -> str:
+    @staticmethod
+    def name(key: int | str) -> str:
         return f"arg{key}" if isinstance(key, int) else key
 
 
@@ -139,8 +140,9 @@ class Compiled:
 
     def unflatten(self, flat_results):
         """The function's results from the program's: keys wrapped again, as fn returned them."""
+        impls = self.out_key_impls or (None,) * len(flat_results)
         leaves = [jax.random.wrap_key_data(x, impl=impl) if impl else x
-                  for x, impl in zip(flat_results, self.out_key_impls, strict=True)]
+                  for x, impl in zip(flat_results, impls, strict=True)]
         return jax.tree.unflatten(self.out_tree, leaves)
 
     @property
