@@ -26,8 +26,7 @@ def normal(*shape, scale=1.0):
 
 
 def ours(fn, backend, **jit_kwargs):
-    device = poisoned(SMALL_DEVICE, backend) if backend == "megakernel" else SMALL_DEVICE
-    return jax_mpk.jit(fn, backend=backend, device=device, **jit_kwargs)
+    return jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend), **jit_kwargs)
 
 
 def layer(x, w, *, bias, act="tanh"):

@@ -125,13 +125,12 @@ def _select_branch(b: GraphBuilder, eqn, inputs):
     values never read."""
     index, operands = inputs[0], inputs[1:]
     branches = [interpret(b, br.jaxpr, br.consts, operands) for br in eqn.params["branches"]]
-    results = []
+    results, i32 = [], np.dtype(np.int32)
     for j, var in enumerate(eqn.outvars):
         if is_key(var.aval):
             raise UnsupportedError(f"cond choosing PRNG keys (at {b.source})")
         dtype, value = np.dtype(var.aval.dtype), branches[0][j]
         for k, outs in enumerate(branches[1:], start=1):
-            i32 = np.dtype(np.int32)
             value = b.elementwise([Instr(Opcode.LOAD, i32, (), 0), const_instr(k, i32),
                                    Instr(Opcode.GE, np.dtype(np.bool_), (0, 1)),
                                    Instr(Opcode.LOAD, dtype, (), 1),

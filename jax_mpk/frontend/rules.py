@@ -375,9 +375,10 @@ def _scatter(b, params, inputs, avals, add: bool = False):
     window, sizes = list(updates.shape), []
     for d in range(len(x.shape)):
         sizes.append(1 if d in scattered else window.pop(0))
+    at_index = [indices.view((), (), k * indices.strides[0]) for k in range(len(scattered))]
     starts = [b.constant(np.int32(0)) for _ in x.shape]
     for k, d in enumerate(scattered):
-        starts[d] = indices.view((), (), k * indices.strides[0])
+        starts[d] = at_index[k]
     read = _dynamic_slice(b, {"slice_sizes": sizes}, [x, *starts],
                           [jax.ShapeDtypeStruct(sizes, x.dtype)])
     update = _reshaped(b, updates, sizes)
@@ -400,8 +401,7 @@ def _scatter(b, params, inputs, avals, add: bool = False):
                 instrs.append(Instr(Opcode.AND, boolean, (ok, len(instrs) - 1)))
             ok = len(instrs) - 1
         instrs.append(Instr(Opcode.SELECT, dtype, (ok, 0, value)))
-    scalars = [indices.view((), (), k * indices.strides[0]) for k in range(len(scattered))]
-    written = b.elementwise(instrs, [read, update, *scalars], sizes)
+    written = b.elementwise(instrs, [read, update, *at_index], sizes)
     return _dynamic_update_slice(b, {}, [x, written, *starts], avals)
 
 
