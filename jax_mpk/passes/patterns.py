@@ -154,7 +154,8 @@ def fold_output_casts(graph: Graph) -> None:
                 or id(out.buffer) in outputs or out.buffer.role is not Role.INTERMEDIATE):
             continue
         at, end = graph.ops.index(matmul), graph.ops.index(cast)
-        if any(t.overlaps(dst) for op in graph.ops[at + 1:end] for t in op.inputs + op.outputs):
+        touched = [t for op in graph.ops[at + 1:end] for t in op.inputs + op.outputs]
+        if any(t.overlaps(dst) for t in touched + matmul.inputs):  # e.g. dst donated by x
             continue
         matmul.outputs = [dst.view(out.shape, contiguous_strides(out.shape))]
         matmul.attrs["round"] = out.dtype
