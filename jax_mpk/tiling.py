@@ -592,7 +592,8 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1
         if rounding is not None:
-            flags |= {"bfloat16": MATMUL_ROUND_BF16, "float16": MATMUL_ROUND_F16}[np.dtype(rounding).name]
+            flags |= {"bfloat16": MATMUL_ROUND_BF16,
+                      "float16": MATMUL_ROUND_F16}[np.dtype(rounding).name]
         locations = [pb.location(out), desc(out.dtype, flags), pb.location(x),
                      pb.location(w)] + [pb.location(t) for t in extra] + scale + extent
         for b0, bn in b_tiles:
