@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
-from jax_mpk.passes.dataflow import is_plain_copy
+from jax_mpk.passes.dataflow import Links, is_plain_copy
 from jax_mpk.task_kinds import Opcode, Reducer
 from jax_mpk.tiling import _stream_x, op_dependencies
 
@@ -133,33 +133,26 @@ def fold_output_casts(graph: Graph) -> None:
     """A matmul whose 16-bit float result only a cast to float32 reads (an LM head's
     `logits.astype(float32)`) writes the cast's destination itself, rounding each element to
     its own dtype first (MATMUL_ROUND_BF16, MATMUL_ROUND_F16): one stage fewer."""
-    readers = _readers(graph)
-    outputs = {id(t.buffer) for t in graph.outputs}
-    writers = {}
-    for op in graph.ops:
-        for t in op.outputs:
-            writers.setdefault(id(t.buffer), []).append(op)
+    links = Links(graph)
     for cast in list(graph.ops):
         if not _widening_cast(cast):
             continue
         (src,), (dst,) = cast.inputs, cast.outputs
-        if len(writers.get(id(src.buffer), [])) != 1:
+        matmul = links.sole_writer(src, [cast])  # an intermediate, written whole
+        if (matmul is None or matmul.kind != "matmul" or "residual" in matmul.attrs
+                or "bias" in matmul.attrs or "out_strides" in matmul.attrs
+                or not _whole(src) or src.shape != dst.shape or not dst.is_contiguous):
             continue
-        (matmul,) = writers[id(src.buffer)]
         out = matmul.outputs[0]
-        if (matmul.kind != "matmul" or "residual" in matmul.attrs or "bias" in matmul.attrs
-                or "out_strides" in matmul.attrs or "round" in matmul.attrs
-                or not _whole(out) or not _whole(src) or src.shape != dst.shape
-                or not dst.is_contiguous or len(readers.get(id(out.buffer), [])) != 1
-                or id(out.buffer) in outputs or out.buffer.role is not Role.INTERMEDIATE):
-            continue
         at, end = graph.ops.index(matmul), graph.ops.index(cast)
         touched = [t for op in graph.ops[at + 1:end] for t in op.inputs + op.outputs]
         if any(t.overlaps(dst) for t in touched + matmul.inputs):  # e.g. dst donated by x
             continue
+        links.swap([matmul, cast], [])
         matmul.outputs = [dst.view(out.shape, contiguous_strides(out.shape))]
         matmul.attrs["round"] = out.dtype
         graph.ops.remove(cast)
+        links.swap([], [matmul])
 
 
 def _widening_cast(op: Op) -> bool:
