@@ -44,7 +44,10 @@ MATMUL        operands: out, descriptor, x, w[, residual][, bias][, scale | up][
               prefetch_loads weight loads a thread (at most 15) before its wait (speed
               only). 16 (MATMUL_TENSOR_CORES): bf16 or f16 x and w of one dtype, in tiles of
               16 to 128 columns, are multiplied on tensor cores (speed only: float32
-              accumulation either way, in another order). A task with a partial k range
+              accumulation either way, in another order). 32 (MATMUL_ROUND_BF16), 64
+              (MATMUL_ROUND_F16): the result, its epilogue added, rounds to bf16 (f16)
+              before it is stored as out_dtype (a widening cast folded in:
+              passes/patterns.fold_output_casts). A task with a partial k range
               (split-K) writes float32 partial sums for its k range.
               extent_axis 1 (M) or 2 (N): rows or columns at or past the int32 scalar extent
               are written as 0 without reading x or w there; 3 (K): the sum runs over
@@ -113,6 +116,8 @@ ATTENTION_WHOLE, ATTENTION_PARTIAL, ATTENTION_MERGE = 0, 1, 2  # DECODE_ATTENTIO
 MATMUL_NORM = 4  # MATMUL flag: RMS-normalize x's rows first
 MATMUL_GATE = 8  # MATMUL flag: x is silu(x) * up
 MATMUL_TENSOR_CORES = 16  # MATMUL flag: 16-bit tiles of 16 to 128 columns go to tensor cores
+MATMUL_ROUND_BF16 = 32  # MATMUL flag: the result rounds to bf16 before its store
+MATMUL_ROUND_F16 = 64  # MATMUL flag: the result rounds to f16 before its store
 
 
 class DType(enum.IntEnum):

@@ -23,6 +23,8 @@ from jax_mpk.task_kinds import (
     ATTENTION_WHOLE,
     MATMUL_GATE,
     MATMUL_NORM,
+    MATMUL_ROUND_BF16,
+    MATMUL_ROUND_F16,
     MATMUL_TENSOR_CORES,
     MAX_ELEMENTWISE_INSTRS,
     MAX_ELEMENTWISE_RANK,
@@ -534,6 +536,7 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     has_bias = "bias" in a
     norm = a.get("norm")  # passes/norm_linear.py: (eps, offset, dtype), scale after the epilogue
     gate = a.get("gate", False)  # passes/gating_linear.py: up after the epilogue
+    rounding = a.get("round")  # passes/patterns.fold_output_casts: the dtype stored as out's
     out_strides = a.get("out_strides", (a["M"] * a["N"], a["N"], 1))
     if _stream_x(a, has_bias):
         x, w, a, out_strides = _transposed(x, w, a, out_strides)
@@ -590,6 +593,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 
     if len(k_tiles) == 1:
         flags = int(has_residual) | int(has_bias) << 1
+        if rounding is not None:
+            flags |= {"bfloat16": MATMUL_ROUND_BF16,
+                      "float16": MATMUL_ROUND_F16}[np.dtype(rounding).name]
         locations = [pb.location(out), desc(out.dtype, flags), pb.location(x),
                      pb.location(w)] + [pb.location(t) for t in extra] + scale + extent
         for b0, bn in b_tiles:
@@ -625,6 +631,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         if t.dtype != f32:
             instrs.append(Instr(Opcode.CONVERT, f32, (len(instrs) - 1,)))
         instrs.append(Instr(Opcode.ADD, f32, (acc, len(instrs) - 1)))
+        acc = len(instrs) - 1
+    if rounding is not None:
+        instrs.append(Instr(Opcode.CONVERT, np.dtype(rounding), (acc,)))
         acc = len(instrs) - 1
     instrs.append(Instr(Opcode.CONVERT, out.dtype, (acc,)))
     shaped = [p.view((B, M, N), compact) for p in partials]

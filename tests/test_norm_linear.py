@@ -71,6 +71,32 @@ def test_the_norm_runs_inside_its_linears(kind, dtype, rows, k, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [256, 104])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_the_final_norm_runs_inside_a_tied_lm_head(dtype, k, backend):
+    """A tied LM head reads the embedding along k (x @ E^T): at one row its tasks stage and
+    normalize all of x too; at three rows the norm stays three ops."""
+    dtype = DTYPES[dtype]
+    x, residual, scale, _, _ = inputs("llama", dtype, 1, k, seed=k)
+    embedding = jnp.asarray(np.random.default_rng(k).standard_normal((300, k)), dtype)
+
+    def fn(x, residual, scale, embedding):
+        h = x + residual  # the residual stream
+        return rms_norm("llama", h, scale) @ embedding.T, h
+
+    compiled = jax_mpk.jit(fn, backend=backend, device=poisoned(SMALL_DEVICE, backend))
+    args = (x, residual, scale, embedding)
+    assert_close(compiled(*args), expect(fn, *args), dtype)
+    ops = ops_of(compiled, args)
+    assert reductions(ops) == 0
+    (head,) = (op for op in ops if op.kind == "matmul")
+    assert "norm" in head.attrs and head.attrs["w_strides"][2] == 1
+    rows = tuple(jnp.tile(t, (3, 1, 1)) for t in (x, residual)) + (scale, embedding)
+    assert_close(compiled(*rows), expect(fn, *rows), dtype)
+    assert reductions(ops_of(compiled, rows)) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [256, 104])
 @pytest.mark.parametrize("kind", ["llama", "flax"])
 def test_the_norm_runs_inside_tensor_core_linears(kind, k, backend):
     """8 rows in bf16 run on tensor cores (DeviceSpec.matmul_tensor_core_rows), which

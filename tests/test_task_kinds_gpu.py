@@ -284,6 +284,39 @@ def test_matmul_along_k_from_one_row(k, n, dtype):
     check(lambda x, table, r: x @ table.T + r, x, table, r, dtype=dtype, kinds=[TaskKind.MATMUL])
 
 
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("m, k, n, layout", [(1, 2048, 1000, "along_k"), (1, 999, 33, "along_k"),
+                                             (3, 200, 136, "along_n"), (1, 4096, 64, "along_n")])
+def test_matmul_result_cast_to_float32(m, k, n, layout, dtype, device):
+    """A 16-bit result that only its cast to float32 reads (an LM head's logits) is stored
+    as float32 by the matmul, rounded to its dtype first (passes/patterns.fold_output_casts),
+    bit for bit as the cast op stores it: by the matmul's tasks (the small device) or, where
+    many workers split K over these few columns, by the combine op."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(m + k + n)
+    x = normal(rng, (m, k), dtype)
+    w = normal(rng, (k, n) if layout == "along_n" else (n, k), dtype, k ** -0.5)
+
+    def product(x, w):
+        return x @ (w if layout == "along_n" else w.T)
+
+    def cast(x, w):
+        return product(x, w).astype(jnp.float32)
+
+    def cast_and_result(x, w):  # the 16-bit result is read twice: no fold
+        y = product(x, w)
+        return y.astype(jnp.float32), y
+
+    check(cast, x, w, dtype=dtype, device=DEVICES[device], kinds=[TaskKind.MATMUL])
+    folded = compile(cast, DEVICES[device])
+    ops = folded.lower(x, w).compiled.program.graph.ops
+    assert [op.kind for op in ops] == ["matmul"] and ops[0].attrs["round"] == dtype
+    unfolded = compile(cast_and_result, DEVICES[device])
+    assert "round" not in unfolded.lower(x, w).compiled.program.graph.ops[0].attrs
+    np.testing.assert_array_equal(np.asarray(folded(x, w)), np.asarray(unfolded(x, w)[0]))
+
+
 @pytest.mark.parametrize("dtype", list(FLOATS))
 @pytest.mark.parametrize("k, n", [(1, 1), (3, 17), (17, 3), (999, 24), (4096, 64)])
 @pytest.mark.parametrize("m", [1, 3])

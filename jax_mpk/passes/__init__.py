@@ -19,6 +19,7 @@ from jax_mpk.passes.gating_linear import fold_gating_into_linears
 from jax_mpk.passes.norm_linear import fold_norms_into_linears
 from jax_mpk.passes.patterns import (
     fold_linear_epilogues,
+    fold_output_casts,
     fold_output_copies,
     group_sibling_matmuls,
     label_layers,
@@ -49,6 +50,7 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
     bound_attention_to_live_cache(graph)
     remove_duplicate_ops(graph)
     fold_output_copies(graph)
+    fold_output_casts(graph)
     if fold_norms:
         fold_norms_into_linears(graph, device)
     if fold_gating:

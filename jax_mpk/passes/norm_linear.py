@@ -182,8 +182,8 @@ def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs,
     """The matmul reading x and the norm's scale, normalizing as it stages; None when its
     rows are not the norm's rows in order (batched, offset, strided or swapped), or when its
     tasks would not stage all of x at once (more rows than the CUDA core paths take where it
-    would not run on tensor cores, rows not of whole 16-byte vectors, or weights not
-    contiguous along n)."""
+    would not run on tensor cores, rows not of whole 16-byte vectors, or weights contiguous
+    along neither n nor, at one row (a tied LM head), k)."""
     from jax_mpk.tiling import _stream_x, on_tensor_cores, tensor_cores_normalize
 
     a = matmul.attrs
@@ -200,7 +200,7 @@ def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs,
             or not fits
             or (K * x.dtype.itemsize) % 16 or (x.offset * x.dtype.itemsize) % 16
             or x.dtype.itemsize not in (2, 4)
-            or a["w_strides"][3] != 1 or a["w_strides"][2] == 1 or "extent_axis" in a
+            or not _stages_whole_weights(a["w_strides"], a["M"]) or "extent_axis" in a
             or "norm" in a or _stream_x(a, "bias" in a)
             or any(t.buffer is normed.buffer for t in matmul.inputs[1:])):
         return None
@@ -209,3 +209,9 @@ def _normed_matmul(matmul: Op, normed: Tensor, x: Tensor, scale: Tensor, attrs,
     inputs.insert(2 + epilogue, scale)
     return Op("matmul", inputs, matmul.outputs, {**a, "norm": attrs}, matmul.source,
               matmul.label or "rms_norm")
+
+
+def _stages_whole_weights(w_strides, M: int) -> bool:
+    """MatmulTask::stages_whole's weight layouts: contiguous along n, or along k at one row."""
+    along_n = w_strides[3] == 1 and w_strides[2] != 1
+    return along_n or (w_strides[2] == 1 and M == 1)

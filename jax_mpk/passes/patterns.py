@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from jax_mpk.ir import Graph, Op, Role, Tensor
+import numpy as np
+
+from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.dataflow import Links, is_plain_copy
 from jax_mpk.task_kinds import Opcode, Reducer
 from jax_mpk.tiling import _stream_x, op_dependencies
@@ -121,6 +123,43 @@ def fold_output_copies(graph: Graph) -> None:
         matmul.attrs["out_strides"] = strides
         links.swap([], [matmul])
         graph.ops.remove(copy)
+
+
+def fold_output_casts(graph: Graph) -> None:
+    """A matmul whose 16-bit float result only a cast to float32 reads (an LM head's
+    `logits.astype(float32)`) writes the cast's destination itself, rounding each element to
+    its own dtype first (MATMUL_ROUND_BF16, MATMUL_ROUND_F16): one stage fewer."""
+    links = Links(graph)
+    for cast in list(graph.ops):
+        if not _widening_cast(cast):
+            continue
+        (src,), (dst,) = cast.inputs, cast.outputs
+        matmul = links.sole_writer(src, [cast])  # an intermediate, written whole
+        if (matmul is None or matmul.kind != "matmul" or "residual" in matmul.attrs
+                or "bias" in matmul.attrs or "out_strides" in matmul.attrs
+                or not _whole(src) or src.shape != dst.shape or not dst.is_contiguous):
+            continue
+        out = matmul.outputs[0]
+        at, end = graph.ops.index(matmul), graph.ops.index(cast)
+        touched = [t for op in graph.ops[at + 1:end] for t in op.inputs + op.outputs]
+        if any(t.overlaps(dst) for t in touched + matmul.inputs):  # e.g. dst donated by x
+            continue
+        links.swap([matmul, cast], [])
+        matmul.outputs = [dst.view(out.shape, contiguous_strides(out.shape))]
+        matmul.attrs["round"] = out.dtype
+        graph.ops.remove(cast)
+        links.swap([], [matmul])
+
+
+def _widening_cast(op: Op) -> bool:
+    """An elementwise op of one bf16 or f16 input that only converts it to float32."""
+    instrs = op.attrs.get("instrs", ())
+    return (op.kind == "elementwise" and len(op.inputs) == 1 and len(instrs) == 2
+            and instrs[0].opcode == Opcode.LOAD and instrs[0].imm == 0
+            and instrs[0].dtype == op.inputs[0].dtype
+            and op.inputs[0].dtype.name in ("bfloat16", "float16")
+            and instrs[1].opcode == Opcode.CONVERT and instrs[1].args == (0,)
+            and instrs[1].dtype == np.float32 and op.outputs[0].dtype == np.float32)
 
 
 def _copied_strides(attrs: dict, src: Tensor, dst: Tensor) -> tuple[int, int, int] | None:

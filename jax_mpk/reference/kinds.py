@@ -13,7 +13,10 @@ from jax_mpk.task_kinds import (
     ATTENTION_WHOLE,
     MATMUL_GATE,
     MATMUL_NORM,
+    MATMUL_ROUND_BF16,
+    MATMUL_ROUND_F16,
     SEQUENCE_STEP_WORDS,
+    DType,
     ElementwiseProgram,
     Opcode,
     Reducer,
@@ -240,6 +243,10 @@ def matmul(ctx, dims):
         extra += 1
     if flags & 2:
         acc = acc + ctx.load(extra, numpy_dtype(out_dtype), n).astype(F32)
+    if flags & MATMUL_ROUND_BF16:
+        acc = acc.astype(numpy_dtype(DType.BF16)).astype(F32)
+    elif flags & MATMUL_ROUND_F16:
+        acc = acc.astype(np.float16).astype(F32)
     ctx.store(0, numpy_dtype(out_dtype), out_offsets, acc)
 
 

@@ -33,6 +33,7 @@ struct MatmulTask {
   static constexpr const char* kName = "matmul";
   static constexpr int kDescWords = 26;
   static constexpr int kResidual = 1, kBias = 2, kNorm = 4, kGate = 8, kTensorCores = 16;  // flags
+  static constexpr int kRoundBF16 = 32, kRoundF16 = 64;
   static constexpr int kStagedRows = 4;  // rows run() stages whole (jax_mpk.passes.norm_linear)
   static constexpr int kRows = 8;    // output rows a thread accumulates per pass over k ...
   static constexpr int kAccumulators = 32;  // ... unless that makes more accumulators than this
@@ -85,11 +86,13 @@ struct MatmulTask {
     return nullptr;
   }
 
-  // The output element (b, m, n), its residual and bias added, stored in out's dtype.
+  // The output element (b, m, n), its residual and bias added, stored in out's dtype (first
+  // rounded to bf16 or f16 where a widening cast of the result was folded in).
   __device__ static void store(const Problem& p, int b, int m, int n, float acc) {
     const int64_t at = b * p.os[0] + int64_t(m) * p.os[1] + int64_t(n) * p.os[2];
     if (p.residual) acc += load_f32(p.residual, p.out_dtype, at);
     if (p.bias) acc += load_f32(p.bias, p.out_dtype, n);
+    if (p.flags & (kRoundBF16 | kRoundF16)) acc = round_float(acc, p.flags & kRoundBF16 ? kBF16 : kF16);
     store_f32(p.out, p.out_dtype, at, acc);
   }
 
@@ -351,13 +354,15 @@ struct MatmulTask {
     }
   }
 
-  // Whether run() stages all of x (stage_whole) before by_columns runs, which then stages
-  // nothing (run() clears p.x): batch index 0 alone, at most kStagedRows rows (one pass of
-  // by_columns), all of k in one chunk, x contiguous along k in 16-byte aligned rows; with
-  // the norm flag, all of K (no split-K).
+  // Whether run() stages all of x (stage_whole) before by_columns runs (or by_k, for
+  // weights along k at one row: a tied LM head), which then stages nothing (run() clears
+  // p.x): batch index 0 alone, at most kStagedRows rows (one pass of by_columns), all of k in
+  // one chunk, x contiguous along k in 16-byte aligned rows; with the norm flag, all of K
+  // (no split-K).
   __device__ static bool stages_whole(const TaskContext& ctx, const Problem& p) {
     const int V = 16 / dtype_size(p.x_dtype);
-    return p.ws[3] == 1 && p.ws[2] != 1 && p.extent_axis == 0 && ctx.desc.dims[0] == 0 && ctx.desc.dims[1] == 1 &&
+    const bool along_n = p.ws[3] == 1 && p.ws[2] != 1, along_k_one_row = p.ws[2] == 1 && p.M == 1;
+    return (along_n || along_k_one_row) && p.extent_axis == 0 && ctx.desc.dims[0] == 0 && ctx.desc.dims[1] == 1 &&
            p.M <= kStagedRows && p.M * padded(p.kn) <= kStagedX && p.xs[3] == 1 && p.kn % V == 0 &&
            (p.M == 1 || p.xs[2] % V == 0) && reinterpret_cast<uintptr_t>(p.x + p.k0 * dtype_size(p.x_dtype)) % 16 == 0 &&
            (!(p.flags & kGate) || reinterpret_cast<uintptr_t>(up_of(ctx, p) + p.k0 * dtype_size(p.x_dtype)) % 16 == 0) &&
