@@ -173,7 +173,8 @@ class Lowered:
 
     @property
     def program(self):
-        return self.compiled.program.program
+        """The binary program; None for a function without results (nothing runs)."""
+        return self.compiled.program and self.compiled.program.program
 
     def as_text(self) -> str:
         return report(self.compiled, self.name)
@@ -206,6 +207,8 @@ class Function:
 
     def _launch_traced(self, call: Call, donated, kept):
         compiled, flat = self._compile(call, donated, kept)
+        if not compiled.results:  # nothing to compute: no launch, as jax.jit runs nothing
+            return compiled.unflatten([])
         return compiled.unflatten(_megakernel_call(compiled, flat))
 
     def compile_for(self, args: tuple, kwargs: dict | None = None) -> tuple[Compiled, list]:
@@ -235,6 +238,8 @@ class Function:
                          for x, impl in zip(flat_args, key_impls, strict=True)]
             args, kwargs = call.rebuild(*jax.tree.unflatten(in_tree, flat_args))
             leaves, tree = jax.tree.flatten(self.fn(*args, **kwargs))
+            # As jax.jit returns them: a Python or numpy scalar result as a jax array.
+            leaves = [x if isinstance(x, jax.Array) else jax.numpy.asarray(x) for x in leaves]
             out_key_impls[:] = [jax.random.key_impl(x) if is_key(x) else None for x in leaves]
             return jax.tree.unflatten(tree, [jax.random.key_data(x) if is_key(x) else x
                                              for x in leaves])
@@ -252,14 +257,16 @@ class Function:
         axis_env = [(tp.axis, tp.size)] if tp else []
         closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True,
                                            axis_env=axis_env)(*flat_avals)
+        out_leaves, out_tree = jax.tree.flatten(out_shape)
+        results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
+        if not results:  # nothing to compute: calls return out_tree's empty leaves, as jax.jit's
+            return Compiled(None, in_tree, out_tree, [], {}, names, tensor_parallel=tp)
         graph = build_graph(closed, donated, names, tp)
         spec = self._device_spec()
         passes.optimize(graph, fuse_attention=spec.fused_attention, fold_norms=spec.fold_norms,
                         fold_gating=spec.fold_gating, fold_appends=spec.fold_cache_appends,
                         device=spec)
         program = compile_graph(graph, spec, tp)
-        out_leaves, out_tree = jax.tree.flatten(out_shape)
-        results = [(tuple(o.shape), np.dtype(o.dtype)) for o in out_leaves]
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names,
                         tensor_parallel=tp, out_key_impls=tuple(out_key_impls))
 
@@ -288,6 +295,8 @@ class Function:
         if backend != "reference":
             return self._launch(*split)
         compiled, flat = self._compile(*split)
+        if not compiled.results:
+            return compiled.unflatten([])
         outs = reference.execute(compiled.program.program, [np.asarray(x) for x in flat],
                                  compiled.results, compiled.aliases)
         return compiled.unflatten([jax.numpy.asarray(o) for o in outs])

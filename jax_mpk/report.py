@@ -41,6 +41,8 @@ def dependent_stages(program) -> int:
 
 def report(compiled, name: str) -> str:
     cp = compiled.program
+    if cp is None:
+        return f"jax_mpk program for {name}: no results, nothing runs"
     graph, program = cp.graph, cp.program
     lines = [f"jax_mpk program for {name}"]
     role_bytes = collections.Counter()

@@ -111,6 +111,23 @@ def test_zero_size_arrays_give_zero_size_results(name, backend):
     assert_close(ours(EMPTY[name], backend)(x, y), jax.jit(EMPTY[name])(x, y), np.float32)
 
 
+RESULTS_WITHOUT_ARRAYS = {
+    "none": lambda x: None,
+    "empty_tuple": lambda x: (),
+    "python_scalar": lambda x: (x.shape[0], x * 2),  # an int result comes back as an array
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(RESULTS_WITHOUT_ARRAYS))
+def test_results_that_are_not_arrays_come_back_as_from_jax_jit(name, backend):
+    fn, x = RESULTS_WITHOUT_ARRAYS[name], normal(3, 5)
+    got, expected = ours(fn, backend)(x), jax.jit(fn)(x)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    if jax.tree.leaves(expected):
+        assert_close(got, expected, np.float32)
+
+
 def test_argument_errors_name_the_cause():
     with pytest.raises(ValueError, match="both static and donated"):
         jax_mpk.jit(append, static_argnames="cache", donate_argnums=0)
