@@ -23,6 +23,10 @@ TOLERANCE = {
     np.dtype(jnp.bfloat16): 1e-2,
 }
 
+# Integer division at XLA's edges (by zero, the smallest int32 by -1) and ordinary cases.
+DIVIDENDS = [37, -23, 7, -7, 0, -2**31, -2**31, 5, 2**31 - 1, -1]
+DIVISORS = [0, 0, 2, -2, 3, -1, 1, -5, -1, 0]
+
 # A small device, so that the small test models still split into many tiles and events.
 SMALL_DEVICE = DeviceSpec(sm_count=9, min_tile_elements=32, matmul_tile_n=8, min_split_k=16)
 

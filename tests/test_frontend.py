@@ -16,7 +16,7 @@ import jax_mpk
 from jax_mpk.frontend import UnsupportedError
 from jax_mpk.program import TaskKind
 from jax_mpk.tiling import DeviceSpec
-from tests.harness import SMALL_DEVICE, assert_close, steps
+from tests.harness import DIVIDENDS, DIVISORS, SMALL_DEVICE, assert_close, steps
 
 RNG = np.random.default_rng(0)
 
@@ -156,6 +156,13 @@ def test_float_to_integer_conversions_saturate_as_xla_does():
                     jnp.float32)
     for dtype in (jnp.int32, jnp.uint32, jnp.int8, jnp.uint8, jnp.bool_):
         check(lambda x, dtype=dtype: (x * 1.0).astype(dtype), x)
+
+
+def test_integer_division_and_remainder_at_xlas_edges():
+    a, b = jnp.asarray(DIVIDENDS, jnp.int32), jnp.asarray(DIVISORS, jnp.int32)
+    check(lambda a, b: (lax.div(a, b), lax.rem(a, b), a // b, a % b), a, b)
+    ua, ub = a.astype(jnp.uint32), jnp.abs(b).astype(jnp.uint32)
+    check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), ua, ub)
 
 
 def test_iota_and_masks():

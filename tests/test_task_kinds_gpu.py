@@ -21,6 +21,8 @@ from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
 from jax_mpk.tiling import DeviceSpec
 from tests.harness import (
+    DIVIDENDS,
+    DIVISORS,
     SMALL_DEVICE,
     assert_close,
     decode_step,
@@ -138,6 +140,14 @@ def test_float_to_integer_conversions_saturate_as_xla_does(dtype):
                     jnp.float32)
     # x * 1.0: converted in the task, not folded into the load.
     check(lambda x: (x * 1.0).astype(dtype), x, kinds=[TaskKind.ELEMENTWISE])
+
+
+def test_integer_division_and_remainder_at_xlas_edges():
+    a, b = jnp.asarray(DIVIDENDS, jnp.int32), jnp.asarray(DIVISORS, jnp.int32)
+    check(lambda a, b: (lax.div(a, b), lax.rem(a, b), a // b, a % b), a, b,
+          kinds=[TaskKind.ELEMENTWISE])
+    check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), a.astype(jnp.uint32),
+          jnp.abs(b).astype(jnp.uint32), kinds=[TaskKind.ELEMENTWISE])
 
 
 def test_elementwise_transposed_and_broadcast_inputs():

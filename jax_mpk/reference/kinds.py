@@ -146,11 +146,16 @@ def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
             base = args[0]
             result = np.power(base, abs(instr.imm)) if instr.imm else np.ones_like(base)
             return (1 / result if instr.imm < 0 else result).astype(held)
-        if op == Opcode.DIV:
-            if is_float(dtype):
-                return (args[0] / args[1]).astype(held)
+        if op in (Opcode.DIV, Opcode.REM) and not is_float(dtype):
+            # XLA's integer division: by zero, a quotient of all ones and a remainder of a.
             a, b = args
-            return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(held)
+            divisor = np.where(b == 0, 1, b)
+            if op == Opcode.REM:
+                return np.where(b == 0, a, np.fmod(a, divisor)).astype(held)
+            quotient = np.sign(a) * np.sign(divisor) * (np.abs(a) // np.abs(divisor))
+            return np.where(b == 0, -1, quotient).astype(held)
+        if op == Opcode.DIV:
+            return (args[0] / args[1]).astype(held)
         if op == Opcode.REM:
             return np.fmod(*args).astype(held)
         return _BINARY[op](*args).astype(held)

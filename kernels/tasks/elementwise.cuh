@@ -103,8 +103,10 @@ struct ElementwiseTask {
       case kOpAdd: return is_bool ? (a | b) : a + b;
       case kOpSub: return a - b;
       case kOpMul: return a * b;
-      case kOpDiv: return b == 0 ? 0 : a / b;  // numpy: sign(a) sign(b) (|a| // |b|), 0 for b == 0
-      case kOpRem: return b == 0 ? 0 : a % b;  // fmod
+      // As XLA: by zero, a quotient of all ones and a remainder of a; by -1 no overflow trap
+      // (the quotient wraps, as INT_MIN / -1 does there).
+      case kOpDiv: return b == 0 ? -1 : b == -1 ? int64_t(0ull - uint64_t(a)) : a / b;
+      case kOpRem: return b == 0 ? a : b == -1 ? 0 : a % b;
       case kOpPow: {
         if (b < 0) return a == 1 ? 1 : a == -1 ? (b & 1 ? -1 : 1) : 0;
         int64_t r = 1;
