@@ -217,12 +217,19 @@ class Opcode(enum.IntEnum):
     TAN = 45
     CBRT = 46
     ERFC = 47
+    # Integer shifts as XLA's: by the dtype's width or more (or a negative amount), 0 for the
+    # left and logical shifts, the sign for the arithmetic one, which takes an unsigned
+    # value's top bit as its sign.
+    SHIFT_LEFT = 48
+    SHIFT_RIGHT_ARITHMETIC = 49
+    SHIFT_RIGHT_LOGICAL = 50
 
 
+SHIFTS = (Opcode.SHIFT_LEFT, Opcode.SHIFT_RIGHT_ARITHMETIC, Opcode.SHIFT_RIGHT_LOGICAL)
 NUM_ARGS = {Opcode.LOAD: 0, Opcode.CONST: 0, Opcode.IOTA: 0, Opcode.SELECT: 3, Opcode.CLAMP: 3}
 for _op in Opcode:
     if _op not in NUM_ARGS:
-        NUM_ARGS[_op] = 2 if Opcode.ADD <= _op <= Opcode.GE else 1
+        NUM_ARGS[_op] = 2 if Opcode.ADD <= _op <= Opcode.GE or _op in SHIFTS else 1
 
 
 class Instr(NamedTuple):

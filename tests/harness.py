@@ -27,6 +27,24 @@ TOLERANCE = {
 DIVIDENDS = [37, -23, 7, -7, 0, -2**31, -2**31, 5, 2**31 - 1, -1]
 DIVISORS = [0, 0, 2, -2, 3, -1, 1, -5, -1, 0]
 
+
+
+def shift_operands(dtype, seed: int = 3):
+    """Random values of an integer dtype and shift amounts, with XLA's edge amounts among them
+    (the width, past it, and for signed dtypes negative ones)."""
+    rng, info = np.random.default_rng(seed), np.iinfo(dtype)
+    edges = [info.bits, info.bits + 3, 0, info.bits - 1, 100] + ([-1, -5] if info.min else [1, 2])
+    amounts = np.concatenate([rng.integers(0, info.bits, 25), edges])
+    return (jnp.asarray(rng.integers(info.min, int(info.max) + 1, amounts.size), dtype),
+            jnp.asarray(amounts, dtype))
+
+
+def shifts(a, b):
+    """Every shift, and the unpacking of 4-bit fields as an int4 weight loader does it."""
+    return (jax.lax.shift_left(a, b), jax.lax.shift_right_arithmetic(a, b),
+            jax.lax.shift_right_logical(a, b), (a >> 4) & 15)
+
+
 # A small device, so that the small test models still split into many tiles and events.
 SMALL_DEVICE = DeviceSpec(sm_count=9, min_tile_elements=32, matmul_tile_n=8, min_split_k=16)
 

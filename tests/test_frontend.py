@@ -16,7 +16,15 @@ import jax_mpk
 from jax_mpk.frontend import UnsupportedError
 from jax_mpk.program import TaskKind
 from jax_mpk.tiling import DeviceSpec
-from tests.harness import DIVIDENDS, DIVISORS, SMALL_DEVICE, assert_close, steps
+from tests.harness import (
+    DIVIDENDS,
+    DIVISORS,
+    SMALL_DEVICE,
+    assert_close,
+    shift_operands,
+    shifts,
+    steps,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -163,6 +171,11 @@ def test_integer_division_and_remainder_at_xlas_edges():
     check(lambda a, b: (lax.div(a, b), lax.rem(a, b), a // b, a % b), a, b)
     ua, ub = a.astype(jnp.uint32), jnp.abs(b).astype(jnp.uint32)
     check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), ua, ub)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint32, jnp.int8, jnp.uint8])
+def test_shifts_as_xla_shifts(dtype):
+    check(shifts, *shift_operands(dtype))
 
 
 def test_iota_and_masks():

@@ -29,6 +29,8 @@ from tests.harness import (
     expect,
     matmul_descriptors,
     poisoned,
+    shift_operands,
+    shifts,
 )
 from tests.test_models import STEPS
 
@@ -148,6 +150,11 @@ def test_integer_division_and_remainder_at_xlas_edges():
           kinds=[TaskKind.ELEMENTWISE])
     check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), a.astype(jnp.uint32),
           jnp.abs(b).astype(jnp.uint32), kinds=[TaskKind.ELEMENTWISE])
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint32, jnp.int8, jnp.uint8])
+def test_shifts_as_xla_shifts(dtype):
+    check(shifts, *shift_operands(dtype), kinds=[TaskKind.ELEMENTWISE])
 
 
 def test_elementwise_transposed_and_broadcast_inputs():

@@ -37,7 +37,9 @@ BINARY = {
     "rem": Opcode.REM, "pow": Opcode.POW, "max": Opcode.MAX, "min": Opcode.MIN,
     "and": Opcode.AND, "or": Opcode.OR, "xor": Opcode.XOR, "eq": Opcode.EQ, "ne": Opcode.NE,
     "lt": Opcode.LT, "le": Opcode.LE, "gt": Opcode.GT, "ge": Opcode.GE,
-    "add_any": Opcode.ADD,
+    "add_any": Opcode.ADD, "shift_left": Opcode.SHIFT_LEFT,
+    "shift_right_arithmetic": Opcode.SHIFT_RIGHT_ARITHMETIC,
+    "shift_right_logical": Opcode.SHIFT_RIGHT_LOGICAL,
 }
 IDENTITY = {"copy", "copy_p", "stop_gradient", "optimization_barrier"}
 # A PRNG key array is its key data here (jax_mpk.api passes keys in and out as key data):

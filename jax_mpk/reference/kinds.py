@@ -16,6 +16,7 @@ from jax_mpk.task_kinds import (
     MATMUL_ROUND_BF16,
     MATMUL_ROUND_F16,
     SEQUENCE_STEP_WORDS,
+    SHIFTS,
     DType,
     ElementwiseProgram,
     Opcode,
@@ -97,6 +98,21 @@ _BITWISE = {Opcode.AND: (np.logical_and, np.bitwise_and), Opcode.OR: (np.logical
             np.bitwise_or), Opcode.XOR: (np.logical_xor, np.bitwise_xor)}
 
 
+def shift(op: Opcode, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a shifted by b as XLA shifts (task_kinds.Opcode.SHIFT_*), in a's integer dtype."""
+    dtype, bits = a.dtype, 8 * a.dtype.itemsize
+    unsigned, signed = np.dtype(f"u{a.dtype.itemsize}"), np.dtype(f"i{a.dtype.itemsize}")
+    past = (b.astype(np.int64) < 0) | (b.astype(np.int64) >= bits)
+    n = np.where(past, 0, b).astype(np.uint64)
+    if op == Opcode.SHIFT_RIGHT_ARITHMETIC:
+        value = a.view(signed).astype(np.int64)
+        return np.where(past, np.where(value < 0, -1, 0), value >> n.astype(np.int64)) \
+            .astype(signed).view(dtype)
+    value = a.view(unsigned).astype(np.uint64)
+    moved = value << n if op == Opcode.SHIFT_LEFT else value >> n
+    return np.where(past, 0, moved).astype(unsigned).view(dtype)
+
+
 def cast(values: np.ndarray, dtype) -> np.ndarray:
     """values as dtype, as XLA's convert (CONVERT): a float becomes an integer toward zero,
     saturated at the integer dtype's range, NaN as 0 (numpy's astype wraps or is undefined
@@ -146,6 +162,8 @@ def evaluate(instr, regs: list[np.ndarray], loaded: list[np.ndarray],
             base = args[0]
             result = np.power(base, abs(instr.imm)) if instr.imm else np.ones_like(base)
             return (1 / result if instr.imm < 0 else result).astype(held)
+        if op in SHIFTS:
+            return shift(op, *args).astype(held)
         if op in (Opcode.DIV, Opcode.REM) and not is_float(dtype):
             # XLA's integer division: by zero, a quotient of all ones and a remainder of a.
             a, b = args

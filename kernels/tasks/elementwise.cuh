@@ -16,7 +16,8 @@ enum ElementwiseOp : int32_t {
   kOpLog1p, kOpExpm1, kOpTanh, kOpLogistic, kOpErf, kOpRsqrt, kOpSqrt, kOpSin, kOpCos, kOpFloor,
   kOpCeil, kOpNot, kOpIntegerPow, kOpAdd, kOpSub, kOpMul, kOpDiv, kOpRem, kOpPow, kOpMax, kOpMin,
   kOpAnd, kOpOr, kOpXor, kOpEq, kOpNe, kOpLt, kOpLe, kOpGt, kOpGe, kOpSelect, kOpClamp,
-  kOpIsFinite, kOpSquare, kOpRound, kOpTan, kOpCbrt, kOpErfc, kNumElementwiseOps
+  kOpIsFinite, kOpSquare, kOpRound, kOpTan, kOpCbrt, kOpErfc, kOpShiftLeft, kOpShiftRightArithmetic,
+  kOpShiftRightLogical, kNumElementwiseOps
 };
 
 struct ElementwiseTask {
@@ -186,6 +187,19 @@ struct ElementwiseTask {
           r = compare(op, x < y, x == y, x > y);
         }
         return convert_held(r, kBool, dt, false);
+      }
+      case kOpShiftLeft: case kOpShiftRightArithmetic: case kOpShiftRightLogical: {
+        // As XLA: a's bits in its dtype's width; by the width or more (a negative amount
+        // among them), 0, or the sign for the arithmetic shift (an unsigned top bit too).
+        const int bits = 8 * dtype_size(dt);
+        const uint32_t word = bits == 32 ? a : a & ((1u << bits) - 1);
+        const int32_t sign_extended = int32_t(word << (32 - bits)) >> (32 - bits);
+        const int64_t n = as_int64(b, dt);
+        const bool past = n < 0 || n >= bits;
+        const uint32_t r = op == kOpShiftLeft            ? (past ? 0u : word << n)
+                           : op == kOpShiftRightLogical ? (past ? 0u : word >> n)
+                           : uint32_t(past ? (sign_extended < 0 ? -1 : 0) : sign_extended >> n);
+        return wrap_int(r, dt);
       }
       case kOpAnd: case kOpOr: case kOpXor:
         return dt == kBool ? uint32_t(int_binary(op, a != 0, b != 0, true) != 0)
