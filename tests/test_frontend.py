@@ -178,6 +178,15 @@ def test_shifts_as_xla_shifts(dtype):
     check(shifts, *shift_operands(dtype))
 
 
+def test_a_linear_of_packed_int4_weights():
+    def linear(x, packed, scale):  # two 4-bit weights a byte, low nibble first, offset 8
+        nibbles = jnp.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[0], -1)
+        return x @ ((nibbles.astype(jnp.float32) - 8) * scale)
+
+    packed = jnp.asarray(RNG.integers(0, 256, (64, 16)), jnp.uint8)
+    check(linear, normal(3, 64), packed, normal(32, scale=0.05))
+
+
 def test_iota_and_masks():
     def fn(x, pos):
         mask = jnp.arange(x.shape[1])[None, :] <= pos + jnp.arange(x.shape[0])[:, None]
