@@ -142,13 +142,18 @@ _NUMPY = {
     DType.U8: np.dtype(np.uint8),
 }
 _CODES = {v: k for k, v in _NUMPY.items()}
+SUPPORTED_DTYPES = ", ".join(d.name for d in _NUMPY.values())
+
+
+def is_supported_dtype(dtype) -> bool:
+    return np.dtype(dtype) in _CODES
 
 
 def dtype_code(dtype) -> DType:
     code = _CODES.get(np.dtype(dtype))
     if code is None:
         raise TypeError(f"dtype {np.dtype(dtype).name} is not supported; supported: "
-                        + ", ".join(d.name for d in _NUMPY.values()))
+                        + SUPPORTED_DTYPES)
     return code
 
 

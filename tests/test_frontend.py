@@ -187,6 +187,13 @@ def test_a_linear_of_packed_int4_weights():
     check(linear, normal(3, 64), packed, normal(32, scale=0.05))
 
 
+def test_a_dtype_the_tasks_lack_is_named_before_launch():
+    with pytest.raises(UnsupportedError, match="argument arg0 is of dtype int16"):
+        jax_mpk.jit(lambda x: x * 2, backend="reference")(jnp.ones(4, jnp.int16))
+    with pytest.raises(UnsupportedError, match="`convert_element_type`: a result of dtype int16"):
+        jax_mpk.jit(lambda x: x.astype(jnp.int16) * 2, backend="reference")(normal(4))
+
+
 def test_iota_and_masks():
     def fn(x, pos):
         mask = jnp.arange(x.shape[1])[None, :] <= pos + jnp.arange(x.shape[0])[:, None]
