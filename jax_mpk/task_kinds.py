@@ -142,7 +142,7 @@ _NUMPY = {
     DType.U8: np.dtype(np.uint8),
 }
 _CODES = {v: k for k, v in _NUMPY.items()}
-SUPPORTED_DTYPES = ", ".join(d.name for d in _NUMPY.values())
+SUPPORTED_DTYPE_NAMES = ", ".join(d.name for d in _NUMPY.values())
 
 
 def is_supported_dtype(dtype) -> bool:
@@ -153,7 +153,7 @@ def dtype_code(dtype) -> DType:
     code = _CODES.get(np.dtype(dtype))
     if code is None:
         raise TypeError(f"dtype {np.dtype(dtype).name} is not supported; supported: "
-                        + SUPPORTED_DTYPES)
+                        + SUPPORTED_DTYPE_NAMES)
     return code
 
 

@@ -23,10 +23,16 @@ TOLERANCE = {
     np.dtype(jnp.bfloat16): 1e-2,
 }
 
-# Integer division at XLA's edges (by zero, the smallest int32 by -1) and ordinary cases.
-DIVIDENDS = [37, -23, 7, -7, 0, -2**31, -2**31, 5, 2**31 - 1, -1]
-DIVISORS = [0, 0, 2, -2, 3, -1, 1, -5, -1, 0]
+def division_operands():
+    """int32 and uint32 dividends and divisors with XLA's edges among them: by zero, and the
+    smallest int32 by -1."""
+    a = jnp.asarray([37, -23, 7, -7, 0, -2**31, -2**31, 5, 2**31 - 1, -1], jnp.int32)
+    b = jnp.asarray([0, 0, 2, -2, 3, -1, 1, -5, -1, 0], jnp.int32)
+    return [(a, b), (a.astype(jnp.uint32), jnp.abs(b).astype(jnp.uint32))]
 
+
+def divisions(a, b):
+    return jax.lax.div(a, b), jax.lax.rem(a, b), a // b, a % b
 
 
 def shift_operands(dtype, seed: int = 3):

@@ -17,10 +17,10 @@ from jax_mpk.frontend import UnsupportedError
 from jax_mpk.program import TaskKind
 from jax_mpk.tiling import DeviceSpec
 from tests.harness import (
-    DIVIDENDS,
-    DIVISORS,
     SMALL_DEVICE,
     assert_close,
+    division_operands,
+    divisions,
     shift_operands,
     shifts,
     steps,
@@ -167,10 +167,8 @@ def test_float_to_integer_conversions_saturate_as_xla_does():
 
 
 def test_integer_division_and_remainder_at_xlas_edges():
-    a, b = jnp.asarray(DIVIDENDS, jnp.int32), jnp.asarray(DIVISORS, jnp.int32)
-    check(lambda a, b: (lax.div(a, b), lax.rem(a, b), a // b, a % b), a, b)
-    ua, ub = a.astype(jnp.uint32), jnp.abs(b).astype(jnp.uint32)
-    check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), ua, ub)
+    for a, b in division_operands():
+        check(divisions, a, b)
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint32, jnp.int8, jnp.uint8])

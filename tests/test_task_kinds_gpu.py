@@ -21,11 +21,11 @@ from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
 from jax_mpk.tiling import DeviceSpec
 from tests.harness import (
-    DIVIDENDS,
-    DIVISORS,
     SMALL_DEVICE,
     assert_close,
     decode_step,
+    division_operands,
+    divisions,
     expect,
     matmul_descriptors,
     poisoned,
@@ -145,11 +145,8 @@ def test_float_to_integer_conversions_saturate_as_xla_does(dtype):
 
 
 def test_integer_division_and_remainder_at_xlas_edges():
-    a, b = jnp.asarray(DIVIDENDS, jnp.int32), jnp.asarray(DIVISORS, jnp.int32)
-    check(lambda a, b: (lax.div(a, b), lax.rem(a, b), a // b, a % b), a, b,
-          kinds=[TaskKind.ELEMENTWISE])
-    check(lambda a, b: (lax.div(a, b), lax.rem(a, b)), a.astype(jnp.uint32),
-          jnp.abs(b).astype(jnp.uint32), kinds=[TaskKind.ELEMENTWISE])
+    for a, b in division_operands():
+        check(divisions, a, b, kinds=[TaskKind.ELEMENTWISE])
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint32, jnp.int8, jnp.uint8])

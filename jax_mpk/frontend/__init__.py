@@ -5,7 +5,7 @@ from __future__ import annotations
 from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError
 from jax_mpk.frontend.interpreter import interpret
 from jax_mpk.ir import Graph, Role
-from jax_mpk.task_kinds import SUPPORTED_DTYPES, is_float, is_supported_dtype
+from jax_mpk.task_kinds import SUPPORTED_DTYPE_NAMES, is_float, is_supported_dtype
 
 __all__ = ["build_graph", "UnsupportedError", "arg_role"]
 
@@ -26,7 +26,7 @@ def build_graph(closed_jaxpr, donated: list[bool], names: list[str],
         aval = var.aval
         if not is_supported_dtype(aval.dtype):
             raise UnsupportedError(f"argument {names[i]} is of dtype {aval.dtype}: jax_mpk's "
-                                   f"tasks take {SUPPORTED_DTYPES}")
+                                   f"tasks take {SUPPORTED_DTYPE_NAMES}")
         tensor = b.new_tensor(aval.shape, aval.dtype, arg_role(aval, is_donated))
         tensor.buffer.arg_index = i
         tensor.buffer.name = names[i]

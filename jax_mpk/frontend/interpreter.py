@@ -9,7 +9,7 @@ from jax.extend import core as jcore
 from jax_mpk.frontend.builder import GraphBuilder, UnsupportedError, const_instr
 from jax_mpk.frontend.rules import SUPPORTED, is_key, lower_eqn
 from jax_mpk.ir import Tensor
-from jax_mpk.task_kinds import SUPPORTED_DTYPES, Instr, Opcode, is_supported_dtype
+from jax_mpk.task_kinds import SUPPORTED_DTYPE_NAMES, Instr, Opcode, is_supported_dtype
 
 # Primitives whose body runs once, in place: their jaxpr is inlined.
 INLINED = {
@@ -71,7 +71,7 @@ def _lower_primitive(b: GraphBuilder, eqn, inputs: list[Tensor]) -> list[Tensor]
                        if not is_key(v.aval) and not is_supported_dtype(v.aval.dtype)]
         if unsupported:
             raise UnsupportedError(f"a result of dtype {unsupported[0]} (the tasks take "
-                                   f"{SUPPORTED_DTYPES})")
+                                   f"{SUPPORTED_DTYPE_NAMES})")
         return lower_eqn(b, eqn, inputs)
     except UnsupportedError as e:
         raise UnsupportedError(

@@ -102,7 +102,8 @@ def shift(op: Opcode, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a shifted by b as XLA shifts (task_kinds.Opcode.SHIFT_*), in a's integer dtype."""
     dtype, bits = a.dtype, 8 * a.dtype.itemsize
     unsigned, signed = np.dtype(f"u{a.dtype.itemsize}"), np.dtype(f"i{a.dtype.itemsize}")
-    past = (b.astype(np.int64) < 0) | (b.astype(np.int64) >= bits)
+    amount = b.astype(np.int64)
+    past = (amount < 0) | (amount >= bits)
     n = np.where(past, 0, b).astype(np.uint64)
     if op == Opcode.SHIFT_RIGHT_ARITHMETIC:
         value = a.view(signed).astype(np.int64)
