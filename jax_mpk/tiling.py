@@ -562,6 +562,9 @@ def _matmul_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         row = max(unit, -(-per_worker // unit) * unit)
         if norm and tensor_cores:  # the kernel's tensor core tiles: 16 to 128 columns
             row = min(row, MMA_TILE_COLUMNS)
+        elif row > MAX_TILE_COLUMNS:  # several tiles a worker, of even widths
+            waves = -(-row // MAX_TILE_COLUMNS)
+            row = min(-(-per_worker // waves // unit) * unit, MAX_TILE_COLUMNS // unit * unit)
         n_tiles = _tiles(N, -(-N // row), unit)
         tiles = B * sum(-(-n // row) for n in columns)  # the group's, this op's among them
     else:
@@ -691,6 +694,9 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 # their x stages at once (kPartials + kStagedX words of 16-bit pairs, rows k / 2 + 4 words
 # apart, k padded to the ring stage's rows: at most 128).
 MMA_TILE_COLUMNS = 128
+# by_columns (CUDA cores) stores a round's sums one column a thread of the block's 256: a
+# tile of weights contiguous along n has at most this many columns.
+MAX_TILE_COLUMNS = 256
 MMA_PAIR_WORDS = 2048 + 8192
 MMA_MAX_ROWS = 64
 

@@ -19,7 +19,7 @@ import jax_mpk
 from examples.models.config import FAMILIES
 from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
-from jax_mpk.tiling import DeviceSpec
+from jax_mpk.tiling import MAX_TILE_COLUMNS, DeviceSpec
 from tests.harness import (
     SMALL_DEVICE,
     assert_close,
@@ -329,6 +329,25 @@ def test_matmul_result_cast_to_float32(m, k, n, layout, dtype, device):
     unfolded = compile(cast_and_result, DEVICES[device])
     assert "round" not in unfolded.lower(x, w).compiled.program.graph.ops[0].attrs
     np.testing.assert_array_equal(np.asarray(folded(x, w)), np.asarray(unfolded(x, w)[0]))
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("dtype", list(FLOATS))
+@pytest.mark.parametrize("m", [1, 3])
+def test_matmul_tiles_wider_than_the_block(m, dtype, device):
+    """Weights contiguous along n in tiles of more than 256 columns (an untied LM head: 1152
+    columns a task for Qwen3-8B's 151936 on 132 workers; 336 of 3000 on the small device), so
+    a round of 16-byte column groups is wider than the block's threads."""
+    dtype = FLOATS[dtype]
+    rng = np.random.default_rng(m)
+    k, n = 256, 3000 if device == "small" else 132 * 304
+    x, w = normal(rng, (m, k), dtype), normal(rng, (k, n), dtype, k ** -0.5)
+    r = normal(rng, (m, n), dtype)
+    check(lambda x, w, r: x @ w + r, x, w, r, dtype=dtype, device=DEVICES[device],
+          kinds=[TaskKind.MATMUL])
+    program = compile(lambda x, w, r: x @ w + r, DEVICES[device]).lower(x, w, r).program
+    tiles = program.tasks[program.tasks["kind"] == TaskKind.MATMUL]["dims"][:, 3]
+    assert tiles.max() <= MAX_TILE_COLUMNS and tiles.sum() == n
 
 
 @pytest.mark.parametrize("dtype", list(FLOATS))
