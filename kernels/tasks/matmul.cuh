@@ -12,7 +12,9 @@
 //
 // The task stages its rows of x as float32 in shared memory, a chunk of k at a time.
 // Weights contiguous along n: each thread owns V adjacent columns (one 16-byte load per k)
-// and a slice of k; the slices are summed through shared memory. Weights contiguous along
+// and a slice of k; the slices are summed through shared memory, and a thread stores one
+// column of the sums (the compiler's tiles have at most kWorkerThreads columns:
+// jax_mpk.tiling.MAX_TILE_COLUMNS). Weights contiguous along
 // k: a group of lanes per column, 16 bytes of k per lane and load, summed by shuffles.
 // Otherwise one column per thread, scalar loads. With the tensor core flag (16-bit x and w,
 // DeviceSpec.matmul_tensor_core_rows), tiles of 16 to 128 columns (by_columns_mma) and
