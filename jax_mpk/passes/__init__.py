@@ -17,6 +17,7 @@ from jax_mpk.passes.decode_attention import fuse_decode_attention
 from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
 from jax_mpk.passes.gating_linear import fold_gating_into_linears
 from jax_mpk.passes.norm_linear import fold_norms_into_linears
+from jax_mpk.passes.repeated_heads import read_repeated_heads_in_place
 from jax_mpk.passes.patterns import (
     fold_linear_epilogues,
     fold_output_casts,
@@ -47,6 +48,7 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
     fuse_into_writers(graph)
     remove_dead_ops(graph)
     label_layers(graph)
+    read_repeated_heads_in_place(graph)
     bound_attention_to_live_cache(graph)
     remove_duplicate_ops(graph)
     fold_output_copies(graph)
