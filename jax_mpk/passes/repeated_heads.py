@@ -36,7 +36,8 @@ def _grouped(matmul: Op, src: Tensor, dst: Tensor, g_axis: int) -> Op | None:
     into the other operand's single row or column; None where that does not apply."""
     a = matmul.attrs
     at = 0 if matmul.inputs[0].buffer is dst.buffer else 1
-    if any(t.buffer is dst.buffer for i, t in enumerate(matmul.inputs) if i != at):
+    # x and w alone: an epilogue's operands are laid out as the batch and rows it had.
+    if len(matmul.inputs) != 2 or matmul.inputs[1 - at].buffer is dst.buffer:
         return None
     kv_axis = g_axis - 1
     G, kv_heads = dst.shape[g_axis], dst.shape[kv_axis]
