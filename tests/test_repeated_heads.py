@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jax_mpk
@@ -68,8 +69,6 @@ def test_several_query_positions_keep_the_copy():
 @pytest.mark.parametrize("repeated", ["keys", "values"])
 def test_a_repeat_read_by_a_matmul_of_several_rows_is_left_alone(repeated):
     """The other operand has more than one row (column): nothing to put the group in."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.standard_normal((1, 3, 4, 8)), jnp.float32)  # b, s, h, d
     k = jnp.asarray(rng.standard_normal((1, 6, 2, 8)), jnp.float32)  # b, t, kv, d

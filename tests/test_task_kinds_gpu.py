@@ -335,17 +335,21 @@ def test_matmul_result_cast_to_float32(m, k, n, layout, dtype, device):
 @pytest.mark.parametrize("dtype", list(FLOATS))
 @pytest.mark.parametrize("m", [1, 3])
 def test_matmul_tiles_wider_than_the_block(m, dtype, device):
-    """Weights contiguous along n in tiles of more than 256 columns (an untied LM head: 1152
-    columns a task for Qwen3-8B's 151936 on 132 workers; 336 of 3000 on the small device), so
-    a round of 16-byte column groups is wider than the block's threads."""
+    """Weights contiguous along n, N over the workers above the block's 256 threads (an
+    untied LM head: Qwen3-8B's 151936 columns on 132 workers, 1152 a worker; here 304 a
+    worker on the GPU, 336 on the small device): the tiles stay at most 256 columns wide, as
+    by_columns stores a column a thread, and every column is written."""
     dtype = FLOATS[dtype]
     rng = np.random.default_rng(m)
     k, n = 256, 3000 if device == "small" else 132 * 304
     x, w = normal(rng, (m, k), dtype), normal(rng, (k, n), dtype, k ** -0.5)
     r = normal(rng, (m, n), dtype)
-    check(lambda x, w, r: x @ w + r, x, w, r, dtype=dtype, device=DEVICES[device],
-          kinds=[TaskKind.MATMUL])
-    program = compile(lambda x, w, r: x @ w + r, DEVICES[device]).lower(x, w, r).program
+
+    def fn(x, w, r):
+        return x @ w + r
+
+    check(fn, x, w, r, dtype=dtype, device=DEVICES[device], kinds=[TaskKind.MATMUL])
+    program = compile(fn, DEVICES[device]).lower(x, w, r).program
     tiles = program.tasks[program.tasks["kind"] == TaskKind.MATMUL]["dims"][:, 3]
     assert tiles.max() <= MAX_TILE_COLUMNS and tiles.sum() == n
 
