@@ -392,7 +392,7 @@ def test_matmul_writes_its_transpose_into_a_concatenation_with_split_k():
 def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
     """A convert read by two ops is computed inside both; halves of a result (a split)
     are read in place; an op reading a concatenation whole runs inside the ops writing its
-    pieces; a long producer with two readers stays an op of its own."""
+    pieces; a long producer is copied into two readers of its size, not into three."""
     def norm_like(x, scale):
         xf = x.astype(jnp.float32)
         return (xf * lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + 1e-6) * scale).astype(x.dtype)
@@ -401,9 +401,9 @@ def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
         x1, x2 = jnp.split(x.astype(jnp.float32) * 1.5, 2, axis=-1)
         return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
-    def shared_long(x):
+    def shared_long(x, readers):
         y = jnp.tanh(jnp.exp(x) * 0.5 + jnp.sin(x))
-        return y * 2.0, y + 1.0
+        return tuple(y * float(i + 2) for i in range(readers))
 
     x, scale = normal(3, 64, dtype=jnp.bfloat16), normal(64)
     compiled = check(norm_like, x, scale, dtype=jnp.bfloat16)
@@ -418,9 +418,17 @@ def test_elementwise_fusion_copies_cheap_producers_and_reads_slices():
                  dtype=jnp.bfloat16)
     ops = steps(cast.lower(q16, cos, sin).compiled.program.graph)
     assert [op.kind for op in ops] == ["elementwise"] * 2
+    # A qk-norm's scaled heads, read twice by each RoPE half, are computed inside both
+    # halves: the layer waits for the sums of squares, then the rotation.
+    x16 = normal(2, 4, 16, dtype=jnp.bfloat16)
+    qk_norm_rope = check(lambda x, s, c, n: rope_like(norm_like(x, s), c, n), x16, normal(16),
+                         cos, sin, dtype=jnp.bfloat16)
+    ops = steps(qk_norm_rope.lower(x16, normal(16), cos, sin).compiled.program.graph)
+    assert [op.kind for op in ops] == ["elementwise", "reduce", "elementwise", "elementwise"]
     y = normal(5, 7)
-    ops = steps(check(shared_long, y).lower(y).compiled.program.graph)
-    assert len(ops) == 3
+    for readers, expected_ops in ((2, 2), (3, 4)):
+        fn = functools.partial(shared_long, readers=readers)
+        assert len(steps(check(fn, y).lower(y).compiled.program.graph)) == expected_ops
 
 
 def test_only_weights_no_task_writes_are_prefetched():

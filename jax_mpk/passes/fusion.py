@@ -1,7 +1,10 @@
 """Elementwise fusion: an elementwise op whose readers are all elementwise ops is computed
 inside them, so its result never reaches memory and its readers wait for one op less.
-A producer with one reader moves into it; a cheap one (a convert, a scale) is copied into
-each of several readers."""
+A producer with one reader moves into it; one with several is copied into each where that
+stays cheap: a short program (a convert, a scale), or readers that together recompute at
+most RECOMPUTED_ELEMENTS times its elements (the two halves of a RoPE reading a qk-norm's
+scaled heads twice each: the copies cost a few instructions an element, the op they remove a
+stage of the layer)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.task_kinds import MAX_ELEMENTWISE_INSTRS, Instr, Opcode, const_bits
 
 CHEAP_INSTRS = 4  # a producer this short is recomputed by each of its readers
+RECOMPUTED_ELEMENTS = 2  # ... and a longer one where its readers recompute at most this many times its elements
 
 
 def fuse_elementwise(graph: Graph) -> None:
@@ -38,10 +42,12 @@ def fuse_elementwise(graph: Graph) -> None:
                     or out.buffer.role is not Role.INTERMEDIATE
                     or out.offset != 0 or out.nbytes != out.buffer.nbytes):
                 continue
-            if len(consumers) > 1 and len(producer.attrs["instrs"]) > CHEAP_INSTRS:
-                continue
             plans = [_plan(producer, c) for c in consumers]
             if any(plan is None for plan in plans):
+                continue
+            if len(consumers) > 1 and len(producer.attrs["instrs"]) > CHEAP_INSTRS and sum(
+                    len(plan) * c.outputs[0].size for c, plan in zip(consumers, plans, strict=True)
+            ) > RECOMPUTED_ELEMENTS * out.size:
                 continue
             if any(w.overlaps(r) for consumer in consumers
                    for op in ops[position[id(producer)] + 1:position[id(consumer)]]
