@@ -691,13 +691,13 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
 
 
 # kernels/tasks/matmul.cuh: tensor core tiles of by_columns_mma (16 to 128 columns) and what
-# their x stages at once (kPartials + kStagedX words of 16-bit pairs, rows k / 2 + 4 words
-# apart, k padded to the ring stage's rows: at most 128).
+# their x stages at once (kPairWords words of 16-bit pairs, rows k / 2 + 4 words apart, k
+# padded to the ring stage's rows: at most 128).
 MMA_TILE_COLUMNS = 128
 # by_columns (CUDA cores) stores a round's sums one column a thread of the block's 256: a
 # tile of weights contiguous along n has at most this many columns.
 MAX_TILE_COLUMNS = 256
-MMA_PAIR_WORDS = 2048 + 8192
+MMA_PAIR_WORDS = 10240
 MMA_MAX_ROWS = 64
 
 

@@ -78,10 +78,12 @@ def test_the_gating_stays_beside_tensor_core_linears(dtype, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("k, n", [(12288, 48), (256, 8)], ids=["chunked-x", "split-k"])
+@pytest.mark.parametrize("k, n", [(12288, 48), (20480, 48), (256, 8)],
+                         ids=["whole-x", "chunked-x", "split-k"])
 def test_the_gating_on_every_staging_path(k, n, backend):
-    """x longer than a task stages at once (a Qwen3-8B down projection: K 12288), and K split
-    over tasks (few columns), each task gating its own k range."""
+    """x staged whole by vectors up to kStagedX floats (a Qwen3-8B down projection: K 12288),
+    in chunks past that, and K split over tasks (few columns), each task gating its own k
+    range."""
     g, up, _, _ = inputs(jnp.bfloat16, 1, k, seed=k + n)
     w_down = jnp.asarray(np.random.default_rng(n).standard_normal((k, n)) * k ** -0.5,
                          jnp.bfloat16)

@@ -176,8 +176,7 @@ def test_tiling_mirrors_the_tensor_core_kernel_limits():
     """tiling.tensor_cores_normalize folds a norm only where the kernel's x fits one chunk: its
     MMA_* constants copy matmul.cuh's by hand, so a kernel change must show here."""
     source = (Path(__file__).resolve().parents[1] / "kernels" / "tasks" / "matmul.cuh").read_text()
-    assert tiling.MMA_PAIR_WORDS == (_kernel_constant(source, "kPartials")
-                                     + _kernel_constant(source, "kStagedX"))
+    assert tiling.MMA_PAIR_WORDS == _kernel_constant(source, "kPairWords")
     assert tiling.MMA_MAX_ROWS == _kernel_constant(source, "kMmaRows")
     # on_tensor_cores<T>: tiles of up to so many column groups of 8
     groups = re.search(r"static bool on_tensor_cores\(.*?round_groups <= (\d+)", source, re.S)

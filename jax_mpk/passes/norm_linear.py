@@ -29,7 +29,7 @@ from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 # 16-byte vectors (buffers are 256-byte aligned), all of K (the tiler splits no K then).
 # On tensor cores (tiling.tensor_cores_normalize) up to MMA_MAX_ROWS rows, 16-bit pairs.
 MAX_NORM_ROWS = 4
-STAGED_FLOATS = 8192
+STAGED_FLOATS = 16384
 
 
 def fold_norms_into_linears(graph: Graph, device=None) -> None:

@@ -13,7 +13,7 @@ namespace mpk {
 constexpr int kWorkerThreads = 256;
 // Dynamic shared memory every task may use as it likes (ctx.shared): tasks run one at a
 // time on a worker, so they share one arena instead of each declaring its own arrays.
-constexpr int kTaskSharedBytes = 112 * 1024;
+constexpr int kTaskSharedBytes = 144 * 1024;
 
 // A task's first operands are resolved into shared memory by its worker (before the task's
 // wait, under the static schedule): an address from the program takes two dependent global

@@ -42,7 +42,7 @@ struct MatmulTask {
   static constexpr int kUnroll = 4;  // weight loads in flight per thread, without the ring
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kPartials = 2048;  // floats: k-slice partial sums of one output row
-  static constexpr int kStagedX = 8192;   // floats of x staged at a time
+  static constexpr int kStagedX = 16384;  // floats of x staged at a time
   static constexpr int kMmaRows = 64;     // rows of x a tensor core pass takes (8 n8 tiles)
   // 16-byte weight loads in flight per thread, through a ring in shared memory.
   static constexpr int kStages = 16;
@@ -172,11 +172,13 @@ struct MatmulTask {
     __syncthreads();
   }
 
-  // The tensor core paths stage x as 16-bit pairs in the arena below the ring (the partials'
-  // and staged floats' room): row r of a chunk at pairs[r * pair_stride + k / 2], zero from
-  // the chunk's k to its padded end. The stride is 4 mod 8 words, so that the eight rows
-  // of a B fragment's load fall in distinct banks.
-  static constexpr int kPairWords = kPartials + kStagedX;
+  // The tensor core paths stage x as 16-bit pairs in the arena below the ring (within the
+  // partials' and staged floats' room): row r of a chunk at pairs[r * pair_stride + k / 2],
+  // zero from the chunk's k to its padded end. The stride is 4 mod 8 words, so that the eight
+  // rows of a B fragment's load fall in distinct banks. 40 KiB, the room they were tuned and
+  // tested with before kStagedX grew (session 29).
+  static constexpr int kPairWords = 10240;
+  static_assert(kPairWords <= kPartials + kStagedX, "the tensor core paths' x overlaps the ring");
   __device__ static int pair_stride(int kc_pad) { return kc_pad / 2 + 4; }
 
   // The tensor core paths' norm: each row's sum of squares, then 1 / sqrt(mean square + eps).
