@@ -15,6 +15,7 @@ import pytest
 import jax_mpk
 from examples.models import linen
 from jax_mpk import tiling
+from jax_mpk.passes import norm_linear
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
 from tests.harness import SMALL_DEVICE, assert_close, expect, matmul_descriptors, poisoned
 
@@ -172,12 +173,15 @@ def _kernel_constant(source: str, name: str) -> int:
     return int(found.group(1))
 
 
-def test_tiling_mirrors_the_tensor_core_kernel_limits():
-    """tiling.tensor_cores_normalize folds a norm only where the kernel's x fits one chunk: its
-    MMA_* constants copy matmul.cuh's by hand, so a kernel change must show here."""
+def test_norm_folds_mirror_the_kernel_staging_limits():
+    """A norm folds only where the kernel stages all of x (tiling.tensor_cores_normalize, and
+    norm_linear on the CUDA cores): their constants copy matmul.cuh's by hand, so a kernel
+    change must show here."""
     source = (Path(__file__).resolve().parents[1] / "kernels" / "tasks" / "matmul.cuh").read_text()
     assert tiling.MMA_PAIR_WORDS == _kernel_constant(source, "kPairWords")
     assert tiling.MMA_MAX_ROWS == _kernel_constant(source, "kMmaRows")
+    assert norm_linear.STAGED_FLOATS == _kernel_constant(source, "kStagedX")
+    assert norm_linear.MAX_NORM_ROWS <= _kernel_constant(source, "kStagedRows")
     # on_tensor_cores<T>: tiles of up to so many column groups of 8
     groups = re.search(r"static bool on_tensor_cores\(.*?round_groups <= (\d+)", source, re.S)
     assert groups, "MatmulTask::on_tensor_cores no longer caps the column groups"
