@@ -12,11 +12,13 @@ namespace mpk {
 
 constexpr int kFetchBatch = 8;
 
+// The kind is read once and the search stops at the match: a task's `run` may write shared
+// memory, so re-reading desc.kind after it took a load a kind (and, with the TaskContext
+// spilled, a local one before it) for every kind after the task's.
 template <typename... Tasks>
 __device__ __forceinline__ bool run_task(TaskList<Tasks...>, const TaskContext& ctx) {
-  bool found = false;
-  ((ctx.desc.kind == Tasks::kKind ? (Tasks::run(ctx), found = true) : false), ...);
-  return found;
+  const uint32_t kind = ctx.desc.kind;
+  return ((kind == Tasks::kKind && (Tasks::run(ctx), true)) || ...);
 }
 
 // Tasks that can start loading read-only operands before their inputs are ready define
