@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -134,3 +136,12 @@ def assert_close(actual, expected, dtype) -> None:
             continue
         error = relative_error(a, e)
         assert error <= TOLERANCE[np.dtype(dtype)], f"leaf {i} {e.shape}: relative error {error}"
+
+
+def kernel_constant(path: str, name: str) -> int:
+    """An integer `constexpr` of a CUDA source under kernels/ (e.g. "tasks/matmul.cuh"), for
+    tests that check a Python limit copied from the kernels by hand."""
+    source = (Path(__file__).resolve().parents[1] / "kernels" / path).read_text()
+    found = re.search(rf"constexpr int {name} = ([0-9 *+()-]+);", source)
+    assert found, f"{name} is no longer an integer constant of kernels/{path}"
+    return int(eval(found.group(1), {"__builtins__": {}}))  # digits and * + - ( ) only

@@ -13,9 +13,10 @@ import pytest
 
 import jax_mpk
 from examples.models.config import FAMILIES
+from jax_mpk.passes import decode_attention
 from jax_mpk.program import TaskKind
 from jax_mpk.task_kinds import ATTENTION_MERGE, ATTENTION_PARTIAL, ATTENTION_WHOLE
-from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, poisoned
+from tests.harness import SMALL_DEVICE, assert_close, decode_step, expect, kernel_constant, poisoned
 
 FUSED = dataclasses.replace(SMALL_DEVICE, fused_attention=True)
 BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
@@ -111,3 +112,15 @@ def test_split_length_follows_the_device_spec():
         whole = [d for d in dims if int(d[4]) == ATTENTION_WHOLE]
         heads = cfg.layers * fused_ops(compiled, args)[0].attrs["B"]
         assert (len(partial), len(whole)) == ((heads * splits, 0) if splits > 1 else (0, heads))
+
+
+def test_pass_limits_mirror_the_kernel():
+    """passes/decode_attention.py copies the kernel's limits and its share of the task arena by
+    hand (the arena's tail holds the value pass's sums): a kernel change must show here."""
+    kernel = "tasks/decode_attention.cuh"
+    assert decode_attention.MAX_HEAD_DIM == kernel_constant(kernel, "kMaxHeadDim")
+    assert decode_attention.MAX_ROWS == kernel_constant(kernel, "kMaxRows")
+    warps = kernel_constant("runtime/task_context.cuh", "kWorkerThreads") // 32
+    sums = warps * kernel_constant(kernel, "kRowsPerPass") * kernel_constant(kernel, "kMaxHeadDim")
+    arena_floats = kernel_constant("runtime/task_context.cuh", "kTaskSharedBytes") // 4
+    assert decode_attention.SHARED_FLOATS + sums <= arena_floats

@@ -17,7 +17,8 @@ from examples.models import linen
 from jax_mpk import tiling
 from jax_mpk.passes import norm_linear
 from jax_mpk.task_kinds import MATMUL_TENSOR_CORES
-from tests.harness import SMALL_DEVICE, assert_close, expect, matmul_descriptors, poisoned
+from tests.harness import (SMALL_DEVICE, assert_close, expect, kernel_constant, matmul_descriptors,
+                           poisoned)
 
 BACKENDS = ["reference", pytest.param("megakernel", marks=pytest.mark.gpu)]
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
@@ -167,21 +168,15 @@ def test_fold_norms_off_keeps_the_three_ops():
     assert reductions(ops) == 1
 
 
-def _kernel_constant(source: str, name: str) -> int:
-    found = re.search(rf"static constexpr int {name} = (\d+);", source)
-    assert found, f"{name} is no longer a constant of kernels/tasks/matmul.cuh"
-    return int(found.group(1))
-
-
 def test_norm_folds_mirror_the_kernel_staging_limits():
     """A norm folds only where the kernel stages all of x (tiling.tensor_cores_normalize, and
     norm_linear on the CUDA cores): their constants copy matmul.cuh's by hand, so a kernel
     change must show here."""
+    assert tiling.MMA_PAIR_WORDS == kernel_constant("tasks/matmul.cuh", "kPairWords")
+    assert tiling.MMA_MAX_ROWS == kernel_constant("tasks/matmul.cuh", "kMmaRows")
+    assert norm_linear.STAGED_FLOATS == kernel_constant("tasks/matmul.cuh", "kStagedX")
+    assert norm_linear.MAX_NORM_ROWS <= kernel_constant("tasks/matmul.cuh", "kStagedRows")
     source = (Path(__file__).resolve().parents[1] / "kernels" / "tasks" / "matmul.cuh").read_text()
-    assert tiling.MMA_PAIR_WORDS == _kernel_constant(source, "kPairWords")
-    assert tiling.MMA_MAX_ROWS == _kernel_constant(source, "kMmaRows")
-    assert norm_linear.STAGED_FLOATS == _kernel_constant(source, "kStagedX")
-    assert norm_linear.MAX_NORM_ROWS <= _kernel_constant(source, "kStagedRows")
     # on_tensor_cores<T>: tiles of up to so many column groups of 8
     groups = re.search(r"static bool on_tensor_cores\(.*?round_groups <= (\d+)", source, re.S)
     assert groups, "MatmulTask::on_tensor_cores no longer caps the column groups"
