@@ -265,7 +265,7 @@ class Function:
         spec = self._device_spec()
         passes.optimize(graph, fuse_attention=spec.fused_attention, fold_norms=spec.fold_norms,
                         fold_gating=spec.fold_gating, fold_appends=spec.fold_cache_appends,
-                        device=spec)
+                        fold_rope=spec.fold_rope, device=spec)
         program = compile_graph(graph, spec, tp)
         return Compiled(program, in_tree, out_tree, results, dict(graph.aliases), names,
                         tensor_parallel=tp, out_key_impls=tuple(out_key_impls))

@@ -75,6 +75,9 @@ class DeviceSpec:
     # Cache appends go into the elementwise ops computing what they append, e.g. k's RoPE
     # (passes/cache_append.py): 64 µs less a 1B decode step on an H200.
     fold_cache_appends: bool = True
+    # RoPE and the cache appends go into the decode attention that reads them
+    # (passes/rope_attention.py): a stage fewer a layer.
+    fold_rope: bool = True
     # Matmuls start loading weights no task writes before their inputs are ready
     # (program.TASK_PREFETCH); False for an A/B of that overlap.
     prefetch: bool = True
@@ -655,7 +658,7 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     """Splits of the cache for each batch index, spread over the workers, merged by the last
     split of each batch index to finish or by a merge task per batch index
     (passes/decode_attention.py; DECODE_ATTENTION in task_kinds.py)."""
-    q, k, v, extent = op.inputs
+    q, k, v, extent, *rope = op.inputs
     (out,) = op.outputs
     a = op.attrs
     B, G, T, D = a["B"], a["G"], a["T"], a["D"]
@@ -667,11 +670,18 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     words = [B, a["B1"], G, T, D, a["Dv"], *(dtype_code(t.dtype) for t in (q, k, v, out)),
              dtype_code(a["scores_dtype"]), *a["q_strides"], *a["k_strides"], *a["v_strides"],
              *a["out_strides"], int(np.float32(a["scale"]).view(np.int32)), splits]
+    if rope:  # passes/rope_attention.py: new k, new v, cos, sin, pos, after the others
+        new_k, new_v, cos, _, _ = rope
+        words += [int(a["rope"]["wrap"]), dtype_code(a["rope"]["q_dtype"]),
+                  dtype_code(new_k.dtype), dtype_code(new_v.dtype), dtype_code(cos.dtype),
+                  cos.strides[0], *new_k.strides, *new_v.strides]
     locations = [pb.location(out), pb.descriptor(np.array(words, np.int32)), pb.location(q),
                  pb.location(k), pb.location(v), pb.location(extent)]
+    tail = [pb.location(t) for t in rope]
     if splits == 1:
         for b in range(B):
-            pb.add(TaskKind.DECODE_ATTENTION, locations, [b, 1, 0, T, ATTENTION_WHOLE, 0], index)
+            pb.add(TaskKind.DECODE_ATTENTION, locations + tail, [b, 1, 0, T, ATTENTION_WHOLE, 0],
+                   index)
         return
     record = G * (2 + a["Dv"]) * 4
     partials = pb.scratch(B * splits * record)
@@ -681,7 +691,7 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         locations.append(pb.task_counters(B))
     for b in range(B):
         for s in range(splits):
-            pb.add(TaskKind.DECODE_ATTENTION, locations,
+            pb.add(TaskKind.DECODE_ATTENTION, locations + tail,
                    [b, 1, s * length, min(length, T - s * length), ATTENTION_PARTIAL, s], index)
     if merge_in_splits:
         return

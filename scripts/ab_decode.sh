@@ -9,7 +9,7 @@
 # DIR:VARIANTS also times bench_decode's --variants VARIANTS on that runtime, in the same process
 # (DeviceSpec overrides, ';' between variants: "matmul_prefetch_loads=8;prefetch=0").
 # Usage: bash scripts/ab_decode.sh DIR[:VARIANTS]... (BENCH_ARGS overrides the bench_decode
-# arguments)
+# arguments; SKIP_INSTALL=1 keeps what gpu_check.sh installed from this checkout)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -26,6 +26,10 @@ install() {
   installed=$(cd "$1" && $PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
 }
 installed_tree=""
+if [ -n "${SKIP_INSTALL:-}" ]; then  # this checkout is installed already (gpu_check.sh install)
+  installed_tree=$here
+  installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+fi
 # Name a DIR twice (A B A B) to see the spread between processes: kernel medians of one
 # runtime agreed within 15 µs in session 10, while jax.jit's wall time moved 0.3 ms.
 args=${BENCH_ARGS:---models llama-1b --batches 1 --contexts 512 --repeats 30}

@@ -18,6 +18,7 @@ from jax_mpk.passes.fusion import fuse_elementwise, fuse_into_writers
 from jax_mpk.passes.gating_linear import fold_gating_into_linears
 from jax_mpk.passes.norm_linear import fold_norms_into_linears
 from jax_mpk.passes.repeated_heads import read_repeated_heads_in_place
+from jax_mpk.passes.rope_attention import fold_rope_into_attention
 from jax_mpk.passes.patterns import (
     fold_linear_epilogues,
     fold_output_casts,
@@ -31,12 +32,15 @@ __all__ = ["optimize"]
 
 
 def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = False,
-             fold_gating: bool = False, fold_appends: bool = False, device=None) -> Graph:
+             fold_gating: bool = False, fold_appends: bool = False, fold_rope: bool = False,
+             device=None) -> Graph:
     """fuse_attention: decode attention as one op (DeviceSpec.fused_attention); fold_norms,
     fold_gating: RMS norms and silu(g) * up into the matmuls that read them
     (DeviceSpec.fold_norms, DeviceSpec.fold_gating), as far as the tiling of `device` (a
     DeviceSpec; None: no tensor cores) lets their tasks compute them; fold_appends: cache
-    appends into the elementwise ops that compute them (DeviceSpec.fold_cache_appends)."""
+    appends into the elementwise ops that compute them (DeviceSpec.fold_cache_appends);
+    fold_rope: RoPE and the appends into the decode attention after them
+    (DeviceSpec.fold_rope)."""
     remove_dead_ops(graph)
     update_in_place(graph)
     coalesce_copies(graph)
@@ -60,6 +64,8 @@ def optimize(graph: Graph, fuse_attention: bool = False, fold_norms: bool = Fals
         fold_gating_into_linears(graph, tensor_core_rows or None)
     if fuse_attention:
         fuse_decode_attention(graph)
+        if fold_rope:
+            fold_rope_into_attention(graph)
     if fold_appends:
         fold_cache_appends(graph)
     group_sibling_matmuls(graph)

@@ -368,6 +368,22 @@ def _merged_splits(load, first, splits, G, Dv):
     return (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
 
 
+def _attention_rope(ctx, w, T: int, D: int):
+    """(rotate, first rope operand, the appended row) of DECODE_ATTENTION's rope operands:
+    rotate(x [..., D] float32) is the half-split rotation by the tables, in float32."""
+    at = ctx.num_operands - 5
+    half = D // 2
+    table_dt, stride = numpy_dtype(w[32]), int(w[33])
+    cos, sin = (ctx.load(at + i, table_dt, np.arange(half) * stride).astype(F32) for i in (2, 3))
+    row = _clamped_start(int(ctx.load(at + 4, I32, [0])[0]), T, 1, int(w[28]) & 1)
+
+    def rotate(x):
+        lo, hi = x[..., :half], x[..., half:]
+        return np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1).astype(F32)
+
+    return rotate, at, row
+
+
 def decode_attention(ctx, dims):
     b0, bn, t0, tn, mode, split = (int(d) for d in dims[:6])
     w = _words(ctx, 1)
@@ -379,6 +395,7 @@ def decode_attention(ctx, dims):
     extent = min(max(int(ctx.load(5, I32, [0])[0]), 0), T)
     g, d, dv = np.arange(G)[:, None], np.arange(D)[None, :], np.arange(Dv)[None, :]
     record = G * (2 + Dv)
+    rope = _attention_rope(ctx, w, T, D) if ctx.num_operands >= 11 else None
     for b in range(b0, b0 + bn):
         outer, inner = b // B1, b % B1
         out_at = b * os_[0] + g * os_[1] + dv * os_[2]
@@ -393,6 +410,21 @@ def decode_attention(ctx, dims):
         else:
             t = np.arange(t0, max(t0, min(t0 + tn, extent)))[:, None]
         q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
+        if rope is not None:
+            rotate, at, row = rope
+            q = rotate(q).astype(numpy_dtype(w[29])).astype(F32)
+            start = first if mode == ATTENTION_PARTIAL else t0
+            leads = split == 0 if mode == ATTENTION_PARTIAL else t0 == 0
+            if start <= row < start + t.size or (leads and row >= extent):
+                kn, vn = w[34:37], w[37:40]
+                new_k = ctx.load(at, numpy_dtype(w[30]),
+                                 outer * kn[0] + inner * kn[1] + d[0] * kn[2]).astype(F32)
+                new_v = ctx.load(at + 1, numpy_dtype(w[31]),
+                                 outer * vn[0] + inner * vn[1] + dv[0] * vn[2])
+                ctx.store(3, k_dt, outer * ks[0] + inner * ks[1] + row * ks[2] + d[0] * ks[3],
+                          rotate(new_k).astype(k_dt))
+                ctx.store(4, v_dt, outer * vs[0] + inner * vs[1] + row * vs[2] + dv[0] * vs[3],
+                          new_v.astype(v_dt))
         k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
         v = ctx.load(4, v_dt, outer * vs[0] + inner * vs[1] + t * vs[2] + dv * vs[3]).astype(F32)
         scores = (q @ k.T).astype(scores_dt).astype(F32) * scale  # [G, live]
@@ -406,7 +438,8 @@ def decode_attention(ctx, dims):
         ctx.store(6, F32, at + np.arange(G), m.astype(F32))
         ctx.store(6, F32, at + G + np.arange(G), s)
         ctx.store(6, F32, at + 2 * G + np.arange(G * Dv), acc.reshape(-1))
-        if ctx.num_operands == 8 and ctx.arrive(7, b) % splits == 0:  # the last split of b
+        counters = ctx.num_operands - (5 if rope is not None else 0) == 8
+        if counters and ctx.arrive(7, b) % splits == 0:  # the last split of b
             out = _merged_splits(ctx.load_after_arrivals, b * splits, splits, G, Dv)
             ctx.store(0, out_dt, out_at, out.astype(out_dt))
 

@@ -10,6 +10,12 @@
 // Float32 throughout; scores round to their dtype first, as the scores matmul they replace
 // stores them.
 //
+// With the rope operands (new_k, new_v, cos, sin, pos after the others; descriptor words
+// from kDescWords on, read from global memory: passes/rope_attention.py), q is read
+// unrotated and rotated as it is staged, and the task whose positions hold the appended row
+// (the first split, or the whole task, where no task's do) first writes row pos of b's k
+// (rotated) and v, then reads the cache like the others.
+//
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
 // whole, the output [G][Dv]); its last kReduceFloats hold the value pass's per-warp sums.
 // Rows of k and v that are contiguous and 16-byte aligned (bf16, f16, f32) are read 16 bytes
@@ -36,7 +42,17 @@ struct DecodeAttentionTask {
   static constexpr int kRowsPerPass = 4;   // query rows a thread's pass over a key row serves
   static constexpr int kLoads = 4;         // 16-byte loads a thread issues before it uses them
   static constexpr int kReduceFloats = kWarps * kRowsPerPass * kMaxHeadDim;
+  static constexpr int kRopeWords = 12;    // after kDescWords: jax_mpk/tiling.py
+  static constexpr int kRopeOperands = 5;  // new_k, new_v, cos, sin, pos
   enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
+
+  // The rope operands' layout: the first's index, pos's wrap, q's rotated dtype, the
+  // dtypes of new_k, new_v and the tables, the tables' stride, new_k's and new_v's strides
+  // of (b // B1, b % B1, d).
+  struct Rope {
+    int at, wrap, q_dtype, k_dtype, v_dtype, table_dtype;
+    int64_t table_stride, ks[3], vs[3];
+  };
 
   struct Problem {
     int B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype, scores_dtype, splits;
@@ -44,16 +60,24 @@ struct DecodeAttentionTask {
     float scale;
   };
 
+  static int base_operands(const TaskDesc& d) {
+    return d.num_operands > 8 ? d.num_operands - kRopeOperands : d.num_operands;
+  }
+
   static const char* check(const TaskDesc& d, const Operand* ops) {
-    if (d.num_operands < 6 || d.num_operands > 8)
-      return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]";
-    if (ops[1].bytes < 4 * kDescWords) return "decode_attention descriptor is shorter than 28 int32";
+    const int base = base_operands(d);
+    if (base < 6 || base > 8)
+      return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]"
+             "[, new_k, new_v, cos, sin, pos]";
+    if (ops[1].bytes < 4 * (kDescWords + (base == d.num_operands ? 0 : kRopeWords)))
+      return "decode_attention descriptor is shorter than 28 int32 (40 with the rope operands)";
     if (d.dims[0] < 0 || d.dims[1] < 0 || d.dims[2] < 0 || d.dims[3] < 0 || d.dims[5] < 0)
       return "decode_attention dims (b and t first and count, split) must be >= 0";
     if (d.dims[4] < kWhole || d.dims[4] > kMerge) return "decode_attention mode is not whole, partial or merge";
-    if (d.dims[4] != kWhole && d.num_operands < 7) return "decode_attention partial and merge need partials";
-    if (d.num_operands == 8 && d.dims[4] != kPartial) return "decode_attention takes task counters in partial mode only";
-    if (d.num_operands == 8 && ops[7].bytes < 8ull * (uint64_t(d.dims[0]) + d.dims[1]))
+    if (d.dims[4] != kWhole && base < 7) return "decode_attention partial and merge need partials";
+    if (d.dims[4] == kMerge && base != d.num_operands) return "decode_attention merges take no rope operands";
+    if (base == 8 && d.dims[4] != kPartial) return "decode_attention takes task counters in partial mode only";
+    if (base == 8 && ops[7].bytes < 8ull * (uint64_t(d.dims[0]) + d.dims[1]))
       return "decode_attention's task counters do not cover its batch indices";
     return nullptr;
   }
@@ -80,6 +104,64 @@ struct DecodeAttentionTask {
     p.scale = __int_as_float(w[26]);
     p.splits = w[27];
     return p;
+  }
+
+  __device__ static Rope rope_of(const TaskContext& ctx) {
+    const int32_t* w = ctx.operand<const int32_t>(1) + kDescWords;
+    Rope r;
+    r.at = ctx.desc.num_operands - kRopeOperands;
+    r.wrap = w[0];
+    r.q_dtype = w[1];
+    r.k_dtype = w[2];
+    r.v_dtype = w[3];
+    r.table_dtype = w[4];
+    r.table_stride = w[5];
+    for (int i = 0; i < 3; ++i) {
+      r.ks[i] = w[6 + i];
+      r.vs[i] = w[9 + i];
+    }
+    return r;
+  }
+
+  // Element d of a head rotated with its partner y (d +- D / 2) by the tables at d mod D / 2:
+  // the low half x c - y s, the high half x c + y s, each product and sum rounded as the
+  // elementwise ops they replace round them (no fused multiply-add).
+  __device__ static float rotated(const Rope& r, const char* cos, const char* sin, int d, int D, float x, float y) {
+    const int half = D / 2, j = d < half ? d : d - half;
+    const float c = load_f32(cos, r.table_dtype, j * r.table_stride);
+    const float s = load_f32(sin, r.table_dtype, j * r.table_stride);
+    return d < half ? __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s)) : __fadd_rn(__fmul_rn(x, c), __fmul_rn(y, s));
+  }
+
+  __device__ static int partner(int d, int D) { return d < D / 2 ? d + D / 2 : d - D / 2; }
+
+  // Row pos of b's k (rotated) and v, written by the task whose positions [t0, t1) hold it,
+  // or by the leading task where no task's do (pos at or past the extent); the block
+  // barrier then lets every thread read it from the cache.
+  __device__ static void append_row(const TaskContext& ctx, const Problem& p, const Rope& r, int b, int t0, int t1,
+                                    bool leads, int extent) {
+    int row = *ctx.operand<const int32_t>(r.at + 4);
+    if (r.wrap && row < 0) row += p.T;  // as the cache append clamps its start
+    row = min(max(row, 0), p.T - 1);
+    if (!(row >= t0 && row < t1) && !(leads && row >= extent)) return;
+    const char* new_k = ctx.operand<const char>(r.at);
+    const char* new_v = ctx.operand<const char>(r.at + 1);
+    const char* cos = ctx.operand<const char>(r.at + 2);
+    const char* sin = ctx.operand<const char>(r.at + 3);
+    const int64_t outer = b / p.B1, inner = b % p.B1;
+    const int64_t k_at = outer * r.ks[0] + inner * r.ks[1], v_at = outer * r.vs[0] + inner * r.vs[1];
+    for (int d = ctx.thread; d < max(p.D, p.Dv); d += kWorkerThreads) {
+      if (d < p.D) {
+        const float x = load_f32(new_k, r.k_dtype, k_at + d * r.ks[2]);
+        const float y = load_f32(new_k, r.k_dtype, k_at + partner(d, p.D) * r.ks[2]);
+        store_f32(ctx.operand<char>(3), p.k_dtype, outer * p.ks[0] + inner * p.ks[1] + row * p.ks[2] + d * p.ks[3],
+                  rotated(r, cos, sin, d, p.D, x, y));
+      }
+      if (d < p.Dv)
+        store_f32(ctx.operand<char>(4), p.v_dtype, outer * p.vs[0] + inner * p.vs[1] + row * p.vs[2] + d * p.vs[3],
+                  load_f32(new_v, r.v_dtype, v_at + d * r.vs[2]));
+    }
+    __syncthreads();
   }
 
   __device__ static float warp_sum(float v) {
@@ -238,8 +320,8 @@ struct DecodeAttentionTask {
 
   // Positions [t0, t1) of batch index b: m[g], l[g] and acc[g][d] (the last kept per thread:
   // thread i owns (g, d) = (i / Dv, i % Dv), i += kWorkerThreads).
-  __device__ static void attend(const TaskContext& ctx, const Problem& p, int b, int t0, int t1, float* m_out,
-                                float* l_out, float* acc_out) {
+  __device__ static void attend(const TaskContext& ctx, const Problem& p, const Rope* rope, int b, int t0, int t1,
+                                float* m_out, float* l_out, float* acc_out) {
     float* q = reinterpret_cast<float*>(ctx.shared);  // [G][D]
     float* s = q + p.G * p.D;                         // [G][t1 - t0]
     __shared__ float row_max[kMaxRows], row_sum[kMaxRows];
@@ -250,8 +332,19 @@ struct DecodeAttentionTask {
     const int64_t outer = b / p.B1, inner = b % p.B1;
     const int64_t q_b = outer * p.qs[0] + inner * p.qs[1], k_b = outer * p.ks[0] + inner * p.ks[1];
     const int64_t v_b = outer * p.vs[0] + inner * p.vs[1];
-    for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads)
-      q[i] = load_f32(qp, p.q_dtype, q_b + (i / p.D) * p.qs[2] + (i % p.D) * p.qs[3]);
+    const char* cos = rope ? ctx.operand<const char>(rope->at + 2) : nullptr;
+    const char* sin = rope ? ctx.operand<const char>(rope->at + 3) : nullptr;
+    for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads) {
+      const int64_t row = q_b + (i / p.D) * p.qs[2];
+      const int d = i % p.D;
+      const float x = load_f32(qp, p.q_dtype, row + d * p.qs[3]);
+      if (rope == nullptr) {
+        q[i] = x;
+      } else {
+        const float y = load_f32(qp, p.q_dtype, row + partner(d, p.D) * p.qs[3]);
+        q[i] = round_float(rotated(*rope, cos, sin, d, p.D, x, y), rope->q_dtype);
+      }
+    }
     __syncthreads();
     ctx.mark(0);
     const bool k_vectors = p.k_dtype == kBF16 ? scores_by_vectors<__nv_bfloat16>(ctx, p, kp, k_b, t0, n, q, s)
@@ -334,6 +427,9 @@ struct DecodeAttentionTask {
     }
     const int mode = ctx.desc.dims[4];
     const int extent = min(max(*ctx.operand<const int32_t>(5), 0), p.T);
+    const bool rotates = ctx.desc.num_operands > 8;
+    Rope rope;
+    if (rotates) rope = rope_of(ctx);
     const int record = p.G * (2 + p.Dv);
     float* partials = mode == kWhole ? nullptr : ctx.operand<float>(6);
     for (int b = ctx.desc.dims[0]; b < ctx.desc.dims[0] + ctx.desc.dims[1]; ++b) {
@@ -347,14 +443,17 @@ struct DecodeAttentionTask {
         const int per = (extent + p.splits - 1) / p.splits;
         const int t0 = min(ctx.desc.dims[5] * per, extent), t1 = min(t0 + per, extent);
         float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
-        attend(ctx, p, b, t0, t1, r, r + p.G, r + 2 * p.G);
-        if (ctx.desc.num_operands == 8 && last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
+        if (rotates) append_row(ctx, p, rope, b, t0, t1, ctx.desc.dims[5] == 0, extent);
+        attend(ctx, p, rotates ? &rope : nullptr, b, t0, t1, r, r + p.G, r + 2 * p.G);
+        if (ctx.desc.num_operands - (rotates ? kRopeOperands : 0) == 8 &&
+            last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
           merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
       } else {
         const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
         float* acc = reinterpret_cast<float*>(ctx.shared) + p.G * (p.D + (t1 - t0));  // [G][Dv]
         __shared__ float m_whole[kMaxRows], l_whole[kMaxRows];
-        attend(ctx, p, b, t0, t1, m_whole, l_whole, acc);
+        if (rotates) append_row(ctx, p, rope, b, t0, t1, t0 == 0, extent);
+        attend(ctx, p, rotates ? &rope : nullptr, b, t0, t1, m_whole, l_whole, acc);
         __syncthreads();
         for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) store(ctx, p, b, i, acc[i] / l_whole[i / p.Dv]);
       }

@@ -1,0 +1,309 @@
+"""RoPE and the cache appends folded into decode attention.
+
+Between a layer's projections and its attention, a decoder rotates q and k (two elementwise
+ops each, one per half of a half-split rotation), appends the rotated k and v to the caches
+at `pos` (dynamic_update_slice) and only then attends: a stage of small tasks a layer. Here
+the decode_attention op takes the unrotated q, k and v, the rotation's two tables and
+`pos`: its tasks rotate q as they load it, and the task of a head group whose positions
+hold the appended row (the first split where none does) rotates k and writes both rows
+before it reads the cache (DECODE_ATTENTION's rope operands, jax_mpk/task_kinds.py).
+
+Taken only where each rotation is exactly `lo = x_lo * c - x_hi * s`, `hi = x_hi * c +
+x_lo * s` in float32 (x converted from its dtype, the result to the rotated dtype), its
+halves the two halves of the head dim along the attention's d, the tables the same for
+every row; the appends write one row along the attention's positions at one scalar `pos`;
+and nothing between the folded ops and the attention touches the caches or rewrites what
+the attention now reads. Anything else (an interleaved rotation, a per-row position) keeps
+the ops. The arithmetic is the ops' own, in their order, so the result is bit for bit the
+unfolded one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
+from jax_mpk.passes.dataflow import Links
+from jax_mpk.task_kinds import Opcode
+
+F32 = np.dtype(np.float32)
+
+
+class Rotation(NamedTuple):
+    """The two elementwise ops rotating a buffer, and what they read."""
+
+    ops: tuple[Op, Op]  # lo, hi
+    out_lo: Tensor
+    out_hi: Tensor
+    x_lo: Tensor  # the unrotated halves
+    x_hi: Tensor
+    cos: Tensor
+    sin: Tensor
+
+
+def fold_rope_into_attention(graph: Graph) -> None:
+    for attention in [op for op in graph.ops if op.kind == "decode_attention"]:
+        folded = _folded(graph, Links(graph), attention)
+        if folded is None:
+            continue
+        removed, inputs, wrap = folded
+        q, k, v, extent = attention.inputs
+        attention.inputs = inputs
+        attention.attrs["rope"] = {"wrap": wrap, "q_dtype": q.dtype}  # q's rotated dtype
+        attention.attrs["writes_within"] = [k, v]  # the appended rows, somewhere in the caches
+        graph.ops = [op for op in graph.ops if all(op is not r for r in removed)]
+
+
+def _folded(graph: Graph, links: Links, attention: Op):
+    """(ops to remove, the attention's new inputs, whether pos wraps), or None."""
+    q, k, v, extent = attention.inputs
+    a = attention.attrs
+    B, B1, G, D, Dv = a["B"], a["B1"], a["G"], a["D"], a["Dv"]
+    if D % 2 or "rope" in a:
+        return None
+    q_rotation = _rotation(links, q, attention)
+    k_append, v_append = _append(graph, links, k, attention), _append(graph, links, v, attention)
+    if q_rotation is None or k_append is None or v_append is None:
+        return None
+    k_parts, v_parts = _append_parts(k_append), _append_parts(v_append)
+    if k_parts is None or v_parts is None:
+        return None
+    (k_update, k_pos, k_axis, k_wrap), (v_update, v_pos, v_axis, v_wrap) = k_parts, v_parts
+    if (k_pos.buffer is not v_pos.buffer or k_pos.offset != v_pos.offset or k_wrap != v_wrap
+            or a["k_strides"][2] != contiguous_strides(k_append.attrs["dst_shape"])[k_axis]
+            or a["v_strides"][2] != contiguous_strides(v_append.attrs["dst_shape"])[v_axis]
+            or k_append.attrs["dst_shape"][k_axis] != a["T"]
+            or v_append.attrs["dst_shape"][v_axis] != a["T"]):
+        return None
+    k_rotation = _rotation(links, k_update, k_append)
+    if k_rotation is None or k_update.offset or not k_update.is_contiguous:
+        return None
+    if not all(_same(getattr(q_rotation, t), getattr(k_rotation, t), last_only=True)
+               for t in ("cos", "sin")):
+        return None
+    if q_rotation.cos.strides[-1] != q_rotation.sin.strides[-1]:
+        return None
+    b = np.arange(B)
+    outer, inner = (b // B1)[:, None, None], (b % B1)[:, None, None]
+    # q: the attention's (b, g, d), rotated in place of where it read the rotated q.
+    q_at = (q.offset + outer * a["q_strides"][0] + inner * a["q_strides"][1]
+            + np.arange(G)[None, :, None] * a["q_strides"][2]
+            + np.arange(D)[None, None, :] * a["q_strides"][3])
+    if not _rotates_along_d(q_rotation, q_at):
+        return None
+    raw_q = Tensor(q.shape, q_rotation.x_lo.dtype, q_rotation.x_lo.buffer,
+                   q.offset - q_rotation.out_lo.offset + q_rotation.x_lo.offset, q.strides)
+    # k: the appended row of each (b, d), found in the update, rotated from the unrotated k.
+    k_row = _update_offsets(k_append, k, a["k_strides"], B, B1, D, k_axis)
+    if k_row is None or not _rotates_along_d(k_rotation, k_row[:, None, :]):
+        return None
+    new_k = _affine(k_row - k_rotation.out_lo.offset + k_rotation.x_lo.offset, B, B1,
+                    k_rotation.x_lo)
+    v_row = _update_offsets(v_append, v, a["v_strides"], B, B1, Dv, v_axis)
+    new_v = None if v_row is None else _affine(v_row, B, B1, v_update)
+    if new_k is None or new_v is None or v_update.dtype != v.dtype:
+        return None
+    cos, sin = (Tensor((D // 2,), t.dtype, t.buffer, t.offset, (t.strides[-1],))
+                for t in (q_rotation.cos, q_rotation.sin))
+    removed = [*q_rotation.ops, *k_rotation.ops, k_append, v_append]
+    if not _nothing_between(graph, removed, attention, [raw_q, new_k, new_v, cos, sin, k_pos],
+                            [k, v]):
+        return None
+    return removed, [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos], k_wrap
+
+
+def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
+    """The two ops writing `rotated`'s buffer as a half-split rotation read only by `reader`."""
+    buffer = rotated.buffer
+    writers = links.writers.get(id(buffer), [])
+    if (len(writers) != 2 or buffer.role is not Role.INTERMEDIATE or id(buffer) in links.results
+            or [id(o) for o in links.readers.get(id(buffer), [])] != [id(reader)]):
+        return None
+    halves = {}
+    for op in writers:
+        if (op.kind != "elementwise" or len(op.outputs) != 1 or "dynamic_row" in op.attrs
+                or "writes_within" in op.attrs):
+            return None
+        form = _products(op)
+        if form is None or form[0] in halves:
+            return None
+        halves[form[0]] = (op, form[1], form[2])
+    if set(halves) != {Opcode.SUB, Opcode.ADD}:
+        return None
+    lo_op, (x_lo, cos), (x_hi, sin) = halves[Opcode.SUB]
+    hi_op, first, second = halves[Opcode.ADD]
+    # hi = x_hi * cos + x_lo * sin, its two products in either order.
+    if not ((_same(first[0], x_hi) and _same(first[1], cos) and _same(second[0], x_lo)
+             and _same(second[1], sin)) or (_same(second[0], x_hi) and _same(second[1], cos)
+                                            and _same(first[0], x_lo) and _same(first[1], sin))):
+        return None
+    out_lo, out_hi = lo_op.outputs[0], hi_op.outputs[0]
+    half = out_lo.shape[-1] if out_lo.shape else 0
+    step = out_lo.strides[-1] if out_lo.shape else 0
+    if (not half or out_hi.shape != out_lo.shape or out_hi.strides != out_lo.strides
+            or out_hi.offset - out_lo.offset != half * step or out_lo.dtype != out_hi.dtype
+            or 2 * out_lo.nbytes != buffer.nbytes or out_lo.overlaps(out_hi)
+            or x_lo.buffer is not x_hi.buffer or x_lo.buffer is buffer
+            or _walk(x_lo) != _walk(out_lo) or _walk(x_hi) != _walk(out_lo)
+            or x_hi.offset - x_lo.offset != half * step or x_lo.shape != out_lo.shape):
+        return None
+    for table in (cos, sin):
+        if table.shape != out_lo.shape or any(_walk(table)[:-1]) or table.dtype != F32:
+            return None
+    return Rotation((lo_op, hi_op), out_lo, out_hi, x_lo, x_hi, cos, sin)
+
+
+def _products(op: Op):
+    """(SUB or ADD, (x, table), (x, table)) of a program `convert(p0 -/+ p1)`, each product
+    `x * table` (in either order) of a converted or float32 x and a float32 table;
+    else None. x is the factor whose buffer the other product's x shares."""
+    instrs = op.attrs["instrs"]
+    out = op.outputs[0]
+
+    def load(i, convert_ok):
+        ins = instrs[i]
+        if ins.opcode == Opcode.CONVERT and convert_ok and ins.dtype == F32:
+            inner = instrs[ins.args[0]]
+            return op.inputs[inner.imm] if inner.opcode == Opcode.LOAD else None
+        if ins.opcode == Opcode.LOAD and ins.dtype == F32:
+            return op.inputs[ins.imm]
+        return None
+
+    def factors(i):
+        ins = instrs[i]
+        if ins.opcode != Opcode.MUL or ins.dtype != F32:
+            return None
+        tensors = [load(j, True) for j in ins.args]
+        return None if None in tensors else tensors
+
+    top = len(instrs) - 1
+    if instrs[top].opcode == Opcode.CONVERT and out.dtype != F32:
+        if instrs[top].dtype != out.dtype:
+            return None
+        top = instrs[top].args[0]
+    combine = instrs[top]
+    if combine.opcode not in (Opcode.SUB, Opcode.ADD) or combine.dtype != F32:
+        return None
+    if len(instrs) - 1 != top and out.dtype == F32:
+        return None
+    first, second = (factors(j) for j in combine.args)
+    if first is None or second is None:
+        return None
+    pairs = [(f, s) for f in ((0, 1), (1, 0)) for s in ((0, 1), (1, 0))
+             if first[f[0]].buffer is second[s[0]].buffer
+             and first[f[1]].buffer is not first[f[0]].buffer
+             and second[s[1]].buffer is not second[s[0]].buffer]
+    if len(pairs) != 1:
+        return None
+    f, s = pairs[0]
+    return combine.opcode, (first[f[0]], first[f[1]]), (second[s[0]], second[s[1]])
+
+
+def _walk(t: Tensor) -> tuple[int, ...]:
+    """t's strides, 0 along its dims of one element (whose strides mean nothing)."""
+    return tuple(s if n > 1 else 0 for n, s in zip(t.shape, t.strides, strict=True))
+
+
+def _same(x: Tensor, y: Tensor, last_only: bool = False) -> bool:
+    if last_only:  # tables broadcast over different shapes: the same row of values
+        return (x.buffer is y.buffer and x.offset == y.offset and x.dtype == y.dtype
+                and x.shape[-1:] == y.shape[-1:] and x.strides[-1:] == y.strides[-1:])
+    return (x.buffer is y.buffer and x.offset == y.offset and x.shape == y.shape
+            and _walk(x) == _walk(y) and x.dtype == y.dtype)
+
+
+def _rotates_along_d(rotation: Rotation, at: np.ndarray) -> bool:
+    """Whether offsets `at` [..., D] of the rotated buffer hold, along their last axis, the lo
+    half's elements at d < D / 2 and the hi half's at d - D / 2, both at the tables' d."""
+    half = at.shape[-1] // 2
+    lo, hi = rotation.out_lo, rotation.out_hi
+    if lo.shape[-1] != half:
+        return False
+    index = np.indices(lo.shape).reshape(len(lo.shape), -1)
+    offsets = lo.offset + np.asarray(lo.strides, np.int64) @ index
+    column = dict(zip(offsets.tolist(), index[-1].tolist(), strict=True))
+    shift = hi.offset - lo.offset
+    lows, highs = at[..., :half].reshape(-1), at[..., half:].reshape(-1) - shift
+    want = np.broadcast_to(np.arange(half), at[..., :half].shape).reshape(-1)
+    return all(column.get(o) == j for o, j in zip(lows.tolist(), want.tolist(), strict=True)) \
+        and all(column.get(o) == j for o, j in zip(highs.tolist(), want.tolist(), strict=True))
+
+
+def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | None:
+    """The dynamic_update_slice writing `cache`'s buffer last before the attention, if it
+    writes it whole (in place) and is its only writer."""
+    writers = links.writers.get(id(cache.buffer), [])
+    if len(writers) != 1 or writers[0].kind != "dynamic_update_slice":
+        return None
+    append = writers[0]
+    update, *starts, dst = append.inputs
+    out = append.outputs[0]
+    if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer or dst.offset
+            or out.offset or not dst.is_contiguous or dst.dtype != update.dtype
+            or cache.dtype != dst.dtype or dst.nbytes != cache.buffer.nbytes
+            or graph.ops.index(append) > graph.ops.index(attention)):
+        return None
+    return append
+
+
+def _append_parts(append: Op):
+    """(update, pos, axis, whether pos wraps) of an append of one row at a scalar pos, every
+    other axis whole; else None."""
+    update, *starts, _ = append.inputs
+    a = append.attrs
+    dynamic = [d for d, s in enumerate(starts) if s.buffer.role is not Role.CONSTANT]
+    if (len(dynamic) != 1 or a["sizes"][dynamic[0]] != 1
+            or any(a["sizes"][d] != a["dst_shape"][d] for d in range(len(starts))
+                   if d != dynamic[0])
+            or starts[dynamic[0]].dtype != np.int32 or starts[dynamic[0]].size != 1):
+        return None
+    axis = dynamic[0]
+    return update, starts[axis], axis, bool((a["wrap_mask"] >> axis) & 1)
+
+
+def _update_offsets(append: Op, cache: Tensor, strides, B: int, B1: int, width: int,
+                    axis: int):
+    """[B, width] offsets in the append's update of the element the attention reads at
+    (b, row pos, d), or None."""
+    update = append.inputs[0]
+    dst_shape = append.attrs["dst_shape"]
+    b = np.arange(B)[:, None]
+    at = cache.offset + (b // B1) * strides[0] + (b % B1) * strides[1] + np.arange(width) * strides[3]
+    if at.min() < 0 or at.max() >= int(np.prod(dst_shape)):
+        return None
+    index = np.unravel_index(at, dst_shape)
+    if (index[axis] != 0).any():
+        return None
+    return update.offset + sum(np.asarray(i, np.int64) * s
+                               for i, s in zip(index, update.strides, strict=True))
+
+
+def _affine(offsets: np.ndarray, B: int, B1: int, like: Tensor) -> Tensor | None:
+    """offsets [B, width] as a view [B // B1, B1, width] of `like`'s buffer, if affine."""
+    grid = offsets.reshape(B // B1, B1, -1)
+    base = int(grid[0, 0, 0])
+    strides = tuple(int(grid[tuple(1 if a == d else 0 for a in range(3))]) - base
+                    if grid.shape[d] > 1 else 0 for d in range(3))
+    expected = base + sum(np.arange(n).reshape([-1 if a == d else 1 for a in range(3)]) * s
+                          for d, (n, s) in enumerate(zip(grid.shape, strides, strict=True)))
+    if base < 0 or min(strides) < 0 or not np.array_equal(grid, expected):
+        return None
+    return Tensor(grid.shape, like.dtype, like.buffer, base, strides)
+
+
+def _nothing_between(graph: Graph, removed: list[Op], attention: Op, reads: list[Tensor],
+                     caches: list[Tensor]) -> bool:
+    """Whether the ops left between the first folded op and the attention leave alone what
+    the attention now reads and the caches it now writes."""
+    first = min(graph.ops.index(op) for op in removed)
+    gone = {id(op) for op in removed}
+    between = [op for op in graph.ops[first:graph.ops.index(attention)] if id(op) not in gone]
+    for op in between:
+        touched = op.outputs + op.attrs.get("writes_within", [])
+        if any(w.overlaps(t) for w in touched for t in reads):
+            return False
+        if any(t.buffer is c.buffer for t in op.inputs + touched for c in caches):
+            return False
+    return True
