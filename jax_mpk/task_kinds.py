@@ -72,6 +72,7 @@ SEQUENCE      operands: descriptor, then each step's operands in step order
               range_dim >= 0 (else it runs whole). Steps run in order, a block barrier
               between them, so a step reads what earlier steps of its task wrote.
 DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counters]]
+                  [, new_k, new_v, cos, sin, pos]
               For each batch index b (split (b // B1, b % B1) for the q, k and v strides) and
               query row g < G: s_t = round(q[b, g, :] . k[b, t, :], scores_dtype) * scale for
               t < extent (int32 scalar), p = softmax(s), out[b, g, :] = sum_t p_t v[b, t, :].
@@ -88,6 +89,16 @@ DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counte
               then adds 1 to counter b, and the split that brings it to splits x (iteration +
               1) merges b as MERGE does. mode 2 (MERGE): out from the `splits` records of each
               b (a split with no live position has m = -inf, l = 0).
+              With the five rope operands (passes/rope_attention.py; not in MERGE), 12 more
+              descriptor words: [pos wraps, q's rotated dtype, new_k, new_v and table
+              dtypes, the tables' stride, new_k_strides[3], new_v_strides[3]] (strides of
+              b // B1, b % B1, d). q is read unrotated: element d of a row becomes
+              round(x_d c_j - x_{d+D/2} s_j) for d < D/2, round(x_d c_j + x_{d-D/2} s_j)
+              above (j = d mod D/2, float32, each product and sum rounded, then q's rotated
+              dtype). Row r = pos (clamped as DYNAMIC_UPDATE_SLICE clamps a start of one row,
+              wrapping when told) of b's k gets new_k rotated so, and of v new_v, written
+              by the task whose positions hold r (split 0 or the WHOLE task where none
+              does) before it reads the cache.
 """
 
 from __future__ import annotations

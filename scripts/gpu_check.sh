@@ -15,7 +15,8 @@
 #   matmul     test_task_kinds_gpu.py -k "matmul or float32_step" (about 250 s in one process)
 #   kinds      the rest of test_task_kinds_gpu.py (reduce, elementwise, gathers, slices,
 #              model steps, the decode loop: about 150 s)
-#   attention  test_decode_attention.py, test_repeated_heads.py (about 270 s in one process)
+#   attention  test_decode_attention.py, test_repeated_heads.py, test_rope_attention.py (about
+#              270 s in one process before the last)
 #   folds      test_cache_append, test_sequence, test_gating_linear, test_norm_linear
 #   nvshmem    test_nvshmem_gpu.py, nvshmem_two_pes.py, tp_decode_two_pes.py (an NVSHMEM
 #              runtime; about 60 s)
@@ -81,6 +82,7 @@ run_part() {
     matmul) pytest_part matmul 330 "${parallel[@]}" tests/test_task_kinds_gpu.py -k "${k:-matmul or float32_step}" ;;
     kinds) pytest_part kinds 300 "${parallel[@]}" tests/test_task_kinds_gpu.py -k "${k:-not matmul and not float32_step}" ;;
     attention) pytest_part attention 330 "${parallel[@]}" tests/test_decode_attention.py tests/test_repeated_heads.py \
+      tests/test_rope_attention.py \
       ${k:+-k "$k"} ;;
     folds)
       pytest_part folds 200 "${parallel[@]}" tests/test_cache_append.py tests/test_sequence.py \

@@ -13,8 +13,10 @@ x_lo * s` in float32 (x converted from its dtype, the result to the rotated dtyp
 halves the two halves of the head dim along the attention's d, the tables the same for
 every row; the appends write one row along the attention's positions at one scalar `pos`;
 and nothing between the folded ops and the attention touches the caches or rewrites what
-the attention now reads. Anything else (an interleaved rotation, a per-row position) keeps
-the ops. The arithmetic is the ops' own, in their order, so the result is bit for bit the
+the attention now reads. Anything else (an interleaved rotation, a per-row position, a
+rotation with more in its ops, as Qwen3's with its qk-norm fused in) keeps
+the ops, and so do caches stacked over the layers (scan_layers: several appends write one
+array). The arithmetic is the ops' own, in their order, so the result is bit for bit the
 unfolded one.
 """
 
@@ -53,6 +55,7 @@ def fold_rope_into_attention(graph: Graph) -> None:
         attention.inputs = inputs
         attention.attrs["rope"] = {"wrap": wrap, "q_dtype": q.dtype}  # q's rotated dtype
         attention.attrs["writes_within"] = [k, v]  # the appended rows, somewhere in the caches
+        attention.label = "rope_attention"
         graph.ops = [op for op in graph.ops if all(op is not r for r in removed)]
 
 
@@ -109,7 +112,7 @@ def _folded(graph: Graph, links: Links, attention: Op):
                 for t in (q_rotation.cos, q_rotation.sin))
     removed = [*q_rotation.ops, *k_rotation.ops, k_append, v_append]
     if not _nothing_between(graph, removed, attention, [raw_q, new_k, new_v, cos, sin, k_pos],
-                            [k, v]):
+                            [(k_append, k), (v_append, v)]):
         return None
     return removed, [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos], k_wrap
 
@@ -232,12 +235,12 @@ def _rotates_along_d(rotation: Rotation, at: np.ndarray) -> bool:
 
 
 def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | None:
-    """The dynamic_update_slice writing `cache`'s buffer last before the attention, if it
-    writes it whole (in place) and is its only writer."""
+    """The dynamic_update_slice writing `cache`'s buffer last, before the attention, if it
+    writes it whole (in place; an earlier writer is the copy an undonated cache starts with)."""
     writers = links.writers.get(id(cache.buffer), [])
-    if len(writers) != 1 or writers[0].kind != "dynamic_update_slice":
+    if not writers or writers[-1].kind != "dynamic_update_slice":
         return None
-    append = writers[0]
+    append = writers[-1]
     update, *starts, dst = append.inputs
     out = append.outputs[0]
     if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer or dst.offset
@@ -294,16 +297,23 @@ def _affine(offsets: np.ndarray, B: int, B1: int, like: Tensor) -> Tensor | None
 
 
 def _nothing_between(graph: Graph, removed: list[Op], attention: Op, reads: list[Tensor],
-                     caches: list[Tensor]) -> bool:
+                     appends: list[tuple[Op, Tensor]]) -> bool:
     """Whether the ops left between the first folded op and the attention leave alone what
-    the attention now reads and the caches it now writes."""
-    first = min(graph.ops.index(op) for op in removed)
+    the attention now reads, and those after each append its cache (before it, the copy
+    that starts an undonated cache still comes first)."""
+    end = graph.ops.index(attention)
     gone = {id(op) for op in removed}
-    between = [op for op in graph.ops[first:graph.ops.index(attention)] if id(op) not in gone]
-    for op in between:
-        touched = op.outputs + op.attrs.get("writes_within", [])
-        if any(w.overlaps(t) for w in touched for t in reads):
+
+    def left(first: int) -> list[Op]:
+        return [op for op in graph.ops[first:end] if id(op) not in gone]
+
+    for op in left(min(graph.ops.index(op) for op in removed)):
+        if any(w.overlaps(t) for w in op.outputs + op.attrs.get("writes_within", [])
+               for t in reads):
             return False
-        if any(t.buffer is c.buffer for t in op.inputs + touched for c in caches):
-            return False
+    for append, cache in appends:
+        for op in left(graph.ops.index(append)):
+            touched = op.inputs + op.outputs + op.attrs.get("writes_within", [])
+            if any(t.buffer is cache.buffer for t in touched):
+                return False
     return True
