@@ -42,16 +42,15 @@ struct DecodeAttentionTask {
   static constexpr int kRowsPerPass = 4;   // query rows a thread's pass over a key row serves
   static constexpr int kLoads = 4;         // 16-byte loads a thread issues before it uses them
   static constexpr int kReduceFloats = kWarps * kRowsPerPass * kMaxHeadDim;
-  static constexpr int kRopeWords = 12;    // after kDescWords: jax_mpk/tiling.py
   static constexpr int kRopeOperands = 5;  // new_k, new_v, cos, sin, pos
   enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
-
-  // The rope operands' layout: the first's index, pos's wrap, q's rotated dtype, the
+  // The rope words after kDescWords (jax_mpk/tiling.py): pos's wrap, q's rotated dtype, the
   // dtypes of new_k, new_v and the tables, the tables' stride, new_k's and new_v's strides
-  // of (b // B1, b % B1, d).
-  struct Rope {
-    int at, wrap, q_dtype, k_dtype, v_dtype, table_dtype;
-    int64_t table_stride, ks[3], vs[3];
+  // of (b // B1, b % B1, d). Read where used: a struct of them live across the task's
+  // loops took its registers from 173 to 251 and made the workers that call it spill.
+  enum RopeWord : int {
+    kRopeWrap, kRopeQDtype, kRopeKDtype, kRopeVDtype, kRopeTableDtype, kRopeTableStride, kRopeKStrides,
+    kRopeVStrides = kRopeKStrides + 3, kRopeWords = kRopeVStrides + 3
   };
 
   struct Problem {
@@ -106,30 +105,24 @@ struct DecodeAttentionTask {
     return p;
   }
 
-  __device__ static Rope rope_of(const TaskContext& ctx) {
-    const int32_t* w = ctx.operand<const int32_t>(1) + kDescWords;
-    Rope r;
-    r.at = ctx.desc.num_operands - kRopeOperands;
-    r.wrap = w[0];
-    r.q_dtype = w[1];
-    r.k_dtype = w[2];
-    r.v_dtype = w[3];
-    r.table_dtype = w[4];
-    r.table_stride = w[5];
-    for (int i = 0; i < 3; ++i) {
-      r.ks[i] = w[6 + i];
-      r.vs[i] = w[9 + i];
-    }
-    return r;
+  __device__ static const int32_t* rope_words(const TaskContext& ctx) {
+    return ctx.operand<const int32_t>(1) + kDescWords;
+  }
+
+  // Rope operand i: new_k, new_v, cos, sin, pos.
+  template <typename T>
+  __device__ static T* rope_operand(const TaskContext& ctx, int i) {
+    return ctx.operand<T>(ctx.desc.num_operands - kRopeOperands + i);
   }
 
   // Element d of a head rotated with its partner y (d +- D / 2) by the tables at d mod D / 2:
   // the low half x c - y s, the high half x c + y s, each product and sum rounded as the
   // elementwise ops they replace round them (no fused multiply-add).
-  __device__ static float rotated(const Rope& r, const char* cos, const char* sin, int d, int D, float x, float y) {
+  __device__ static float rotated(const TaskContext& ctx, const int32_t* w, int d, int D, float x, float y) {
     const int half = D / 2, j = d < half ? d : d - half;
-    const float c = load_f32(cos, r.table_dtype, j * r.table_stride);
-    const float s = load_f32(sin, r.table_dtype, j * r.table_stride);
+    const int64_t at = int64_t(j) * w[kRopeTableStride];
+    const float c = load_f32(rope_operand<const char>(ctx, 2), w[kRopeTableDtype], at);
+    const float s = load_f32(rope_operand<const char>(ctx, 3), w[kRopeTableDtype], at);
     return d < half ? __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s)) : __fadd_rn(__fmul_rn(x, c), __fmul_rn(y, s));
   }
 
@@ -138,28 +131,29 @@ struct DecodeAttentionTask {
   // Row pos of b's k (rotated) and v, written by the task whose positions [t0, t1) hold it,
   // or by the leading task where no task's do (pos at or past the extent); the block
   // barrier then lets every thread read it from the cache.
-  __device__ static void append_row(const TaskContext& ctx, const Problem& p, const Rope& r, int b, int t0, int t1,
-                                    bool leads, int extent) {
-    int row = *ctx.operand<const int32_t>(r.at + 4);
-    if (r.wrap && row < 0) row += p.T;  // as the cache append clamps its start
+  __device__ static void append_row(const TaskContext& ctx, const Problem& p, int b, int t0, int t1, bool leads,
+                                    int extent) {
+    const int32_t* w = rope_words(ctx);
+    int row = *rope_operand<const int32_t>(ctx, 4);
+    if (w[kRopeWrap] && row < 0) row += p.T;  // as the cache append clamps its start
     row = min(max(row, 0), p.T - 1);
     if (!(row >= t0 && row < t1) && !(leads && row >= extent)) return;
-    const char* new_k = ctx.operand<const char>(r.at);
-    const char* new_v = ctx.operand<const char>(r.at + 1);
-    const char* cos = ctx.operand<const char>(r.at + 2);
-    const char* sin = ctx.operand<const char>(r.at + 3);
+    const char* new_k = rope_operand<const char>(ctx, 0);
+    const char* new_v = rope_operand<const char>(ctx, 1);
+    const int32_t* ks = w + kRopeKStrides;
+    const int32_t* vs = w + kRopeVStrides;
     const int64_t outer = b / p.B1, inner = b % p.B1;
-    const int64_t k_at = outer * r.ks[0] + inner * r.ks[1], v_at = outer * r.vs[0] + inner * r.vs[1];
+    const int64_t k_at = outer * ks[0] + inner * ks[1], v_at = outer * vs[0] + inner * vs[1];
     for (int d = ctx.thread; d < max(p.D, p.Dv); d += kWorkerThreads) {
       if (d < p.D) {
-        const float x = load_f32(new_k, r.k_dtype, k_at + d * r.ks[2]);
-        const float y = load_f32(new_k, r.k_dtype, k_at + partner(d, p.D) * r.ks[2]);
+        const float x = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(d) * ks[2]);
+        const float y = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(partner(d, p.D)) * ks[2]);
         store_f32(ctx.operand<char>(3), p.k_dtype, outer * p.ks[0] + inner * p.ks[1] + row * p.ks[2] + d * p.ks[3],
-                  rotated(r, cos, sin, d, p.D, x, y));
+                  rotated(ctx, w, d, p.D, x, y));
       }
       if (d < p.Dv)
         store_f32(ctx.operand<char>(4), p.v_dtype, outer * p.vs[0] + inner * p.vs[1] + row * p.vs[2] + d * p.vs[3],
-                  load_f32(new_v, r.v_dtype, v_at + d * r.vs[2]));
+                  load_f32(new_v, w[kRopeVDtype], v_at + int64_t(d) * vs[2]));
     }
     __syncthreads();
   }
@@ -320,7 +314,7 @@ struct DecodeAttentionTask {
 
   // Positions [t0, t1) of batch index b: m[g], l[g] and acc[g][d] (the last kept per thread:
   // thread i owns (g, d) = (i / Dv, i % Dv), i += kWorkerThreads).
-  __device__ static void attend(const TaskContext& ctx, const Problem& p, const Rope* rope, int b, int t0, int t1,
+  __device__ static void attend(const TaskContext& ctx, const Problem& p, bool rotates, int b, int t0, int t1,
                                 float* m_out, float* l_out, float* acc_out) {
     float* q = reinterpret_cast<float*>(ctx.shared);  // [G][D]
     float* s = q + p.G * p.D;                         // [G][t1 - t0]
@@ -332,17 +326,16 @@ struct DecodeAttentionTask {
     const int64_t outer = b / p.B1, inner = b % p.B1;
     const int64_t q_b = outer * p.qs[0] + inner * p.qs[1], k_b = outer * p.ks[0] + inner * p.ks[1];
     const int64_t v_b = outer * p.vs[0] + inner * p.vs[1];
-    const char* cos = rope ? ctx.operand<const char>(rope->at + 2) : nullptr;
-    const char* sin = rope ? ctx.operand<const char>(rope->at + 3) : nullptr;
+    const int32_t* w = rotates ? rope_words(ctx) : nullptr;
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads) {
       const int64_t row = q_b + (i / p.D) * p.qs[2];
       const int d = i % p.D;
       const float x = load_f32(qp, p.q_dtype, row + d * p.qs[3]);
-      if (rope == nullptr) {
+      if (!rotates) {
         q[i] = x;
       } else {
         const float y = load_f32(qp, p.q_dtype, row + partner(d, p.D) * p.qs[3]);
-        q[i] = round_float(rotated(*rope, cos, sin, d, p.D, x, y), rope->q_dtype);
+        q[i] = round_float(rotated(ctx, w, d, p.D, x, y), w[kRopeQDtype]);
       }
     }
     __syncthreads();
@@ -428,8 +421,6 @@ struct DecodeAttentionTask {
     const int mode = ctx.desc.dims[4];
     const int extent = min(max(*ctx.operand<const int32_t>(5), 0), p.T);
     const bool rotates = ctx.desc.num_operands > 8;
-    Rope rope;
-    if (rotates) rope = rope_of(ctx);
     const int record = p.G * (2 + p.Dv);
     float* partials = mode == kWhole ? nullptr : ctx.operand<float>(6);
     for (int b = ctx.desc.dims[0]; b < ctx.desc.dims[0] + ctx.desc.dims[1]; ++b) {
@@ -443,8 +434,8 @@ struct DecodeAttentionTask {
         const int per = (extent + p.splits - 1) / p.splits;
         const int t0 = min(ctx.desc.dims[5] * per, extent), t1 = min(t0 + per, extent);
         float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
-        if (rotates) append_row(ctx, p, rope, b, t0, t1, ctx.desc.dims[5] == 0, extent);
-        attend(ctx, p, rotates ? &rope : nullptr, b, t0, t1, r, r + p.G, r + 2 * p.G);
+        if (rotates) append_row(ctx, p, b, t0, t1, ctx.desc.dims[5] == 0, extent);
+        attend(ctx, p, rotates, b, t0, t1, r, r + p.G, r + 2 * p.G);
         if (ctx.desc.num_operands - (rotates ? kRopeOperands : 0) == 8 &&
             last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
           merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
@@ -452,8 +443,8 @@ struct DecodeAttentionTask {
         const int t0 = ctx.desc.dims[2], t1 = max(t0, min(t0 + ctx.desc.dims[3], extent));
         float* acc = reinterpret_cast<float*>(ctx.shared) + p.G * (p.D + (t1 - t0));  // [G][Dv]
         __shared__ float m_whole[kMaxRows], l_whole[kMaxRows];
-        if (rotates) append_row(ctx, p, rope, b, t0, t1, t0 == 0, extent);
-        attend(ctx, p, rotates ? &rope : nullptr, b, t0, t1, m_whole, l_whole, acc);
+        if (rotates) append_row(ctx, p, b, t0, t1, t0 == 0, extent);
+        attend(ctx, p, rotates, b, t0, t1, m_whole, l_whole, acc);
         __syncthreads();
         for (int i = ctx.thread; i < p.G * p.Dv; i += kWorkerThreads) store(ctx, p, b, i, acc[i] / l_whole[i / p.Dv]);
       }
