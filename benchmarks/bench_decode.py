@@ -6,8 +6,8 @@ next, as in a decode loop. Each step is timed alone (dispatch, run, wait) and ba
 figure there is its GPU time). Writes a JSON file and a PNG plot when asked.
 
     python benchmarks/bench_decode.py [--models llama-1b,qwen3-8b] [--batches 1,8,32]
-        [--contexts 512,2048] [--fill 0.25] [--json PATH] [--plot PATH] [--timeline DIR]
-        [--host-profile] [--tiling max_split_k=1,...] [--variants "fused_attention=0;prefetch=0"]
+        [--contexts 512,2048] [--fill 0.25] [--json PATH] [--plot PATH] [--timeline DIR
+        [--timeline-only]] [--host-profile] [--tiling max_split_k=1,...] [--variants "fused_attention=0;prefetch=0"]
 
 `--fill` sets the share of the cache in use at the timed step (default 1: its last position).
 
@@ -274,6 +274,8 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--plot")
     parser.add_argument("--timeline", help="profile the first case; write its files here")
+    parser.add_argument("--timeline-only", action="store_true",
+                        help="with --timeline: no timed steps (the 8B's take most of a call)")
     parser.add_argument("--host-profile", action="store_true")
     parser.add_argument("--tiling", default="", help="DeviceSpec overrides: name=int,...")
     parser.add_argument("--variants", default="",
@@ -293,7 +295,7 @@ def main() -> None:
           f"{f'{hbm / 1e9:.0f} GB/s (read + write)' if hbm else 'not measured'}; floor = "
           "weight bytes / copy rate; fractions are floor / step time")
     rows = []
-    for case in cases:
+    for case in cases if not (args.timeline and args.timeline_only) else []:
         rows.append(measure(*case, hbm, args.repeats))
         print_row(rows[-1])
     if args.host_profile:

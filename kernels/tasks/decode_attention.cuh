@@ -118,11 +118,12 @@ struct DecodeAttentionTask {
   // Element d of a head rotated with its partner y (d +- D / 2) by the tables at d mod D / 2:
   // the low half x c - y s, the high half x c + y s, each product and sum rounded as the
   // elementwise ops they replace round them (no fused multiply-add).
-  __device__ static float rotated(const TaskContext& ctx, const int32_t* w, int d, int D, float x, float y) {
+  __device__ static float rotated(const int32_t* w, const char* cos, const char* sin, int d, int D, float x,
+                                 float y) {
     const int half = D / 2, j = d < half ? d : d - half;
     const int64_t at = int64_t(j) * w[kRopeTableStride];
-    const float c = load_f32(rope_operand<const char>(ctx, 2), w[kRopeTableDtype], at);
-    const float s = load_f32(rope_operand<const char>(ctx, 3), w[kRopeTableDtype], at);
+    const float c = load_f32(cos, w[kRopeTableDtype], at);
+    const float s = load_f32(sin, w[kRopeTableDtype], at);
     return d < half ? __fsub_rn(__fmul_rn(x, c), __fmul_rn(y, s)) : __fadd_rn(__fmul_rn(x, c), __fmul_rn(y, s));
   }
 
@@ -140,6 +141,8 @@ struct DecodeAttentionTask {
     if (!(row >= t0 && row < t1) && !(leads && row >= extent)) return;
     const char* new_k = rope_operand<const char>(ctx, 0);
     const char* new_v = rope_operand<const char>(ctx, 1);
+    const char* cos = rope_operand<const char>(ctx, 2);
+    const char* sin = rope_operand<const char>(ctx, 3);
     const int32_t* ks = w + kRopeKStrides;
     const int32_t* vs = w + kRopeVStrides;
     const int64_t outer = b / p.B1, inner = b % p.B1;
@@ -149,7 +152,7 @@ struct DecodeAttentionTask {
         const float x = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(d) * ks[2]);
         const float y = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(partner(d, p.D)) * ks[2]);
         store_f32(ctx.operand<char>(3), p.k_dtype, outer * p.ks[0] + inner * p.ks[1] + row * p.ks[2] + d * p.ks[3],
-                  rotated(ctx, w, d, p.D, x, y));
+                  rotated(w, cos, sin, d, p.D, x, y));
       }
       if (d < p.Dv)
         store_f32(ctx.operand<char>(4), p.v_dtype, outer * p.vs[0] + inner * p.vs[1] + row * p.vs[2] + d * p.vs[3],
@@ -327,6 +330,8 @@ struct DecodeAttentionTask {
     const int64_t q_b = outer * p.qs[0] + inner * p.qs[1], k_b = outer * p.ks[0] + inner * p.ks[1];
     const int64_t v_b = outer * p.vs[0] + inner * p.vs[1];
     const int32_t* w = rotates ? rope_words(ctx) : nullptr;
+    const char* cos = rotates ? rope_operand<const char>(ctx, 2) : nullptr;
+    const char* sin = rotates ? rope_operand<const char>(ctx, 3) : nullptr;
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads) {
       const int64_t row = q_b + (i / p.D) * p.qs[2];
       const int d = i % p.D;
@@ -335,7 +340,7 @@ struct DecodeAttentionTask {
         q[i] = x;
       } else {
         const float y = load_f32(qp, p.q_dtype, row + partner(d, p.D) * p.qs[3]);
-        q[i] = round_float(rotated(ctx, w, d, p.D, x, y), w[kRopeQDtype]);
+        q[i] = round_float(rotated(w, cos, sin, d, p.D, x, y), w[kRopeQDtype]);
       }
     }
     __syncthreads();
