@@ -55,6 +55,21 @@ def test_folded_step_is_the_unfolded_one(dtype, batch, cache, backend):
     assert not any(op.kind == "dynamic_update_slice" or op.label == "rope" for op in ops)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caches_stacked_over_layers_fold_each_layers_slice(backend):
+    """scan_layers: one cache array for all layers, each layer's append a slice of it."""
+    cfg = FAMILIES["llama"].replace(scan_layers=True, dtype=jnp.bfloat16, max_len=300)
+    step, args = decode_step(cfg, "linen", 2, 1, seed=11)
+    folded = jax_mpk.jit(step, backend=backend, device=poisoned(FOLDED, backend))
+    unfolded = jax_mpk.jit(step, backend=backend, device=poisoned(UNFOLDED, backend))
+    result = folded(*args)
+    assert_close(result, expect(step, *args), cfg.dtype)
+    assert_same_bits(result, unfolded(*args))
+    ops = graph_ops(folded, args)
+    assert sum("rope" in op.attrs for op in ops) == cfg.layers
+    assert not any(op.kind == "dynamic_update_slice" for op in ops)
+
+
 def rotate(x, cos, sin):
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)

@@ -15,8 +15,7 @@ every row; the appends write one row along the attention's positions at one scal
 and nothing between the folded ops and the attention touches the caches or rewrites what
 the attention now reads. Anything else (an interleaved rotation, a per-row position, a
 rotation with more in its ops, as Qwen3's with its qk-norm fused in) keeps
-the ops, and so do caches stacked over the layers (scan_layers: several appends write one
-array). The arithmetic is the ops' own, in their order, so the result is bit for bit the
+the ops. The arithmetic is the ops' own, in their order, so the result is bit for bit the
 unfolded one.
 """
 
@@ -235,18 +234,21 @@ def _rotates_along_d(rotation: Rotation, at: np.ndarray) -> bool:
 
 
 def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | None:
-    """The dynamic_update_slice writing `cache`'s buffer last, before the attention, if it
-    writes it whole (in place; an earlier writer is the copy an undonated cache starts with)."""
-    writers = links.writers.get(id(cache.buffer), [])
+    """The dynamic_update_slice writing `cache` last before the attention, in place, over
+    the very elements the attention reads (a layer's slice of stacked caches, or the whole
+    buffer; an earlier writer is the copy an undonated cache starts with)."""
+    end = graph.ops.index(attention)
+    writers = [w for w in links.writers.get(id(cache.buffer), [])
+               if graph.ops.index(w) < end and any(t.overlaps(cache) for t in w.outputs)]
     if not writers or writers[-1].kind != "dynamic_update_slice":
         return None
     append = writers[-1]
     update, *starts, dst = append.inputs
     out = append.outputs[0]
-    if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer or dst.offset
-            or out.offset or not dst.is_contiguous or dst.dtype != update.dtype
-            or cache.dtype != dst.dtype or dst.nbytes != cache.buffer.nbytes
-            or graph.ops.index(append) > graph.ops.index(attention)):
+    if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer
+            or out.offset != dst.offset or not dst.is_contiguous or dst.dtype != update.dtype
+            or cache.dtype != dst.dtype or cache.offset != dst.offset or cache.size != dst.size
+            or cache.span() != dst.span()):
         return None
     return append
 
@@ -270,10 +272,11 @@ def _update_offsets(append: Op, cache: Tensor, strides, B: int, B1: int, width: 
                     axis: int):
     """[B, width] offsets in the append's update of the element the attention reads at
     (b, row pos, d), or None."""
-    update = append.inputs[0]
+    update, dst = append.inputs[0], append.inputs[-1]
     dst_shape = append.attrs["dst_shape"]
     b = np.arange(B)[:, None]
-    at = cache.offset + (b // B1) * strides[0] + (b % B1) * strides[1] + np.arange(width) * strides[3]
+    at = (cache.offset - dst.offset + (b // B1) * strides[0] + (b % B1) * strides[1]
+          + np.arange(width) * strides[3])
     if at.min() < 0 or at.max() >= int(np.prod(dst_shape)):
         return None
     index = np.unravel_index(at, dst_shape)
@@ -314,6 +317,6 @@ def _nothing_between(graph: Graph, removed: list[Op], attention: Op, reads: list
     for append, cache in appends:
         for op in left(graph.ops.index(append)):
             touched = op.inputs + op.outputs + op.attrs.get("writes_within", [])
-            if any(t.buffer is cache.buffer for t in touched):
+            if any(t.overlaps(cache) for t in touched):
                 return False
     return True
