@@ -16,6 +16,10 @@ mkdir -p "$OUT"
 PY=${PYTHON:-/opt/torch/.venv/bin/python}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 here=$PWD
+# The installed package's runtime library, as seen from tree $1 (the one every DIR replaces).
+installed_library() {
+  (cd "$1" && $PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+}
 # Installs the package at $1 (a source tree) against the runtime library $2.
 install() {
   local lib
@@ -23,12 +27,12 @@ install() {
   (cd "$1" && $PY -m pip install --no-build-isolation --no-deps -e . -Cbuild-dir=/tmp/jax_mpk_prebuilt_$3 \
     -Ccmake.define.JAX_MPK_PREBUILT_RUNTIME="$lib") >> "$OUT/install.log" 2>&1 \
     || { tail -20 "$OUT/install.log"; exit 1; }
-  installed=$(cd "$1" && $PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+  installed=$(installed_library "$1")
 }
 installed_tree=""
 if [ -n "${SKIP_INSTALL:-}" ]; then  # this checkout is installed already (gpu_check.sh install)
   installed_tree=$here
-  installed=$($PY -c "import os, jax_mpk._jax_mpk as m; print(os.path.join(os.path.dirname(m.__file__), 'libjax_mpk_runtime.so'))")
+  installed=$(installed_library "$here")
 fi
 # Name a DIR twice (A B A B) to see the spread between processes: kernel medians of one
 # runtime agreed within 15 µs in session 10, while jax.jit's wall time moved 0.3 ms.
