@@ -675,6 +675,7 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
         words += [int(a["rope"]["wrap"]), dtype_code(a["rope"]["q_dtype"]),
                   dtype_code(new_k.dtype), dtype_code(new_v.dtype), dtype_code(cos.dtype),
                   cos.strides[0], *new_k.strides, *new_v.strides]
+    words += [0] * (40 - len(words))  # the kernel stages 40 words (kDescWords)
     locations = [pb.location(out), pb.descriptor(np.array(words, np.int32)), pb.location(q),
                  pb.location(k), pb.location(v), pb.location(extent)]
     tail = [pb.location(t) for t in rope]

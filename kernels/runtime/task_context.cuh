@@ -28,7 +28,7 @@ __device__ __forceinline__ uint64_t operand_address(const LaunchParams& params, 
 
 // Kinds that define kDescWords read a constant int32 descriptor of that many words at
 // operand 1; the worker stages it too (at most kStagedDescWords), as no task writes it.
-constexpr int kStagedDescWords = 28;
+constexpr int kStagedDescWords = 40;
 
 template <typename T, typename = void>
 struct DescWords : std::integral_constant<int, 0> {};

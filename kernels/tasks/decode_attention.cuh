@@ -11,7 +11,7 @@
 // stores them.
 //
 // With the rope operands (new_k, new_v, cos, sin, pos after the others; descriptor words
-// from kDescWords on, read from global memory: passes/rope_attention.py), q is read
+// from kProblemWords on, zeros without them: passes/rope_attention.py), q is read
 // unrotated and rotated as it is staged, and the task whose positions hold the appended row
 // (the first split, or the whole task, where no task's do) first writes row pos of b's k
 // (rotated) and v, then reads the cache like the others.
@@ -35,7 +35,8 @@ namespace mpk {
 struct DecodeAttentionTask {
   static constexpr TaskKind kKind = kTaskDecodeAttention;
   static constexpr const char* kName = "decode_attention";
-  static constexpr int kDescWords = 28;
+  static constexpr int kProblemWords = 28;  // then the rope words: kDescWords in all, staged
+  static constexpr int kDescWords = 40;
   static constexpr int kWarps = kWorkerThreads / 32;
   static constexpr int kMaxHeadDim = 256;  // jax_mpk.passes.decode_attention.MAX_HEAD_DIM
   static constexpr int kMaxRows = 64;      // query rows a task holds (G)
@@ -44,7 +45,7 @@ struct DecodeAttentionTask {
   static constexpr int kReduceFloats = kWarps * kRowsPerPass * kMaxHeadDim;
   static constexpr int kRopeOperands = 5;  // new_k, new_v, cos, sin, pos
   enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
-  // The rope words after kDescWords (jax_mpk/tiling.py): pos's wrap, q's rotated dtype, the
+  // The rope words after kProblemWords (jax_mpk/tiling.py): pos's wrap, q's rotated dtype, the
   // dtypes of new_k, new_v and the tables, the tables' stride, new_k's and new_v's strides
   // of (b // B1, b % B1, d). Read where used: a struct of them live across the task's
   // loops took its registers from 173 to 251 and made the workers that call it spill.
@@ -68,8 +69,8 @@ struct DecodeAttentionTask {
     if (base < 6 || base > 8)
       return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]"
              "[, new_k, new_v, cos, sin, pos]";
-    if (ops[1].bytes < 4 * (kDescWords + (base == d.num_operands ? 0 : kRopeWords)))
-      return "decode_attention descriptor is shorter than 28 int32 (40 with the rope operands)";
+    static_assert(kProblemWords + kRopeWords == kDescWords, "the descriptor's words");
+    if (ops[1].bytes < 4 * kDescWords) return "decode_attention descriptor is shorter than 40 int32";
     if (d.dims[0] < 0 || d.dims[1] < 0 || d.dims[2] < 0 || d.dims[3] < 0 || d.dims[5] < 0)
       return "decode_attention dims (b and t first and count, split) must be >= 0";
     if (d.dims[4] < kWhole || d.dims[4] > kMerge) return "decode_attention mode is not whole, partial or merge";
@@ -106,7 +107,7 @@ struct DecodeAttentionTask {
   }
 
   __device__ static const int32_t* rope_words(const TaskContext& ctx) {
-    return ctx.operand<const int32_t>(1) + kDescWords;
+    return ctx.descriptor() + kProblemWords;
   }
 
   // Rope operand i: new_k, new_v, cos, sin, pos.
