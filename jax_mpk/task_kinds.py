@@ -98,7 +98,14 @@ DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counte
               dtype). Row r = pos (clamped as DYNAMIC_UPDATE_SLICE clamps a start of one row,
               wrapping when told) of b's k gets new_k rotated so, and of v new_v, written
               by the task whose positions hold r (split 0 or the WHOLE task where none
-              does) before it reads the cache.
+              does) before it reads the cache. The descriptor is padded to 40 words (those
+              the kernel stages). With four norm operands after pos (q_sums float32, q_scale,
+              k_sums float32, k_scale), 12 words after the 40: [normed dtype, scales' dtype,
+              n, eps, c (float32 bits), q_sums_strides[3] (b // B1, b % B1, g),
+              k_sums_strides[2], q_scale's and k_scale's strides along d]; each head row x
+              of q and of new_k is first normed: x_d becomes round((x_d * inv) * (c +
+              scale_d)) to the normed dtype, inv = 1 / sqrt(sums / n + eps), each step
+              rounded in float32.
 """
 
 from __future__ import annotations

@@ -670,12 +670,17 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     words = [B, a["B1"], G, T, D, a["Dv"], *(dtype_code(t.dtype) for t in (q, k, v, out)),
              dtype_code(a["scores_dtype"]), *a["q_strides"], *a["k_strides"], *a["v_strides"],
              *a["out_strides"], int(np.float32(a["scale"]).view(np.int32)), splits]
-    if rope:  # passes/rope_attention.py: new k, new v, cos, sin, pos, after the others
-        new_k, new_v, cos, _, _ = rope
+    if rope:  # passes/rope_attention.py: new k, new v, cos, sin, pos[, the norms'] after the others
+        new_k, new_v, cos = rope[:3]
         words += [int(a["rope"]["wrap"]), dtype_code(a["rope"]["q_dtype"]),
                   dtype_code(new_k.dtype), dtype_code(new_v.dtype), dtype_code(cos.dtype),
                   cos.strides[0], *new_k.strides, *new_v.strides]
-    words += [0] * (40 - len(words))  # the kernel stages 40 words (kDescWords)
+    words += [0] * (decode_attention.STAGED_WORDS - len(words))
+    if "norm" in a.get("rope", {}):
+        norm, (q_sums, q_scale, k_sums, k_scale) = a["rope"]["norm"], rope[5:]
+        words += [dtype_code(norm["dtype"]), dtype_code(q_scale.dtype),
+                  *(int(np.float32(norm[c]).view(np.int32)) for c in ("n", "eps", "c")),
+                  *q_sums.strides, *k_sums.strides[:2], q_scale.strides[0], k_scale.strides[0]]
     locations = [pb.location(out), pb.descriptor(np.array(words, np.int32)), pb.location(q),
                  pb.location(k), pb.location(v), pb.location(extent)]
     tail = [pb.location(t) for t in rope]

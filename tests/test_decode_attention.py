@@ -120,6 +120,7 @@ def test_pass_limits_mirror_the_kernel():
     kernel = "tasks/decode_attention.cuh"
     assert decode_attention.MAX_HEAD_DIM == kernel_constant(kernel, "kMaxHeadDim")
     assert decode_attention.MAX_ROWS == kernel_constant(kernel, "kMaxRows")
+    assert decode_attention.STAGED_WORDS == kernel_constant(kernel, "kDescWords")
     warps = kernel_constant("runtime/task_context.cuh", "kWorkerThreads") // 32
     sums = warps * kernel_constant(kernel, "kRowsPerPass") * kernel_constant(kernel, "kMaxHeadDim")
     arena_floats = kernel_constant("runtime/task_context.cuh", "kTaskSharedBytes") // 4

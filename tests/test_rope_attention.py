@@ -33,8 +33,9 @@ def assert_same_bits(actual, expected):
 
 
 @functools.cache
-def model_case(family, dtype, batch, cache):
+def model_case(family, dtype, batch, cache, kv_heads=None):
     cfg = FAMILIES[family].replace(dtype=dtype, max_len=cache)
+    cfg = cfg.replace(kv_heads=kv_heads or cfg.kv_heads)
     step, args = decode_step(cfg, "linen", batch, 1, seed=7 * batch + cache)
     return cfg, step, args, expect(step, *args)
 
@@ -52,6 +53,24 @@ def test_folded_step_is_the_unfolded_one(dtype, batch, cache, backend):
     assert_same_bits(result, unfolded(*args))
     ops = graph_ops(folded, args)
     assert sum("rope" in op.attrs for op in ops) == cfg.layers
+    assert not any(op.kind == "dynamic_update_slice" or op.label == "rope" for op in ops)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cache", [16, 300], ids=["whole", "split"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_qwen3s_normed_rotation_folds_too(dtype, batch, cache, backend):
+    """Qwen3's qk-norm rides in its rotation's ops (fuse_elementwise): the attention norms
+    each head row of q and k before it rotates it, bit for bit the unfolded step."""
+    cfg, step, args, expected = model_case("qwen3", dtype, batch, cache, kv_heads=2)
+    folded = jax_mpk.jit(step, backend=backend, device=poisoned(FOLDED, backend))
+    unfolded = jax_mpk.jit(step, backend=backend, device=poisoned(UNFOLDED, backend))
+    result = folded(*args)
+    assert_close(result, expected, dtype)
+    assert_same_bits(result, unfolded(*args))
+    ops = graph_ops(folded, args)
+    assert sum("norm" in op.attrs.get("rope", {}) for op in ops) == cfg.layers
     assert not any(op.kind == "dynamic_update_slice" or op.label == "rope" for op in ops)
 
 
@@ -137,12 +156,15 @@ def test_an_interleaved_rotation_keeps_its_ops():
     assert sum(op.kind == "decode_attention" for op in ops) == cfg.layers
 
 
-def test_a_normed_rotation_keeps_its_ops():
-    """Qwen3's qk-norm rides in its rotation's ops (fuse_elementwise): not the pattern."""
-    cfg, step, args, expected = model_case("qwen3", jnp.float32, 1, 16)
+def test_heads_sharing_one_cache_row_keep_their_ops():
+    """MQA (one kv head, read by every head along a stride 0): each head's task would
+    append the same row, a race; the rotations stay ops."""
+    cfg, step, args, expected = model_case("qwen3", jnp.float32, 2, 16, kv_heads=1)
     compiled = jax_mpk.jit(step, backend="reference", device=FOLDED)
     assert_close(compiled(*args), expected, cfg.dtype)
-    assert not any("rope" in op.attrs for op in graph_ops(compiled, args))
+    ops = graph_ops(compiled, args)
+    assert not any("rope" in op.attrs for op in ops)
+    assert sum(op.kind == "decode_attention" for op in ops) == cfg.layers
 
 
 def test_a_rotated_q_read_elsewhere_keeps_its_ops():

@@ -25,6 +25,7 @@ from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
 MAX_HEAD_DIM = 256
 MAX_ROWS = 64
 SHARED_FLOATS = (112 - 32) * 1024 // 4  # the last 32 KiB: the value pass's sums (kReduceFloats)
+STAGED_WORDS = 40  # descriptor words the kernel stages (kDescWords); more are read where used
 MIN_POSITIONS = 64  # positions of the cache a split holds at least
 
 

@@ -14,13 +14,19 @@ halves the two halves of the head dim along the attention's d, the tables the sa
 every row; the appends write one row along the attention's positions at one scalar `pos`;
 and nothing between the folded ops and the attention touches the caches or rewrites what
 the attention now reads. Anything else (an interleaved rotation, a per-row position, a
-rotation with more in its ops, as Qwen3's with its qk-norm fused in) keeps
-the ops. The arithmetic is the ops' own, in their order, so the result is bit for bit the
-unfolded one.
+rotation with more in its ops) keeps the ops. The arithmetic is the ops' own, in their
+order, so the result is bit for bit the unfolded one.
+
+Qwen3 normalizes each head of q and k (its qk-norm) before the rotation, and the elementwise
+fusion puts that scaling into the rotation's ops: each x there is `round((x * inv) * (c +
+w))` with `inv = 1 / sqrt(sums / n + eps)`, sums the head row's sum of squares (an op before,
+which stays), w the norm's scale along d. Such rotations fold too when q's and k's norms
+share n, eps, c and their dtypes: the attention then also takes both sums and both scales.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +36,25 @@ from jax_mpk.passes.dataflow import Links
 from jax_mpk.task_kinds import Opcode
 
 F32 = np.dtype(np.float32)
+
+
+class Norm(NamedTuple):
+    """x's factor `round((x * 1 / sqrt(sums / n + eps)) * (c + scale))` (round: to dtype and
+    back to float32, none for float32) in a rotation's program."""
+
+    sums: Tensor  # float32, one value along d
+    scale: Tensor  # along d only
+    n: np.float32
+    eps: np.float32
+    c: np.float32
+    dtype: np.dtype
+
+
+class Factor(NamedTuple):
+    """A product's operand: a load converted to float32, normed or not."""
+
+    tensor: Tensor
+    norm: Norm | None = None
 
 
 class Rotation(NamedTuple):
@@ -42,6 +67,7 @@ class Rotation(NamedTuple):
     x_hi: Tensor
     cos: Tensor
     sin: Tensor
+    norm: Norm | None  # x_lo's (x_hi's: its scale half * step further)
 
 
 def fold_rope_into_attention(graph: Graph) -> None:
@@ -49,17 +75,21 @@ def fold_rope_into_attention(graph: Graph) -> None:
         folded = _folded(graph, Links(graph), attention)
         if folded is None:
             continue
-        removed, inputs, wrap = folded
+        removed, inputs, wrap, norm = folded
         q, k, v, extent = attention.inputs
         attention.inputs = inputs
         attention.attrs["rope"] = {"wrap": wrap, "q_dtype": q.dtype}  # q's rotated dtype
+        if norm is not None:
+            attention.attrs["rope"]["norm"] = {"n": norm.n, "eps": norm.eps, "c": norm.c,
+                                               "dtype": norm.dtype}
         attention.attrs["writes_within"] = [k, v]  # the appended rows, somewhere in the caches
         attention.label = "rope_attention"
         graph.ops = [op for op in graph.ops if all(op is not r for r in removed)]
 
 
 def _folded(graph: Graph, links: Links, attention: Op):
-    """(ops to remove, the attention's new inputs, whether pos wraps), or None."""
+    """(ops to remove, the attention's new inputs, whether pos wraps, q's Norm or None), or
+    None."""
     q, k, v, extent = attention.inputs
     a = attention.attrs
     B, B1, G, D, Dv = a["B"], a["B1"], a["G"], a["D"], a["Dv"]
@@ -79,6 +109,10 @@ def _folded(graph: Graph, links: Links, attention: Op):
             or k_append.attrs["dst_shape"][k_axis] != a["T"]
             or v_append.attrs["dst_shape"][v_axis] != a["T"]):
         return None
+    b = np.arange(B)
+    for strides in (a["k_strides"], a["v_strides"]):  # each b's task appends its own row
+        if len(set(((b // B1) * strides[0] + (b % B1) * strides[1]).tolist())) != B:
+            return None
     k_rotation = _rotation(links, k_update, k_append)
     if k_rotation is None or k_update.offset or not k_update.is_contiguous:
         return None
@@ -87,19 +121,20 @@ def _folded(graph: Graph, links: Links, attention: Op):
         return None
     if q_rotation.cos.strides[-1] != q_rotation.sin.strides[-1]:
         return None
-    b = np.arange(B)
     outer, inner = (b // B1)[:, None, None], (b % B1)[:, None, None]
     # q: the attention's (b, g, d), rotated in place of where it read the rotated q.
     q_at = (q.offset + outer * a["q_strides"][0] + inner * a["q_strides"][1]
             + np.arange(G)[None, :, None] * a["q_strides"][2]
             + np.arange(D)[None, None, :] * a["q_strides"][3])
-    if not _rotates_along_d(q_rotation, q_at):
+    q_rows = _rotated_along_d(q_rotation, q_at)
+    if q_rows is None:
         return None
     raw_q = Tensor(q.shape, q_rotation.x_lo.dtype, q_rotation.x_lo.buffer,
                    q.offset - q_rotation.out_lo.offset + q_rotation.x_lo.offset, q.strides)
     # k: the appended row of each (b, d), found in the update, rotated from the unrotated k.
     k_row = _update_offsets(k_append, k, a["k_strides"], B, B1, D, k_axis)
-    if k_row is None or not _rotates_along_d(k_rotation, k_row[:, None, :]):
+    k_rows = None if k_row is None else _rotated_along_d(k_rotation, k_row[:, None, :])
+    if k_rows is None:
         return None
     new_k = _affine(k_row - k_rotation.out_lo.offset + k_rotation.x_lo.offset, B, B1,
                     k_rotation.x_lo)
@@ -109,11 +144,35 @@ def _folded(graph: Graph, links: Links, attention: Op):
         return None
     cos, sin = (Tensor((D // 2,), t.dtype, t.buffer, t.offset, (t.strides[-1],))
                 for t in (q_rotation.cos, q_rotation.sin))
+    inputs = [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos]
+    norms = _norm_inputs(q_rotation, q_rows, k_rotation, k_rows, B, B1, D)
+    if norms is None:
+        return None
+    inputs += norms
     removed = [*q_rotation.ops, *k_rotation.ops, k_append, v_append]
-    if not _nothing_between(graph, removed, attention, [raw_q, new_k, new_v, cos, sin, k_pos],
+    if not _nothing_between(graph, removed, attention, [raw_q, *inputs[4:]],
                             [(k_append, k), (v_append, v)]):
         return None
-    return removed, [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos], k_wrap
+    return removed, inputs, k_wrap, q_rotation.norm
+
+
+def _norm_inputs(q_rotation: Rotation, q_rows: np.ndarray, k_rotation: Rotation,
+                 k_rows: np.ndarray, B: int, B1: int, D: int) -> list[Tensor] | None:
+    """[] for rotations without norms; [q_sums, q_scale, k_sums, k_scale] for normed ones
+    (the sums as views [B // B1, B1, G] and [B // B1, B1, 1], the scales along d [D]), where
+    both norms share their constants and dtypes; else None."""
+    qn, kn = q_rotation.norm, k_rotation.norm
+    if qn is None or kn is None:
+        return [] if qn is kn else None
+    if (qn.n, qn.eps, qn.c, qn.dtype, qn.scale.dtype) != (kn.n, kn.eps, kn.c, kn.dtype, kn.scale.dtype):
+        return None
+    views = []
+    for norm, rows in ((qn, q_rows), (kn, k_rows)):
+        sums = norm.sums.offset + rows[..., 0, :] @ np.asarray(norm.sums.strides, np.int64)  # [B, G]
+        scale = norm.scale
+        views += [_affine(sums, B, B1, norm.sums),
+                  Tensor((D,), scale.dtype, scale.buffer, scale.offset, (scale.strides[-1],))]
+    return None if any(v is None for v in views) else views
 
 
 def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
@@ -137,9 +196,8 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
     lo_op, (x_lo, cos), (x_hi, sin) = halves[Opcode.SUB]
     hi_op, first, second = halves[Opcode.ADD]
     # hi = x_hi * cos + x_lo * sin, its two products in either order.
-    if not ((_same(first[0], x_hi) and _same(first[1], cos) and _same(second[0], x_lo)
-             and _same(second[1], sin)) or (_same(second[0], x_hi) and _same(second[1], cos)
-                                            and _same(first[0], x_lo) and _same(first[1], sin))):
+    if not any(_same_factor(a[0], x_hi) and _same(a[1], cos) and _same_factor(b[0], x_lo)
+               and _same(b[1], sin) for a, b in ((first, second), (second, first))):
         return None
     out_lo, out_hi = lo_op.outputs[0], hi_op.outputs[0]
     half = out_lo.shape[-1] if out_lo.shape else 0
@@ -147,38 +205,115 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
     if (not half or out_hi.shape != out_lo.shape or out_hi.strides != out_lo.strides
             or out_hi.offset - out_lo.offset != half * step or out_lo.dtype != out_hi.dtype
             or 2 * out_lo.nbytes != buffer.nbytes or out_lo.overlaps(out_hi)
-            or x_lo.buffer is not x_hi.buffer or x_lo.buffer is buffer
-            or _walk(x_lo) != _walk(out_lo) or _walk(x_hi) != _walk(out_lo)
-            or x_hi.offset - x_lo.offset != half * step or x_lo.shape != out_lo.shape):
+            or not _halves(x_lo.tensor, x_hi.tensor, out_lo) or x_lo.tensor.buffer is buffer
+            or not _same_halves(x_lo.norm, x_hi.norm, out_lo)):
         return None
     for table in (cos, sin):
         if table.shape != out_lo.shape or any(_walk(table)[:-1]) or table.dtype != F32:
             return None
-    return Rotation((lo_op, hi_op), out_lo, out_hi, x_lo, x_hi, cos, sin)
+    return Rotation((lo_op, hi_op), out_lo, out_hi, x_lo.tensor, x_hi.tensor, cos, sin, x_lo.norm)
+
+
+def _halves(lo: Tensor, hi: Tensor, like: Tensor) -> bool:
+    """Whether lo and hi are the two halves of one buffer's rows, walked as `like`."""
+    half, step = like.shape[-1], like.strides[-1]
+    return (lo.buffer is hi.buffer and _walk(lo) == _walk(like) and _walk(hi) == _walk(like)
+            and hi.offset - lo.offset == half * step and lo.shape == like.shape)
+
+
+def _same_halves(lo: Norm | None, hi: Norm | None, like: Tensor) -> bool:
+    """Whether x_lo's and x_hi's norms are one norm of their whole rows: the same sums (one
+    value along d) and constants, the scale's two halves (along d only)."""
+    if lo is None or hi is None:
+        return lo is hi
+    scale = lo.scale
+    return (_same(lo.sums, hi.sums) and _walk(lo.sums)[-1] == 0 and lo[2:] == hi[2:]
+            and not any(_walk(scale)[:-1]) and scale.shape == like.shape
+            and hi.scale.buffer is scale.buffer and hi.scale.dtype == scale.dtype
+            and hi.scale.strides[-1] == scale.strides[-1]
+            and hi.scale.offset - scale.offset == like.shape[-1] * scale.strides[-1])
 
 
 def _products(op: Op):
     """(SUB or ADD, (x, table), (x, table)) of a program `convert(p0 -/+ p1)`, each product
-    `x * table` (in either order) of a converted or float32 x and a float32 table;
-    else None. x is the factor whose buffer the other product's x shares."""
+    `x * table` (in either order) of x, a Factor, and a float32 table; else None. x is the
+    factor whose buffer the other product's x shares."""
     instrs = op.attrs["instrs"]
     out = op.outputs[0]
 
-    def load(i, convert_ok):
+    def load(i):
+        """What a float32 LOAD, or a CONVERT to float32 of a LOAD, reads."""
         ins = instrs[i]
-        if ins.opcode == Opcode.CONVERT and convert_ok and ins.dtype == F32:
+        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
             inner = instrs[ins.args[0]]
             return op.inputs[inner.imm] if inner.opcode == Opcode.LOAD else None
         if ins.opcode == Opcode.LOAD and ins.dtype == F32:
             return op.inputs[ins.imm]
         return None
 
-    def factors(i):
+    def f32_load(i):
         ins = instrs[i]
-        if ins.opcode != Opcode.MUL or ins.dtype != F32:
+        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
+
+    def const(i):
+        ins = instrs[i]
+        if ins.opcode != Opcode.CONST or ins.dtype != F32:
             return None
-        tensors = [load(j, True) for j in ins.args]
-        return None if None in tensors else tensors
+        return np.int32(ins.imm).view(np.float32)
+
+    def both(i, opcode, first, second, ordered=False):
+        """(first(a), second(b)) of a float32 `a opcode b`, either order unless `ordered`."""
+        ins = instrs[i]
+        if ins.opcode != opcode or ins.dtype != F32 or len(ins.args) != 2:
+            return None
+        for a, b in (ins.args,) if ordered else (ins.args, ins.args[::-1]):
+            x, y = first(a), second(b)
+            if x is not None and y is not None:
+                return x, y
+        return None
+
+    def inverse_rms(i):
+        """(sums, n, eps) of `1 / sqrt(sums / n + eps)`: RSQRT, or INTEGER_POW -1 of SQRT."""
+        ins = instrs[i]
+        if ins.opcode == Opcode.INTEGER_POW and ins.imm == -1 and ins.dtype == F32:
+            ins = instrs[ins.args[0]]
+            if ins.opcode != Opcode.SQRT:
+                return None
+        elif ins.opcode != Opcode.RSQRT:
+            return None
+        if ins.dtype != F32:
+            return None
+        mean = lambda j: both(j, Opcode.DIV, f32_load, const, ordered=True)  # noqa: E731
+        found = both(ins.args[0], Opcode.ADD, mean, const)
+        return None if found is None else (*found[0], found[1])
+
+    def factor(i):
+        """x as a Factor: a load, or a normed load (Norm)."""
+        x = load(i)
+        if x is not None:
+            return Factor(x)
+        ins, dtype = instrs[i], F32
+        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:  # rounded to a narrower dtype
+            rounded = instrs[ins.args[0]]
+            if rounded.opcode != Opcode.CONVERT or rounded.dtype.name not in ("bfloat16", "float16"):
+                return None
+            i, dtype = rounded.args[0], rounded.dtype
+        gain = lambda j: both(j, Opcode.ADD, const, load)  # noqa: E731  (c, scale)
+        scaled = lambda j: both(j, Opcode.MUL, load, inverse_rms)  # noqa: E731  (x, rms)
+        found = both(i, Opcode.MUL, scaled, gain)
+        if found is None:
+            return None
+        (x, (sums, n, eps)), (c, scale) = found
+        return Factor(x, Norm(sums, scale, n, eps, c, np.dtype(dtype)))
+
+    def readings(i):
+        """The (x, table) readings of a float32 product `x * table`, in either order."""
+        ins = instrs[i]
+        if ins.opcode != Opcode.MUL or ins.dtype != F32 or len(ins.args) != 2:
+            return []
+        found = [(factor(a), load(b)) for a, b in (ins.args, ins.args[::-1])]
+        return [(x, t) for x, t in found if x is not None and t is not None
+                and x.tensor.buffer is not t.buffer]
 
     top = len(instrs) - 1
     if instrs[top].opcode == Opcode.CONVERT and out.dtype != F32:
@@ -190,22 +325,24 @@ def _products(op: Op):
         return None
     if len(instrs) - 1 != top and out.dtype == F32:
         return None
-    first, second = (factors(j) for j in combine.args)
-    if first is None or second is None:
-        return None
-    pairs = [(f, s) for f in ((0, 1), (1, 0)) for s in ((0, 1), (1, 0))
-             if first[f[0]].buffer is second[s[0]].buffer
-             and first[f[1]].buffer is not first[f[0]].buffer
-             and second[s[1]].buffer is not second[s[0]].buffer]
+    pairs = [(first, second) for first in readings(combine.args[0])
+             for second in readings(combine.args[1])
+             if first[0].tensor.buffer is second[0].tensor.buffer]
     if len(pairs) != 1:
         return None
-    f, s = pairs[0]
-    return combine.opcode, (first[f[0]], first[f[1]]), (second[s[0]], second[s[1]])
+    return combine.opcode, *pairs[0]
 
 
 def _walk(t: Tensor) -> tuple[int, ...]:
     """t's strides, 0 along its dims of one element (whose strides mean nothing)."""
     return tuple(s if n > 1 else 0 for n, s in zip(t.shape, t.strides, strict=True))
+
+
+def _same_factor(x: Factor, y: Factor) -> bool:
+    if not _same(x.tensor, y.tensor) or (x.norm is None) != (y.norm is None):
+        return False
+    return x.norm is None or (_same(x.norm.sums, y.norm.sums) and _same(x.norm.scale, y.norm.scale)
+                              and x.norm[2:] == y.norm[2:])
 
 
 def _same(x: Tensor, y: Tensor, last_only: bool = False) -> bool:
@@ -216,27 +353,30 @@ def _same(x: Tensor, y: Tensor, last_only: bool = False) -> bool:
             and _walk(x) == _walk(y) and x.dtype == y.dtype)
 
 
-def _rotates_along_d(rotation: Rotation, at: np.ndarray) -> bool:
-    """Whether offsets `at` [..., D] of the rotated buffer hold, along their last axis, the lo
-    half's elements at d < D / 2 and the hi half's at d - D / 2, both at the tables' d."""
+def _rotated_along_d(rotation: Rotation, at: np.ndarray) -> np.ndarray | None:
+    """Where offsets `at` [..., D] of the rotated buffer hold, along their last axis, the lo
+    half's elements at d < D / 2 and the hi half's at d - D / 2, each pair at one index of
+    the halves and at the tables' d: those indices [..., D / 2, rank]; else None."""
     half = at.shape[-1] // 2
     lo, hi = rotation.out_lo, rotation.out_hi
     if lo.shape[-1] != half:
-        return False
-    index = np.indices(lo.shape).reshape(len(lo.shape), -1)
-    offsets = lo.offset + np.asarray(lo.strides, np.int64) @ index
-    column = dict(zip(offsets.tolist(), index[-1].tolist(), strict=True))
-    shift = hi.offset - lo.offset
-    lows, highs = at[..., :half].reshape(-1), at[..., half:].reshape(-1) - shift
+        return None
+    index = np.indices(lo.shape).reshape(len(lo.shape), -1).T
+    offsets = lo.offset + index @ np.asarray(lo.strides, np.int64)
+    where = dict(zip(offsets.tolist(), range(len(offsets)), strict=True))
+    lows = [where.get(o, -1) for o in at[..., :half].reshape(-1).tolist()]
+    highs = [where.get(o, -1) for o in (at[..., half:] - (hi.offset - lo.offset)).reshape(-1).tolist()]
     want = np.broadcast_to(np.arange(half), at[..., :half].shape).reshape(-1)
-    return all(column.get(o) == j for o, j in zip(lows.tolist(), want.tolist(), strict=True)) \
-        and all(column.get(o) == j for o, j in zip(highs.tolist(), want.tolist(), strict=True))
+    if lows != highs or -1 in lows or (index[lows, -1] != want).any():
+        return None
+    return index[lows].reshape(*at.shape[:-1], half, len(lo.shape))
 
 
 def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | None:
     """The dynamic_update_slice writing `cache` last before the attention, in place, over
     the very elements the attention reads (a layer's slice of stacked caches, or the whole
-    buffer; an earlier writer is the copy an undonated cache starts with)."""
+    buffer; an earlier writer is the copy an undonated cache starts with; the attention may
+    read each element for several heads, along a stride 0)."""
     end = graph.ops.index(attention)
     writers = [w for w in links.writers.get(id(cache.buffer), [])
                if graph.ops.index(w) < end and any(t.overlaps(cache) for t in w.outputs)]
@@ -247,7 +387,8 @@ def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | No
     out = append.outputs[0]
     if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer
             or out.offset != dst.offset or not dst.is_contiguous or dst.dtype != update.dtype
-            or cache.dtype != dst.dtype or cache.offset != dst.offset or cache.size != dst.size
+            or cache.dtype != dst.dtype or cache.offset != dst.offset
+            or math.prod(n for n, s in zip(cache.shape, _walk(cache), strict=True) if s) != dst.size
             or cache.span() != dst.span()):
         return None
     return append

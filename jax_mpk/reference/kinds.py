@@ -370,14 +370,31 @@ def _merged_splits(load, first, splits, G, Dv):
 
 def _attention_rope(ctx, w, T: int, D: int):
     """(rotate, first rope operand, the appended row) of DECODE_ATTENTION's rope operands:
-    rotate(x [..., D] float32) is the half-split rotation by the tables, in float32."""
-    at = ctx.num_operands - 5
+    rotate(x [..., D] float32, which, outer, inner) is the half-split rotation by the tables
+    in float32, of x normed first where the norms' operands follow (which: "q" or "k")."""
+    normed = ctx.num_operands >= 15
+    at = ctx.num_operands - (9 if normed else 5)
     half = D // 2
     table_dt, stride = numpy_dtype(w[32]), int(w[33])
     cos, sin = (ctx.load(at + i, table_dt, np.arange(half) * stride).astype(F32) for i in (2, 3))
     row = _clamped_start(int(ctx.load(at + 4, I32, [0])[0]), T, 1, int(w[28]) & 1)
 
-    def rotate(x):
+    def norm(x, which, outer, inner):
+        n, eps, c = (np.int32(word).view(np.float32) for word in w[42:45])
+        sums_at = at + (5 if which == "q" else 7)
+        if which == "q":
+            s = w[45:48]
+            sums = ctx.load(sums_at, F32, outer * s[0] + inner * s[1] + np.arange(x.shape[0]) * s[2])[:, None]
+        else:
+            sums = ctx.load(sums_at, F32, outer * w[48] + inner * w[49])
+        stride = w[50] if which == "q" else w[51]
+        scale = ctx.load(sums_at + 1, numpy_dtype(w[41]), np.arange(D) * stride).astype(F32)
+        inv = (1 / np.sqrt(sums / n + eps)).astype(F32)
+        return ((x * inv) * (c + scale)).astype(numpy_dtype(w[40])).astype(F32)
+
+    def rotate(x, which, outer, inner):
+        if normed:
+            x = norm(x, which, outer, inner)
         lo, hi = x[..., :half], x[..., half:]
         return np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1).astype(F32)
 
@@ -412,7 +429,7 @@ def decode_attention(ctx, dims):
         q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
         if rope is not None:
             rotate, at, row = rope
-            q = rotate(q).astype(numpy_dtype(w[29])).astype(F32)
+            q = rotate(q, "q", outer, inner).astype(numpy_dtype(w[29])).astype(F32)
             start = first if mode == ATTENTION_PARTIAL else t0
             leads = split == 0 if mode == ATTENTION_PARTIAL else t0 == 0
             if start <= row < start + t.size or (leads and row >= extent):
@@ -422,7 +439,7 @@ def decode_attention(ctx, dims):
                 new_v = ctx.load(at + 1, numpy_dtype(w[31]),
                                  outer * vn[0] + inner * vn[1] + dv[0] * vn[2])
                 ctx.store(3, k_dt, outer * ks[0] + inner * ks[1] + row * ks[2] + d[0] * ks[3],
-                          rotate(new_k).astype(k_dt))
+                          rotate(new_k, "k", outer, inner).astype(k_dt))
                 ctx.store(4, v_dt, outer * vs[0] + inner * vs[1] + row * vs[2] + dv[0] * vs[3],
                           new_v.astype(v_dt))
         k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
@@ -438,7 +455,7 @@ def decode_attention(ctx, dims):
         ctx.store(6, F32, at + np.arange(G), m.astype(F32))
         ctx.store(6, F32, at + G + np.arange(G), s)
         ctx.store(6, F32, at + 2 * G + np.arange(G * Dv), acc.reshape(-1))
-        counters = ctx.num_operands - (5 if rope is not None else 0) == 8
+        counters = ctx.num_operands - (0 if rope is None else 9 if ctx.num_operands >= 15 else 5) == 8
         if counters and ctx.arrive(7, b) % splits == 0:  # the last split of b
             out = _merged_splits(ctx.load_after_arrivals, b * splits, splits, G, Dv)
             ctx.store(0, out_dt, out_at, out.astype(out_dt))
