@@ -72,11 +72,12 @@ SEQUENCE      operands: descriptor, then each step's operands in step order
               range_dim >= 0 (else it runs whole). Steps run in order, a block barrier
               between them, so a step reads what earlier steps of its task wrote.
 DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counters]]
-                  [, new_k, new_v, cos, sin, pos]
+                  [, new_k, new_v, cos, sin, pos[, q_scale, k_scale]]
               For each batch index b (split (b // B1, b % B1) for the q, k and v strides) and
               query row g < G: s_t = round(q[b, g, :] . k[b, t, :], scores_dtype) * scale for
               t < extent (int32 scalar), p = softmax(s), out[b, g, :] = sum_t p_t v[b, t, :].
-              dims: [b_first, b_count, t_first, t_count, mode, split]
+              dims: [b_first, b_count, t_first, t_count, mode, split, operands after the
+              first six to eight: 0, 5 (rope) or 7 (rope and norms)]
               descriptor (int32): [B, B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype,
                                    scores_dtype, q_strides[4], k_strides[4], v_strides[4],
                                    out_strides[3], scale (float32 bits), splits]
@@ -99,13 +100,12 @@ DECODE_ATTENTION  operands: out, descriptor, q, k, v, extent[, partials[, counte
               wrapping when told) of b's k gets new_k rotated so, and of v new_v, written
               by the task whose positions hold r (split 0 or the WHOLE task where none
               does) before it reads the cache. The descriptor is padded to 40 words (those
-              the kernel stages). With four norm operands after pos (q_sums float32, q_scale,
-              k_sums float32, k_scale), 12 words after the 40: [normed dtype, scales' dtype,
-              n, eps, c (float32 bits), q_sums_strides[3] (b // B1, b % B1, g),
-              k_sums_strides[2], q_scale's and k_scale's strides along d]; each head row x
-              of q and of new_k is first normed: x_d becomes round((x_d * inv) * (c +
-              scale_d)) to the normed dtype, inv = 1 / sqrt(sums / n + eps), each step
-              rounded in float32.
+              the kernel stages). With the two norm operands after pos (q_scale, k_scale),
+              7 words after the 40: [normed dtype, scales' dtype, n, eps, c (float32 bits),
+              q_scale's and k_scale's strides along d]; each head row x of q and of new_k
+              is first normed: x_d becomes round((x_d * inv) * (c + scale_d)) to the normed
+              dtype, inv = 1 / sqrt(sum_d x_d^2 / n + eps) (float32, the sum in any order;
+              each other step rounded as written).
 """
 
 from __future__ import annotations

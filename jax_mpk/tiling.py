@@ -677,17 +677,17 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
                   cos.strides[0], *new_k.strides, *new_v.strides]
     words += [0] * (decode_attention.STAGED_WORDS - len(words))
     if "norm" in a.get("rope", {}):
-        norm, (q_sums, q_scale, k_sums, k_scale) = a["rope"]["norm"], rope[5:]
+        norm, (q_scale, k_scale) = a["rope"]["norm"], rope[5:]
         words += [dtype_code(norm["dtype"]), dtype_code(q_scale.dtype),
                   *(int(np.float32(norm[c]).view(np.int32)) for c in ("n", "eps", "c")),
-                  *q_sums.strides, *k_sums.strides[:2], q_scale.strides[0], k_scale.strides[0]]
+                  q_scale.strides[0], k_scale.strides[0]]
     locations = [pb.location(out), pb.descriptor(np.array(words, np.int32)), pb.location(q),
                  pb.location(k), pb.location(v), pb.location(extent)]
     tail = [pb.location(t) for t in rope]
     if splits == 1:
         for b in range(B):
-            pb.add(TaskKind.DECODE_ATTENTION, locations + tail, [b, 1, 0, T, ATTENTION_WHOLE, 0],
-                   index)
+            pb.add(TaskKind.DECODE_ATTENTION, locations + tail,
+                   [b, 1, 0, T, ATTENTION_WHOLE, 0, len(tail)], index)
         return
     record = G * (2 + a["Dv"]) * 4
     partials = pb.scratch(B * splits * record)
@@ -698,7 +698,8 @@ def _decode_attention_tasks(pb: ProgramBuilder, op: Op, index: int) -> None:
     for b in range(B):
         for s in range(splits):
             pb.add(TaskKind.DECODE_ATTENTION, locations + tail,
-                   [b, 1, s * length, min(length, T - s * length), ATTENTION_PARTIAL, s], index)
+                   [b, 1, s * length, min(length, T - s * length), ATTENTION_PARTIAL, s, len(tail)],
+                   index)
     if merge_in_splits:
         return
     for b in range(B):

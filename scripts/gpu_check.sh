@@ -93,11 +93,14 @@ run_part() {
       timeout 200 $PY scripts/tp_decode_two_pes.py > "$OUT/tp_decode_two_pes.log" 2>&1
       grep -E "match|PASS|FAIL|rror" "$OUT/tp_decode_two_pes.log" | grep -v -i grpc | tail -4 ;;
     sanitizer)
-      for script in sanitize_graph sanitize_decode; do
+      for script in sanitize_graph sanitize_decode "sanitize_decode qwen3"; do
         for tool in memcheck racecheck; do
-          timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $PY scripts/$script.py \
-            > "$OUT/${script}_$tool.log" 2>&1 || status=1
-          echo "$script $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/${script}_$tool.log" | tail -1)"
+          read -r name arg <<< "$script"
+          log="$OUT/${script// /_}_$tool.log"
+          # shellcheck disable=SC2086
+          timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $PY scripts/$name.py $arg \
+            > "$log" 2>&1 || status=1
+          echo "$script $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
         done
       done ;;
     bench)

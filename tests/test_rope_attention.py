@@ -61,17 +61,20 @@ def test_folded_step_is_the_unfolded_one(dtype, batch, cache, backend):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_qwen3s_normed_rotation_folds_too(dtype, batch, cache, backend):
-    """Qwen3's qk-norm rides in its rotation's ops (fuse_elementwise): the attention norms
-    each head row of q and k before it rotates it, bit for bit the unfolded step."""
+    """Qwen3's qk-norm rides in its rotation's ops (fuse_elementwise): the attention sums the
+    squares of each head row of q and k and norms it before it rotates it. Its sums are in
+    its own order, so the step is within tolerance of the unfolded one, not bit for bit."""
     cfg, step, args, expected = model_case("qwen3", dtype, batch, cache, kv_heads=2)
     folded = jax_mpk.jit(step, backend=backend, device=poisoned(FOLDED, backend))
     unfolded = jax_mpk.jit(step, backend=backend, device=poisoned(UNFOLDED, backend))
     result = folded(*args)
     assert_close(result, expected, dtype)
-    assert_same_bits(result, unfolded(*args))
+    assert_close(result, unfolded(*args), dtype)
     ops = graph_ops(folded, args)
     assert sum("norm" in op.attrs.get("rope", {}) for op in ops) == cfg.layers
     assert not any(op.kind == "dynamic_update_slice" or op.label == "rope" for op in ops)
+    # q's and k's sums of squares went too: every norm is in a linear or the attention.
+    assert [op.kind for op in ops if op.label == "rms_norm" and op.kind != "matmul"] == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -19,9 +19,12 @@ order, so the result is bit for bit the unfolded one.
 
 Qwen3 normalizes each head of q and k (its qk-norm) before the rotation, and the elementwise
 fusion puts that scaling into the rotation's ops: each x there is `round((x * inv) * (c +
-w))` with `inv = 1 / sqrt(sums / n + eps)`, sums the head row's sum of squares (an op before,
-which stays), w the norm's scale along d. Such rotations fold too when q's and k's norms
-share n, eps, c and their dtypes: the attention then also takes both sums and both scales.
+w))` with `inv = 1 / sqrt(sums / n + eps)`, sums the head row's sum of squares (two ops
+before: the squares, their sum), w the norm's scale along d. Such rotations fold too, with
+those two ops, where q's and k's norms share n, eps, c and their dtypes and the sums are
+of the very rows the attention reads: the attention takes both scales and sums each row
+itself. In its own order: the folded step is then within rounding of the unfolded one, not
+bit for bit.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.dataflow import Links
-from jax_mpk.task_kinds import Opcode
+from jax_mpk.task_kinds import Opcode, Reducer
 
 F32 = np.dtype(np.float32)
 
@@ -144,35 +147,105 @@ def _folded(graph: Graph, links: Links, attention: Op):
         return None
     cos, sin = (Tensor((D // 2,), t.dtype, t.buffer, t.offset, (t.strides[-1],))
                 for t in (q_rotation.cos, q_rotation.sin))
-    inputs = [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos]
-    norms = _norm_inputs(q_rotation, q_rows, k_rotation, k_rows, B, B1, D)
+    q_x = q_at - q_rotation.out_lo.offset + q_rotation.x_lo.offset
+    k_x = (k_row - k_rotation.out_lo.offset + k_rotation.x_lo.offset)[:, None, :]
+    norms = _norms(links, q_rotation, q_x, q_rows, k_rotation, k_x, k_rows, D)
     if norms is None:
         return None
-    inputs += norms
+    inputs = [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos, *norms[0]]
     removed = [*q_rotation.ops, *k_rotation.ops, k_append, v_append]
     if not _nothing_between(graph, removed, attention, [raw_q, *inputs[4:]],
                             [(k_append, k), (v_append, v)]):
         return None
-    return removed, inputs, k_wrap, q_rotation.norm
+    # The sums were taken before the rotations: the rows they summed stay as they were.
+    if norms[1] and not _nothing_between(graph, norms[1], attention, [raw_q, new_k], []):
+        return None
+    return removed + norms[1], inputs, k_wrap, q_rotation.norm
 
 
-def _norm_inputs(q_rotation: Rotation, q_rows: np.ndarray, k_rotation: Rotation,
-                 k_rows: np.ndarray, B: int, B1: int, D: int) -> list[Tensor] | None:
-    """[] for rotations without norms; [q_sums, q_scale, k_sums, k_scale] for normed ones
-    (the sums as views [B // B1, B1, G] and [B // B1, B1, 1], the scales along d [D]), where
-    both norms share their constants and dtypes; else None."""
+def _norms(links: Links, q_rotation: Rotation, q_x: np.ndarray, q_rows: np.ndarray,
+           k_rotation: Rotation, k_x: np.ndarray, k_rows: np.ndarray, D: int):
+    """([], []) for rotations without norms. For normed ones: ([q_scale, k_scale] along d,
+    the ops computing both sums), where each sums is the sum of squares of the very row the
+    attention reads (x [B, G or 1, D]: the unrotated elements' offsets), computed only for
+    the rotation, and both norms share their constants and dtypes; else None."""
     qn, kn = q_rotation.norm, k_rotation.norm
     if qn is None or kn is None:
-        return [] if qn is kn else None
+        return ([], []) if qn is kn else None
     if (qn.n, qn.eps, qn.c, qn.dtype, qn.scale.dtype) != (kn.n, kn.eps, kn.c, kn.dtype, kn.scale.dtype):
         return None
-    views = []
-    for norm, rows in ((qn, q_rows), (kn, k_rows)):
-        sums = norm.sums.offset + rows[..., 0, :] @ np.asarray(norm.sums.strides, np.int64)  # [B, G]
+    scales, ops = [], []
+    for norm, rotation, x, rows in ((qn, q_rotation, q_x, q_rows), (kn, k_rotation, k_x, k_rows)):
+        sums = norm.sums.offset + rows[..., 0, :] @ np.asarray(norm.sums.strides, np.int64)
+        found = _sums_of_squares(links, norm.sums, rotation)
+        if found is None:
+            return None
+        square, reduce_op, rows_summed = found
+        if any(sorted(rows_summed.get(o, ())) != sorted(row.tolist())
+               for o, row in zip(sums.reshape(-1).tolist(), x.reshape(-1, D), strict=True)):
+            return None
         scale = norm.scale
-        views += [_affine(sums, B, B1, norm.sums),
-                  Tensor((D,), scale.dtype, scale.buffer, scale.offset, (scale.strides[-1],))]
-    return None if any(v is None for v in views) else views
+        scales.append(Tensor((D,), scale.dtype, scale.buffer, scale.offset, (scale.strides[-1],)))
+        ops += [square, reduce_op]
+    return scales, ops
+
+
+def _sums_of_squares(links: Links, sums: Tensor, rotation: Rotation):
+    """(square op, reduce op, {sums offset: offsets in the unrotated buffer of the elements
+    it sums}) where `sums` is written only by a sum over the last axis of the squares
+    (float32) of that buffer's elements, and read by the rotation only; else None."""
+    writers = links.writers.get(id(sums.buffer), [])
+    reduce_op = writers[0] if len(writers) == 1 else None
+    if (reduce_op is None or reduce_op.kind != "reduce"
+            or reduce_op.attrs["reducer"] != Reducer.SUM or reduce_op.attrs["inner"] != 1
+            or sums.buffer.role is not Role.INTERMEDIATE or id(sums.buffer) in links.results
+            or {id(r) for r in links.readers.get(id(sums.buffer), [])} != {id(o) for o in rotation.ops}):
+        return None
+    (squares,), (total,) = reduce_op.inputs, reduce_op.outputs
+    writers = links.writers.get(id(squares.buffer), [])
+    if (len(writers) != 1 or squares.buffer.role is not Role.INTERMEDIATE or squares.dtype != F32
+            or id(squares.buffer) in links.results
+            or [id(r) for r in links.readers.get(id(squares.buffer), [])] != [id(reduce_op)]):
+        return None
+    square = writers[0]
+    x_read = _squared(square)
+    if x_read is None or x_read.buffer is not rotation.x_lo.buffer or x_read.shape != square.outputs[0].shape:
+        return None
+    # Elementwise: output element i from x's element i; the reduce: row o of [outer, length].
+    x_of = dict(zip(_offsets(square.outputs[0]).tolist(), _offsets(x_read).tolist(), strict=True))
+    summed = _offsets(squares).reshape(reduce_op.attrs["outer"], reduce_op.attrs["length"])
+    rows = {}
+    for o, row in zip(_offsets(total).tolist(), summed.tolist(), strict=True):
+        if any(e not in x_of for e in row):
+            return None
+        rows[o] = [x_of[e] for e in row]
+    return square, reduce_op, rows
+
+
+def _squared(op: Op) -> Tensor | None:
+    """x of an elementwise op `f32(x) * f32(x)` (x float32, or converted to it), else None."""
+    if op.kind != "elementwise" or len(op.outputs) != 1 or "dynamic_row" in op.attrs:
+        return None
+    instrs = op.attrs["instrs"]
+
+    def load(i):
+        ins = instrs[i]
+        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
+            ins = instrs[ins.args[0]]
+            return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD else None
+        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
+
+    top = instrs[-1]
+    if top.opcode != Opcode.MUL or top.dtype != F32 or op.outputs[0].dtype != F32:
+        return None
+    a, b = (load(i) for i in top.args)
+    return a if a is not None and b is not None and _same(a, b) else None
+
+
+def _offsets(t: Tensor) -> np.ndarray:
+    """The offsets of t's elements, in row-major order of its shape."""
+    index = np.indices(t.shape).reshape(len(t.shape), t.size)
+    return t.offset + np.asarray(t.strides, np.int64) @ index
 
 
 def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:

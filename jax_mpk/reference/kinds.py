@@ -368,33 +368,26 @@ def _merged_splits(load, first, splits, G, Dv):
     return (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
 
 
-def _attention_rope(ctx, w, T: int, D: int):
-    """(rotate, first rope operand, the appended row) of DECODE_ATTENTION's rope operands:
-    rotate(x [..., D] float32, which, outer, inner) is the half-split rotation by the tables
-    in float32, of x normed first where the norms' operands follow (which: "q" or "k")."""
-    normed = ctx.num_operands >= 15
-    at = ctx.num_operands - (9 if normed else 5)
+def _attention_rope(ctx, w, T: int, D: int, extra: int):
+    """(rotate, first rope operand, the appended row) of DECODE_ATTENTION's `extra` rope
+    operands: rotate(x [..., D] float32, scale) is the half-split rotation by the tables in
+    float32, of x's rows normed first where the norms' scales follow (scale: q's or k's
+    operand)."""
+    at = ctx.num_operands - extra
     half = D // 2
     table_dt, stride = numpy_dtype(w[32]), int(w[33])
     cos, sin = (ctx.load(at + i, table_dt, np.arange(half) * stride).astype(F32) for i in (2, 3))
     row = _clamped_start(int(ctx.load(at + 4, I32, [0])[0]), T, 1, int(w[28]) & 1)
 
-    def norm(x, which, outer, inner):
+    def norm(x, scale):
         n, eps, c = (np.int32(word).view(np.float32) for word in w[42:45])
-        sums_at = at + (5 if which == "q" else 7)
-        if which == "q":
-            s = w[45:48]
-            sums = ctx.load(sums_at, F32, outer * s[0] + inner * s[1] + np.arange(x.shape[0]) * s[2])[:, None]
-        else:
-            sums = ctx.load(sums_at, F32, outer * w[48] + inner * w[49])
-        stride = w[50] if which == "q" else w[51]
-        scale = ctx.load(sums_at + 1, numpy_dtype(w[41]), np.arange(D) * stride).astype(F32)
-        inv = (1 / np.sqrt(sums / n + eps)).astype(F32)
-        return ((x * inv) * (c + scale)).astype(numpy_dtype(w[40])).astype(F32)
+        gain = c + ctx.load(at + scale, numpy_dtype(w[41]), np.arange(D) * w[40 + scale]).astype(F32)
+        inv = (1 / np.sqrt((x * x).sum(axis=-1, keepdims=True, dtype=F32) / n + eps)).astype(F32)
+        return ((x * inv) * gain).astype(numpy_dtype(w[40])).astype(F32)
 
-    def rotate(x, which, outer, inner):
-        if normed:
-            x = norm(x, which, outer, inner)
+    def rotate(x, scale):
+        if extra > 5:
+            x = norm(x, scale)
         lo, hi = x[..., :half], x[..., half:]
         return np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1).astype(F32)
 
@@ -412,7 +405,8 @@ def decode_attention(ctx, dims):
     extent = min(max(int(ctx.load(5, I32, [0])[0]), 0), T)
     g, d, dv = np.arange(G)[:, None], np.arange(D)[None, :], np.arange(Dv)[None, :]
     record = G * (2 + Dv)
-    rope = _attention_rope(ctx, w, T, D) if ctx.num_operands >= 11 else None
+    extra = int(dims[6])  # the rope's operands, and the norms'
+    rope = _attention_rope(ctx, w, T, D, extra) if extra else None
     for b in range(b0, b0 + bn):
         outer, inner = b // B1, b % B1
         out_at = b * os_[0] + g * os_[1] + dv * os_[2]
@@ -429,7 +423,7 @@ def decode_attention(ctx, dims):
         q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
         if rope is not None:
             rotate, at, row = rope
-            q = rotate(q, "q", outer, inner).astype(numpy_dtype(w[29])).astype(F32)
+            q = rotate(q, 5).astype(numpy_dtype(w[29])).astype(F32)
             start = first if mode == ATTENTION_PARTIAL else t0
             leads = split == 0 if mode == ATTENTION_PARTIAL else t0 == 0
             if start <= row < start + t.size or (leads and row >= extent):
@@ -439,7 +433,7 @@ def decode_attention(ctx, dims):
                 new_v = ctx.load(at + 1, numpy_dtype(w[31]),
                                  outer * vn[0] + inner * vn[1] + dv[0] * vn[2])
                 ctx.store(3, k_dt, outer * ks[0] + inner * ks[1] + row * ks[2] + d[0] * ks[3],
-                          rotate(new_k, "k", outer, inner).astype(k_dt))
+                          rotate(new_k, 6).astype(k_dt))
                 ctx.store(4, v_dt, outer * vs[0] + inner * vs[1] + row * vs[2] + dv[0] * vs[3],
                           new_v.astype(v_dt))
         k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
@@ -455,7 +449,7 @@ def decode_attention(ctx, dims):
         ctx.store(6, F32, at + np.arange(G), m.astype(F32))
         ctx.store(6, F32, at + G + np.arange(G), s)
         ctx.store(6, F32, at + 2 * G + np.arange(G * Dv), acc.reshape(-1))
-        counters = ctx.num_operands - (0 if rope is None else 9 if ctx.num_operands >= 15 else 5) == 8
+        counters = ctx.num_operands - extra == 8
         if counters and ctx.arrive(7, b) % splits == 0:  # the last split of b
             out = _merged_splits(ctx.load_after_arrivals, b * splits, splits, G, Dv)
             ctx.store(0, out_dt, out_at, out.astype(out_dt))

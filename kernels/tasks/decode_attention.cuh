@@ -15,9 +15,10 @@
 // unrotated and rotated as it is staged, and the task whose positions hold the appended row
 // (the first split, or the whole task, where no task's do) first writes row pos of b's k
 // (rotated) and v, then reads the cache like the others. With the norms' operands too
-// (q_sums, q_scale, k_sums, k_scale after pos, and kNormWords words after the staged ones,
-// read where used), each head row of q and of k is normed before its rotation, as Qwen3's
-// qk-norm: x becomes round((x * inv) * (c + scale[d])) with inv = 1 / sqrt(sums / n + eps).
+// (q_scale and k_scale after pos, and kNormWords words after the staged ones, read where
+// used), each head row of q and of k is normed before its rotation, as Qwen3's qk-norm: x
+// becomes round((x * inv) * (c + scale[d])) with inv = 1 / sqrt(sums / n + eps), sums the
+// row's sum of squares, which the task takes itself.
 //
 // In the task arena: q rows as float32 [G][D], then the split's scores [G][positions] (and,
 // whole, the output [G][Dv]); its last kReduceFloats hold the value pass's per-warp sums.
@@ -47,7 +48,7 @@ struct DecodeAttentionTask {
   static constexpr int kLoads = 4;         // 16-byte loads a thread issues before it uses them
   static constexpr int kReduceFloats = kWarps * kRowsPerPass * kMaxHeadDim;
   static constexpr int kRopeOperands = 5;  // new_k, new_v, cos, sin, pos
-  static constexpr int kNormOperands = 4;  // q_sums, q_scale, k_sums, k_scale
+  static constexpr int kNormOperands = 2;  // q_scale, k_scale
   enum Mode : int32_t { kWhole = 0, kPartial = 1, kMerge = 2 };
   // The rope words after kProblemWords (jax_mpk/tiling.py): pos's wrap, q's rotated dtype, the
   // dtypes of new_k, new_v and the tables, the tables' stride, new_k's and new_v's strides
@@ -58,12 +59,8 @@ struct DecodeAttentionTask {
     kRopeVStrides = kRopeKStrides + 3, kRopeWords = kRopeVStrides + 3
   };
   // The norm words after kDescWords: the normed dtype, the scales' dtype, n, eps and c
-  // (float32 bits), q_sums' strides of (b // B1, b % B1, g), k_sums' of (b // B1, b % B1), the
-  // scales' strides along d.
-  enum NormWord : int {
-    kNormDtype, kNormScaleDtype, kNormN, kNormEps, kNormC, kNormQSums, kNormKSums = kNormQSums + 3,
-    kNormQScale = kNormKSums + 2, kNormKScale, kNormWords
-  };
+  // (float32 bits), the scales' strides along d.
+  enum NormWord : int { kNormDtype, kNormScaleDtype, kNormN, kNormEps, kNormC, kNormQScale, kNormKScale, kNormWords };
 
   struct Problem {
     int B1, G, T, D, Dv, q_dtype, k_dtype, v_dtype, out_dtype, scores_dtype, splits;
@@ -71,24 +68,23 @@ struct DecodeAttentionTask {
     float scale;
   };
 
-  // The operands after the base ones (at most 8): the rope's, then the norms'.
-  __host__ __device__ static int rope_operands(int num_operands) {
-    return num_operands >= 6 + kRopeOperands + kNormOperands ? kRopeOperands + kNormOperands
-           : num_operands > 8                                ? kRopeOperands
-                                                             : 0;
-  }
+  // The operands after the base ones: none, the rope's, or the rope's and the norms'.
+  __host__ __device__ static int rope_operands(const TaskDesc& d) { return d.dims[6]; }
 
-  static int base_operands(const TaskDesc& d) { return d.num_operands - rope_operands(d.num_operands); }
+  __host__ __device__ static int base_operands(const TaskDesc& d) { return d.num_operands - rope_operands(d); }
 
   static const char* check(const TaskDesc& d, const Operand* ops) {
     const int base = base_operands(d);
     if (base < 6 || base > 8)
       return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]"
              "[, new_k, new_v, cos, sin, pos]";
-    static_assert(kProblemWords + kRopeWords == kDescWords && kDescWords + kNormWords == 52, "the descriptor's words");
+    const int extra = rope_operands(d);
+    if (extra != 0 && extra != kRopeOperands && extra != kRopeOperands + kNormOperands)
+      return "decode_attention dims[6] (the operands after the others) is not 0, 5 or 7";
+    static_assert(kProblemWords + kRopeWords == kDescWords && kDescWords + kNormWords == 47, "the descriptor's words");
     if (ops[1].bytes < 4 * kDescWords) return "decode_attention descriptor is shorter than 40 int32";
-    if (rope_operands(d.num_operands) > kRopeOperands && ops[1].bytes < 4 * (kDescWords + kNormWords))
-      return "decode_attention descriptor with the norms' operands is shorter than 52 int32";
+    if (extra > kRopeOperands && ops[1].bytes < 4 * (kDescWords + kNormWords))
+      return "decode_attention descriptor with the norms' operands is shorter than 47 int32";
     if (d.dims[0] < 0 || d.dims[1] < 0 || d.dims[2] < 0 || d.dims[3] < 0 || d.dims[5] < 0)
       return "decode_attention dims (b and t first and count, split) must be >= 0";
     if (d.dims[4] < kWhole || d.dims[4] > kMerge) return "decode_attention mode is not whole, partial or merge";
@@ -126,6 +122,11 @@ struct DecodeAttentionTask {
 
   __device__ static int partner(int d, int D) { return d < D / 2 ? d + D / 2 : d - D / 2; }
 
+  __device__ static float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+    return v;
+  }
+
   __device__ static const int32_t* rope_words(const TaskContext& ctx) {
     return ctx.descriptor() + kProblemWords;
   }
@@ -133,26 +134,29 @@ struct DecodeAttentionTask {
   // Rope operand i: new_k, new_v, cos, sin, pos, then q_sums, q_scale, k_sums, k_scale.
   template <typename T>
   __device__ static T* rope_operand(const TaskContext& ctx, int i) {
-    return ctx.operand<T>(ctx.desc.num_operands - rope_operands(ctx.desc.num_operands) + i);
+    return ctx.operand<T>(ctx.desc.num_operands - rope_operands(ctx.desc) + i);
   }
 
-  __device__ static bool normed(const TaskContext& ctx) {
-    return rope_operands(ctx.desc.num_operands) > kRopeOperands;
+  __device__ static bool normed(const TaskContext& ctx) { return rope_operands(ctx.desc) > kRopeOperands; }
+
+  // Sum over d < D of the squares of elements at + d * stride, in every lane of the warp.
+  __device__ static float sum_of_squares(const char* base, int dtype, int64_t at, int64_t stride, int D, int lane) {
+    float sum = 0.0f;
+    for (int d = lane; d < D; d += 32) {
+      const float x = load_f32(base, dtype, at + d * stride);
+      sum = fmaf(x, x, sum);
+    }
+    return warp_sum(sum);
   }
 
-  // Elements d and partner(d) of a head row of q (row g of b) or of k (b's), normed as the
-  // ops before the rotation norm them, each step rounded as they round it (no fused
-  // multiply-add; 1 / sqrt as INTEGER_POW -1 of SQRT and RSQRT compute it).
-  __device__ static float2 normed_pair(const TaskContext& ctx, bool is_k, int b, int B1, int g, int d, int D, float x,
-                                       float y) {
+  // Elements d and partner(d) of a head row of q or of k (is_k), whose squares sum to sums,
+  // normed as the ops before the rotation norm them, each step but the sum rounded as they
+  // round it (no fused multiply-add; 1 / sqrt as INTEGER_POW -1 of SQRT and RSQRT compute it).
+  __device__ static float2 normed_pair(const TaskContext& ctx, bool is_k, float sums, int d, int D, float x, float y) {
     const int32_t* nw = ctx.operand<const int32_t>(1) + kDescWords;
-    const int64_t outer = b / B1, inner = b % B1;
-    const int64_t at = is_k ? outer * nw[kNormKSums] + inner * nw[kNormKSums + 1]
-                            : outer * nw[kNormQSums] + inner * nw[kNormQSums + 1] + int64_t(g) * nw[kNormQSums + 2];
-    const float sums = rope_operand<const float>(ctx, is_k ? 7 : 5)[at];
     const float mean = __fdiv_rn(sums, __int_as_float(nw[kNormN]));
     const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean, __int_as_float(nw[kNormEps]))));
-    const char* scale = rope_operand<const char>(ctx, is_k ? 8 : 6);
+    const char* scale = rope_operand<const char>(ctx, is_k ? 6 : 5);
     const int64_t stride = nw[is_k ? kNormKScale : kNormQScale];
     const float c = __int_as_float(nw[kNormC]);
     const float gx = __fadd_rn(c, load_f32(scale, nw[kNormScaleDtype], d * stride));
@@ -191,12 +195,13 @@ struct DecodeAttentionTask {
     const int32_t* vs = w + kRopeVStrides;
     const int64_t outer = b / p.B1, inner = b % p.B1;
     const int64_t k_at = outer * ks[0] + inner * ks[1], v_at = outer * vs[0] + inner * vs[1];
+    const float k_sums = normed(ctx) ? sum_of_squares(new_k, w[kRopeKDtype], k_at, ks[2], p.D, ctx.thread % 32) : 0.0f;
     for (int d = ctx.thread; d < max(p.D, p.Dv); d += kWorkerThreads) {
       if (d < p.D) {
         float x = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(d) * ks[2]);
         float y = load_f32(new_k, w[kRopeKDtype], k_at + int64_t(partner(d, p.D)) * ks[2]);
         if (normed(ctx)) {
-          const float2 n = normed_pair(ctx, true, b, p.B1, 0, d, p.D, x, y);
+          const float2 n = normed_pair(ctx, true, k_sums, d, p.D, x, y);
           x = n.x;
           y = n.y;
         }
@@ -208,11 +213,6 @@ struct DecodeAttentionTask {
                   load_f32(new_v, w[kRopeVDtype], v_at + int64_t(d) * vs[2]));
     }
     __syncthreads();
-  }
-
-  __device__ static float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-    return v;
   }
 
   __device__ static float warp_max(float v) {
@@ -381,6 +381,13 @@ struct DecodeAttentionTask {
     const int32_t* w = rotates ? rope_words(ctx) : nullptr;
     const char* cos = rotates ? rope_operand<const char>(ctx, 2) : nullptr;
     const char* sin = rotates ? rope_operand<const char>(ctx, 3) : nullptr;
+    if (rotates && normed(ctx)) {  // each q row's sum of squares (row_sum: free until the softmax)
+      for (int g = warp; g < p.G; g += kWarps) {
+        const float sums = sum_of_squares(qp, p.q_dtype, q_b + g * p.qs[2], p.qs[3], p.D, lane);
+        if (lane == 0) row_sum[g] = sums;
+      }
+      __syncthreads();
+    }
     for (int i = ctx.thread; i < p.G * p.D; i += kWorkerThreads) {
       const int64_t row = q_b + (i / p.D) * p.qs[2];
       const int d = i % p.D;
@@ -390,7 +397,7 @@ struct DecodeAttentionTask {
       } else {
         float y = load_f32(qp, p.q_dtype, row + partner(d, p.D) * p.qs[3]);
         if (normed(ctx)) {
-          const float2 n = normed_pair(ctx, false, b, p.B1, i / p.D, d, p.D, x, y);
+          const float2 n = normed_pair(ctx, false, row_sum[i / p.D], d, p.D, x, y);
           x = n.x;
           y = n.y;
         }
@@ -479,7 +486,7 @@ struct DecodeAttentionTask {
     }
     const int mode = ctx.desc.dims[4];
     const int extent = min(max(*ctx.operand<const int32_t>(5), 0), p.T);
-    const bool rotates = ctx.desc.num_operands > 8;
+    const bool rotates = rope_operands(ctx.desc) > 0;
     const int record = p.G * (2 + p.Dv);
     float* partials = mode == kWhole ? nullptr : ctx.operand<float>(6);
     for (int b = ctx.desc.dims[0]; b < ctx.desc.dims[0] + ctx.desc.dims[1]; ++b) {
@@ -495,7 +502,7 @@ struct DecodeAttentionTask {
         float* r = partials + (int64_t(b) * p.splits + ctx.desc.dims[5]) * record;
         if (rotates) append_row(ctx, p, b, t0, t1, ctx.desc.dims[5] == 0, extent);
         attend(ctx, p, rotates, b, t0, t1, r, r + p.G, r + 2 * p.G);
-        if (ctx.desc.num_operands - rope_operands(ctx.desc.num_operands) == 8 &&
+        if (base_operands(ctx.desc) == 8 &&
             last_to_arrive(ctx, p, ctx.operand<uint64_t>(7) + b))
           merge(ctx, p, b, partials + int64_t(b) * p.splits * record, record);
       } else {
