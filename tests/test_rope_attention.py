@@ -97,11 +97,28 @@ def rotate(x, cos, sin):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
-def attention_step(live_shift: int, return_q: bool = False):
+def rms_norm(x, scale):
+    """As Qwen3's qk-norm, with lax.rsqrt (the models' take the reciprocal of sqrt); and the
+    mean square."""
+    x32 = x.astype(jnp.float32)
+    mean_square = jnp.mean(x32 * x32, -1, keepdims=True)
+    normed = x32 * lax.rsqrt(mean_square + 1e-6) * (1.0 + scale.astype(jnp.float32))
+    return normed.astype(x.dtype), mean_square
+
+
+def attention_step(live_shift: int, return_q: bool = False, qk_norm: bool = False,
+                   return_mean_square: bool = False):
     """Rotate q [1, 1, H, D] and k [1, 1, Hkv, D], append k and v at pos, attend over the
-    positions t <= pos + live_shift (-1: not the appended row); return_q: the rotated q too."""
+    positions t <= pos + live_shift (-1: not the appended row); return_q: the rotated q too;
+    qk_norm: q and k normed first (rms_norm, by random scales), return_mean_square: q's mean
+    squares too."""
+    scales = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32) * 0.1
 
     def step(q, k, v, cos, sin, k_cache, v_cache, pos):
+        mean_square = ()
+        if qk_norm:
+            (q, q_mean_square), (k, _) = rms_norm(q, scales[0]), rms_norm(k, scales[1])
+            mean_square = (q_mean_square,) if return_mean_square else ()
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         k_cache = lax.dynamic_update_slice(k_cache, k, (0, pos, 0, 0))
         v_cache = lax.dynamic_update_slice(v_cache, v, (0, pos, 0, 0))
@@ -113,7 +130,7 @@ def attention_step(live_shift: int, return_q: bool = False):
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         out = jnp.einsum("bkgst,btkd->bskgd", probs, v_cache)
-        return (out, k_cache, v_cache) + ((q,) if return_q else ())
+        return (out, k_cache, v_cache) + ((q,) if return_q else ()) + mean_square
 
     return step
 
@@ -168,6 +185,29 @@ def test_heads_sharing_one_cache_row_keep_their_ops():
     ops = graph_ops(compiled, args)
     assert not any("rope" in op.attrs for op in ops)
     assert sum(op.kind == "decode_attention" for op in ops) == cfg.layers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qk_norm_with_rsqrt_folds(backend):
+    """lax.rsqrt in the norm (Flax's nnx models' form): RSQRT, the same bits as 1 / sqrt."""
+    step = attention_step(0, qk_norm=True)
+    args = attention_args(jnp.bfloat16, 256, 77, seed=4)
+    device = dataclasses.replace(FOLDED, attention_split_positions=16)
+    compiled = jax_mpk.jit(step, donate_argnums=(5, 6), backend=backend,
+                           device=poisoned(device, backend))
+    ops = graph_ops(compiled, args)
+    assert [op.kind for op in ops if "norm" in op.attrs.get("rope", {})] == ["decode_attention"]
+    expected = jax.jit(step)(*args)
+    assert_close(compiled(*[jnp.array(a, copy=True) for a in args]), expected, jnp.bfloat16)
+
+
+def test_a_mean_square_read_elsewhere_keeps_the_ops():
+    """q's mean square is also a result: its ops stay, and so does the rotation that reads it."""
+    step = attention_step(0, qk_norm=True, return_mean_square=True)
+    args = attention_args(jnp.float32, 64, 9)
+    compiled = jax_mpk.jit(step, backend="reference", device=FOLDED)
+    assert_close(compiled(*args), jax.jit(step)(*args), jnp.float32)
+    assert not any("rope" in op.attrs for op in graph_ops(compiled, args))
 
 
 def test_a_rotated_q_read_elsewhere_keeps_its_ops():

@@ -43,7 +43,8 @@ F32 = np.dtype(np.float32)
 
 class Norm(NamedTuple):
     """x's factor `round((x * 1 / sqrt(sums / n + eps)) * (c + scale))` (round: to dtype and
-    back to float32, none for float32) in a rotation's program."""
+    back to float32, none for float32) in a rotation's program; c is -0 where the program
+    multiplies by the scale itself."""
 
     sums: Tensor  # float32, one value along d
     scale: Tensor  # along d only
@@ -51,6 +52,11 @@ class Norm(NamedTuple):
     eps: np.float32
     c: np.float32
     dtype: np.dtype
+
+
+def _constants(norm: Norm) -> tuple:
+    """n, eps and c by their bits (c may be -0), and the dtype."""
+    return (*(np.float32(v).view(np.int32) for v in (norm.n, norm.eps, norm.c)), norm.dtype)
 
 
 class Factor(NamedTuple):
@@ -172,7 +178,7 @@ def _norms(links: Links, q_rotation: Rotation, q_x: np.ndarray, q_rows: np.ndarr
     qn, kn = q_rotation.norm, k_rotation.norm
     if qn is None or kn is None:
         return ([], []) if qn is kn else None
-    if (qn.n, qn.eps, qn.c, qn.dtype, qn.scale.dtype) != (kn.n, kn.eps, kn.c, kn.dtype, kn.scale.dtype):
+    if _constants(qn) != _constants(kn) or qn.scale.dtype != kn.scale.dtype:
         return None
     scales, ops = [], []
     for norm, rotation, x, rows in ((qn, q_rotation, q_x, q_rows), (kn, k_rotation, k_x, k_rows)):
@@ -300,7 +306,7 @@ def _same_halves(lo: Norm | None, hi: Norm | None, like: Tensor) -> bool:
     if lo is None or hi is None:
         return lo is hi
     scale = lo.scale
-    return (_same(lo.sums, hi.sums) and _walk(lo.sums)[-1] == 0 and lo[2:] == hi[2:]
+    return (_same(lo.sums, hi.sums) and _walk(lo.sums)[-1] == 0 and _constants(lo) == _constants(hi)
             and not any(_walk(scale)[:-1]) and scale.shape == like.shape
             and hi.scale.buffer is scale.buffer and hi.scale.dtype == scale.dtype
             and hi.scale.strides[-1] == scale.strides[-1]
@@ -371,7 +377,10 @@ def _products(op: Op):
             if rounded.opcode != Opcode.CONVERT or rounded.dtype.name not in ("bfloat16", "float16"):
                 return None
             i, dtype = rounded.args[0], rounded.dtype
-        gain = lambda j: both(j, Opcode.ADD, const, load)  # noqa: E731  (c, scale)
+        def gain(j):  # (c, scale) of c + scale, or (-0, gain): x + -0 is x, for x = +0 too
+            plain = load(j)
+            return (np.float32(-0.0), plain) if plain is not None else both(j, Opcode.ADD, const, load)
+
         scaled = lambda j: both(j, Opcode.MUL, load, inverse_rms)  # noqa: E731  (x, rms)
         found = both(i, Opcode.MUL, scaled, gain)
         if found is None:
@@ -415,7 +424,7 @@ def _same_factor(x: Factor, y: Factor) -> bool:
     if not _same(x.tensor, y.tensor) or (x.norm is None) != (y.norm is None):
         return False
     return x.norm is None or (_same(x.norm.sums, y.norm.sums) and _same(x.norm.scale, y.norm.scale)
-                              and x.norm[2:] == y.norm[2:])
+                              and _constants(x.norm) == _constants(y.norm))
 
 
 def _same(x: Tensor, y: Tensor, last_only: bool = False) -> bool:
