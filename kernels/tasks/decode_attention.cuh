@@ -77,7 +77,7 @@ struct DecodeAttentionTask {
     const int base = base_operands(d);
     if (base < 6 || base > 8)
       return "decode_attention takes operands out, descriptor, q, k, v, extent[, partials[, counters]]"
-             "[, new_k, new_v, cos, sin, pos]";
+             "[, new_k, new_v, cos, sin, pos[, q_scale, k_scale]]";
     const int extra = rope_operands(d);
     if (extra != 0 && extra != kRopeOperands && extra != kRopeOperands + kNormOperands)
       return "decode_attention dims[6] (the operands after the others) is not 0, 5 or 7";
@@ -131,7 +131,7 @@ struct DecodeAttentionTask {
     return ctx.descriptor() + kProblemWords;
   }
 
-  // Rope operand i: new_k, new_v, cos, sin, pos, then q_sums, q_scale, k_sums, k_scale.
+  // Rope operand i: new_k, new_v, cos, sin, pos, then q_scale, k_scale.
   template <typename T>
   __device__ static T* rope_operand(const TaskContext& ctx, int i) {
     return ctx.operand<T>(ctx.desc.num_operands - rope_operands(ctx.desc) + i);
