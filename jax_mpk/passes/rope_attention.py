@@ -232,20 +232,22 @@ def _squared(op: Op) -> Tensor | None:
     """x of an elementwise op `f32(x) * f32(x)` (x float32, or converted to it), else None."""
     if op.kind != "elementwise" or len(op.outputs) != 1 or "dynamic_row" in op.attrs:
         return None
-    instrs = op.attrs["instrs"]
-
-    def load(i):
-        ins = instrs[i]
-        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
-            ins = instrs[ins.args[0]]
-            return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD else None
-        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
-
-    top = instrs[-1]
+    top = op.attrs["instrs"][-1]
     if top.opcode != Opcode.MUL or top.dtype != F32 or op.outputs[0].dtype != F32:
         return None
-    a, b = (load(i) for i in top.args)
+    a, b = (_read_f32(op, i) for i in top.args)
     return a if a is not None and b is not None and _same(a, b) else None
+
+
+def _read_f32(op: Op, i: int) -> Tensor | None:
+    """What instruction i of op's program reads as float32: a float32 LOAD's input, or a
+    CONVERT to float32 of a LOAD's; else None."""
+    instrs = op.attrs["instrs"]
+    ins = instrs[i]
+    if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
+        ins = instrs[ins.args[0]]
+        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD else None
+    return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
 
 
 def _offsets(t: Tensor) -> np.ndarray:
@@ -320,15 +322,8 @@ def _products(op: Op):
     instrs = op.attrs["instrs"]
     out = op.outputs[0]
 
-    def load(i):
-        """What a float32 LOAD, or a CONVERT to float32 of a LOAD, reads."""
-        ins = instrs[i]
-        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
-            inner = instrs[ins.args[0]]
-            return op.inputs[inner.imm] if inner.opcode == Opcode.LOAD else None
-        if ins.opcode == Opcode.LOAD and ins.dtype == F32:
-            return op.inputs[ins.imm]
-        return None
+    def read(i):
+        return _read_f32(op, i)
 
     def f32_load(i):
         ins = instrs[i]
@@ -368,7 +363,7 @@ def _products(op: Op):
 
     def factor(i):
         """x as a Factor: a load, or a normed load (Norm)."""
-        x = load(i)
+        x = read(i)
         if x is not None:
             return Factor(x)
         ins, dtype = instrs[i], F32
@@ -378,10 +373,10 @@ def _products(op: Op):
                 return None
             i, dtype = rounded.args[0], rounded.dtype
         def gain(j):  # (c, scale) of c + scale, or (-0, gain): x + -0 is x, for x = +0 too
-            plain = load(j)
-            return (np.float32(-0.0), plain) if plain is not None else both(j, Opcode.ADD, const, load)
+            plain = read(j)
+            return (np.float32(-0.0), plain) if plain is not None else both(j, Opcode.ADD, const, read)
 
-        scaled = lambda j: both(j, Opcode.MUL, load, inverse_rms)  # noqa: E731  (x, rms)
+        scaled = lambda j: both(j, Opcode.MUL, read, inverse_rms)  # noqa: E731  (x, rms)
         found = both(i, Opcode.MUL, scaled, gain)
         if found is None:
             return None
@@ -393,7 +388,7 @@ def _products(op: Op):
         ins = instrs[i]
         if ins.opcode != Opcode.MUL or ins.dtype != F32 or len(ins.args) != 2:
             return []
-        found = [(factor(a), load(b)) for a, b in (ins.args, ins.args[::-1])]
+        found = [(factor(a), read(b)) for a, b in (ins.args, ins.args[::-1])]
         return [(x, t) for x, t in found if x is not None and t is not None
                 and x.tensor.buffer is not t.buffer]
 
