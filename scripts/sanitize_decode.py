@@ -1,5 +1,6 @@
-"""A small Llama-style (or, with the argument qwen3, Qwen3-style) decode step (bf16, every task kind a decoder uses, sequences
-included) through the megakernel, for compute-sanitizer; it must match jax.jit.
+"""A small Llama-style (or, with the argument qwen3, Qwen3-style) decode step (bf16, every
+task kind a decoder uses, sequences included) through the megakernel, for compute-sanitizer;
+it must match jax.jit.
 
 JAX runs on the CPU (tracing, and jax.jit for the expected values) and the program runs
 through runtime.run_once, so the megakernel is the process's only CUDA user: compute-sanitizer

@@ -36,34 +36,9 @@ import numpy as np
 
 from jax_mpk.ir import Graph, Op, Role, Tensor, contiguous_strides
 from jax_mpk.passes.dataflow import Links
+from jax_mpk.passes.rope_programs import (F32, Norm, norm_constants, products, same, same_factor,
+                                          squared, walk)
 from jax_mpk.task_kinds import Opcode, Reducer
-
-F32 = np.dtype(np.float32)
-
-
-class Norm(NamedTuple):
-    """x's factor `round((x * 1 / sqrt(sums / n + eps)) * (c + scale))` (round: to dtype and
-    back to float32, none for float32) in a rotation's program; c is -0 where the program
-    multiplies by the scale itself."""
-
-    sums: Tensor  # float32, one value along d
-    scale: Tensor  # along d only
-    n: np.float32
-    eps: np.float32
-    c: np.float32
-    dtype: np.dtype
-
-
-def _constants(norm: Norm) -> tuple:
-    """n, eps and c by their bits (c may be -0), and the dtype."""
-    return (*(np.float32(v).view(np.int32) for v in (norm.n, norm.eps, norm.c)), norm.dtype)
-
-
-class Factor(NamedTuple):
-    """A product's operand: a load converted to float32, normed or not."""
-
-    tensor: Tensor
-    norm: Norm | None = None
 
 
 class Rotation(NamedTuple):
@@ -125,7 +100,7 @@ def _folded(graph: Graph, links: Links, attention: Op):
     k_rotation = _rotation(links, k_update, k_append)
     if k_rotation is None or k_update.offset or not k_update.is_contiguous:
         return None
-    if not all(_same(getattr(q_rotation, t), getattr(k_rotation, t), last_only=True)
+    if not all(same(getattr(q_rotation, t), getattr(k_rotation, t), last_only=True)
                for t in ("cos", "sin")):
         return None
     if q_rotation.cos.strides[-1] != q_rotation.sin.strides[-1]:
@@ -178,7 +153,7 @@ def _norms(links: Links, q_rotation: Rotation, q_x: np.ndarray, q_rows: np.ndarr
     qn, kn = q_rotation.norm, k_rotation.norm
     if qn is None or kn is None:
         return ([], []) if qn is kn else None
-    if _constants(qn) != _constants(kn) or qn.scale.dtype != kn.scale.dtype:
+    if norm_constants(qn) != norm_constants(kn) or qn.scale.dtype != kn.scale.dtype:
         return None
     scales, ops = [], []
     for norm, rotation, x, rows in ((qn, q_rotation, q_x, q_rows), (kn, k_rotation, k_x, k_rows)):
@@ -205,7 +180,8 @@ def _sums_of_squares(links: Links, sums: Tensor, rotation: Rotation):
     if (reduce_op is None or reduce_op.kind != "reduce"
             or reduce_op.attrs["reducer"] != Reducer.SUM or reduce_op.attrs["inner"] != 1
             or sums.buffer.role is not Role.INTERMEDIATE or id(sums.buffer) in links.results
-            or {id(r) for r in links.readers.get(id(sums.buffer), [])} != {id(o) for o in rotation.ops}):
+            or ({id(r) for r in links.readers.get(id(sums.buffer), [])}
+                != {id(o) for o in rotation.ops})):
         return None
     (squares,), (total,) = reduce_op.inputs, reduce_op.outputs
     writers = links.writers.get(id(squares.buffer), [])
@@ -214,8 +190,9 @@ def _sums_of_squares(links: Links, sums: Tensor, rotation: Rotation):
             or [id(r) for r in links.readers.get(id(squares.buffer), [])] != [id(reduce_op)]):
         return None
     square = writers[0]
-    x_read = _squared(square)
-    if x_read is None or x_read.buffer is not rotation.x_lo.buffer or x_read.shape != square.outputs[0].shape:
+    x_read = squared(square)
+    if (x_read is None or x_read.buffer is not rotation.x_lo.buffer
+            or x_read.shape != square.outputs[0].shape):
         return None
     # Elementwise: output element i from x's element i; the reduce: row o of [outer, length].
     x_of = dict(zip(_offsets(square.outputs[0]).tolist(), _offsets(x_read).tolist(), strict=True))
@@ -226,28 +203,6 @@ def _sums_of_squares(links: Links, sums: Tensor, rotation: Rotation):
             return None
         rows[o] = [x_of[e] for e in row]
     return square, reduce_op, rows
-
-
-def _squared(op: Op) -> Tensor | None:
-    """x of an elementwise op `f32(x) * f32(x)` (x float32, or converted to it), else None."""
-    if op.kind != "elementwise" or len(op.outputs) != 1 or "dynamic_row" in op.attrs:
-        return None
-    top = op.attrs["instrs"][-1]
-    if top.opcode != Opcode.MUL or top.dtype != F32 or op.outputs[0].dtype != F32:
-        return None
-    a, b = (_read_f32(op, i) for i in top.args)
-    return a if a is not None and b is not None and _same(a, b) else None
-
-
-def _read_f32(op: Op, i: int) -> Tensor | None:
-    """What instruction i of op's program reads as float32: a float32 LOAD's input, or a
-    CONVERT to float32 of a LOAD's; else None."""
-    instrs = op.attrs["instrs"]
-    ins = instrs[i]
-    if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
-        ins = instrs[ins.args[0]]
-        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD else None
-    return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
 
 
 def _offsets(t: Tensor) -> np.ndarray:
@@ -268,7 +223,7 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
         if (op.kind != "elementwise" or len(op.outputs) != 1 or "dynamic_row" in op.attrs
                 or "writes_within" in op.attrs):
             return None
-        form = _products(op)
+        form = products(op)
         if form is None or form[0] in halves:
             return None
         halves[form[0]] = (op, form[1], form[2])
@@ -277,8 +232,8 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
     lo_op, (x_lo, cos), (x_hi, sin) = halves[Opcode.SUB]
     hi_op, first, second = halves[Opcode.ADD]
     # hi = x_hi * cos + x_lo * sin, its two products in either order.
-    if not any(_same_factor(a[0], x_hi) and _same(a[1], cos) and _same_factor(b[0], x_lo)
-               and _same(b[1], sin) for a, b in ((first, second), (second, first))):
+    if not any(same_factor(a[0], x_hi) and same(a[1], cos) and same_factor(b[0], x_lo)
+               and same(b[1], sin) for a, b in ((first, second), (second, first))):
         return None
     out_lo, out_hi = lo_op.outputs[0], hi_op.outputs[0]
     half = out_lo.shape[-1] if out_lo.shape else 0
@@ -290,7 +245,7 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
             or not _same_halves(x_lo.norm, x_hi.norm, out_lo)):
         return None
     for table in (cos, sin):
-        if table.shape != out_lo.shape or any(_walk(table)[:-1]) or table.dtype != F32:
+        if table.shape != out_lo.shape or any(walk(table)[:-1]) or table.dtype != F32:
             return None
     return Rotation((lo_op, hi_op), out_lo, out_hi, x_lo.tensor, x_hi.tensor, cos, sin, x_lo.norm)
 
@@ -298,7 +253,7 @@ def _rotation(links: Links, rotated: Tensor, reader: Op) -> Rotation | None:
 def _halves(lo: Tensor, hi: Tensor, like: Tensor) -> bool:
     """Whether lo and hi are the two halves of one buffer's rows, walked as `like`."""
     half, step = like.shape[-1], like.strides[-1]
-    return (lo.buffer is hi.buffer and _walk(lo) == _walk(like) and _walk(hi) == _walk(like)
+    return (lo.buffer is hi.buffer and walk(lo) == walk(like) and walk(hi) == walk(like)
             and hi.offset - lo.offset == half * step and lo.shape == like.shape)
 
 
@@ -308,126 +263,12 @@ def _same_halves(lo: Norm | None, hi: Norm | None, like: Tensor) -> bool:
     if lo is None or hi is None:
         return lo is hi
     scale = lo.scale
-    return (_same(lo.sums, hi.sums) and _walk(lo.sums)[-1] == 0 and _constants(lo) == _constants(hi)
-            and not any(_walk(scale)[:-1]) and scale.shape == like.shape
+    return (same(lo.sums, hi.sums) and walk(lo.sums)[-1] == 0
+            and norm_constants(lo) == norm_constants(hi)
+            and not any(walk(scale)[:-1]) and scale.shape == like.shape
             and hi.scale.buffer is scale.buffer and hi.scale.dtype == scale.dtype
             and hi.scale.strides[-1] == scale.strides[-1]
             and hi.scale.offset - scale.offset == like.shape[-1] * scale.strides[-1])
-
-
-def _products(op: Op):
-    """(SUB or ADD, (x, table), (x, table)) of a program `convert(p0 -/+ p1)`, each product
-    `x * table` (in either order) of x, a Factor, and a float32 table; else None. x is the
-    factor whose buffer the other product's x shares."""
-    instrs = op.attrs["instrs"]
-    out = op.outputs[0]
-
-    def read(i):
-        return _read_f32(op, i)
-
-    def f32_load(i):
-        ins = instrs[i]
-        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
-
-    def const(i):
-        ins = instrs[i]
-        if ins.opcode != Opcode.CONST or ins.dtype != F32:
-            return None
-        return np.int32(ins.imm).view(np.float32)
-
-    def both(i, opcode, first, second, ordered=False):
-        """(first(a), second(b)) of a float32 `a opcode b`, either order unless `ordered`."""
-        ins = instrs[i]
-        if ins.opcode != opcode or ins.dtype != F32 or len(ins.args) != 2:
-            return None
-        for a, b in (ins.args,) if ordered else (ins.args, ins.args[::-1]):
-            x, y = first(a), second(b)
-            if x is not None and y is not None:
-                return x, y
-        return None
-
-    def inverse_rms(i):
-        """(sums, n, eps) of `1 / sqrt(sums / n + eps)`: RSQRT, or INTEGER_POW -1 of SQRT."""
-        ins = instrs[i]
-        if ins.opcode == Opcode.INTEGER_POW and ins.imm == -1 and ins.dtype == F32:
-            ins = instrs[ins.args[0]]
-            if ins.opcode != Opcode.SQRT:
-                return None
-        elif ins.opcode != Opcode.RSQRT:
-            return None
-        if ins.dtype != F32:
-            return None
-        mean = lambda j: both(j, Opcode.DIV, f32_load, const, ordered=True)  # noqa: E731
-        found = both(ins.args[0], Opcode.ADD, mean, const)
-        return None if found is None else (*found[0], found[1])
-
-    def factor(i):
-        """x as a Factor: a load, or a normed load (Norm)."""
-        x = read(i)
-        if x is not None:
-            return Factor(x)
-        ins, dtype = instrs[i], F32
-        if ins.opcode == Opcode.CONVERT and ins.dtype == F32:  # rounded to a narrower dtype
-            rounded = instrs[ins.args[0]]
-            if rounded.opcode != Opcode.CONVERT or rounded.dtype.name not in ("bfloat16", "float16"):
-                return None
-            i, dtype = rounded.args[0], rounded.dtype
-        def gain(j):  # (c, scale) of c + scale, or (-0, gain): x + -0 is x, for x = +0 too
-            plain = read(j)
-            return (np.float32(-0.0), plain) if plain is not None else both(j, Opcode.ADD, const, read)
-
-        scaled = lambda j: both(j, Opcode.MUL, read, inverse_rms)  # noqa: E731  (x, rms)
-        found = both(i, Opcode.MUL, scaled, gain)
-        if found is None:
-            return None
-        (x, (sums, n, eps)), (c, scale) = found
-        return Factor(x, Norm(sums, scale, n, eps, c, np.dtype(dtype)))
-
-    def readings(i):
-        """The (x, table) readings of a float32 product `x * table`, in either order."""
-        ins = instrs[i]
-        if ins.opcode != Opcode.MUL or ins.dtype != F32 or len(ins.args) != 2:
-            return []
-        found = [(factor(a), read(b)) for a, b in (ins.args, ins.args[::-1])]
-        return [(x, t) for x, t in found if x is not None and t is not None
-                and x.tensor.buffer is not t.buffer]
-
-    top = len(instrs) - 1
-    if instrs[top].opcode == Opcode.CONVERT and out.dtype != F32:
-        if instrs[top].dtype != out.dtype:
-            return None
-        top = instrs[top].args[0]
-    combine = instrs[top]
-    if combine.opcode not in (Opcode.SUB, Opcode.ADD) or combine.dtype != F32:
-        return None
-    if len(instrs) - 1 != top and out.dtype == F32:
-        return None
-    pairs = [(first, second) for first in readings(combine.args[0])
-             for second in readings(combine.args[1])
-             if first[0].tensor.buffer is second[0].tensor.buffer]
-    if len(pairs) != 1:
-        return None
-    return combine.opcode, *pairs[0]
-
-
-def _walk(t: Tensor) -> tuple[int, ...]:
-    """t's strides, 0 along its dims of one element (whose strides mean nothing)."""
-    return tuple(s if n > 1 else 0 for n, s in zip(t.shape, t.strides, strict=True))
-
-
-def _same_factor(x: Factor, y: Factor) -> bool:
-    if not _same(x.tensor, y.tensor) or (x.norm is None) != (y.norm is None):
-        return False
-    return x.norm is None or (_same(x.norm.sums, y.norm.sums) and _same(x.norm.scale, y.norm.scale)
-                              and _constants(x.norm) == _constants(y.norm))
-
-
-def _same(x: Tensor, y: Tensor, last_only: bool = False) -> bool:
-    if last_only:  # tables broadcast over different shapes: the same row of values
-        return (x.buffer is y.buffer and x.offset == y.offset and x.dtype == y.dtype
-                and x.shape[-1:] == y.shape[-1:] and x.strides[-1:] == y.strides[-1:])
-    return (x.buffer is y.buffer and x.offset == y.offset and x.shape == y.shape
-            and _walk(x) == _walk(y) and x.dtype == y.dtype)
 
 
 def _rotated_along_d(rotation: Rotation, at: np.ndarray) -> np.ndarray | None:
@@ -442,7 +283,8 @@ def _rotated_along_d(rotation: Rotation, at: np.ndarray) -> np.ndarray | None:
     offsets = lo.offset + index @ np.asarray(lo.strides, np.int64)
     where = dict(zip(offsets.tolist(), range(len(offsets)), strict=True))
     lows = [where.get(o, -1) for o in at[..., :half].reshape(-1).tolist()]
-    highs = [where.get(o, -1) for o in (at[..., half:] - (hi.offset - lo.offset)).reshape(-1).tolist()]
+    shifted = at[..., half:] - (hi.offset - lo.offset)
+    highs = [where.get(o, -1) for o in shifted.reshape(-1).tolist()]
     want = np.broadcast_to(np.arange(half), at[..., :half].shape).reshape(-1)
     if lows != highs or -1 in lows or (index[lows, -1] != want).any():
         return None
@@ -465,7 +307,7 @@ def _append(graph: Graph, links: Links, cache: Tensor, attention: Op) -> Op | No
     if (dst.buffer is not cache.buffer or out.buffer is not cache.buffer
             or out.offset != dst.offset or not dst.is_contiguous or dst.dtype != update.dtype
             or cache.dtype != dst.dtype or cache.offset != dst.offset
-            or math.prod(n for n, s in zip(cache.shape, _walk(cache), strict=True) if s) != dst.size
+            or math.prod(n for n, s in zip(cache.shape, walk(cache), strict=True) if s) != dst.size
             or cache.span() != dst.span()):
         return None
     return append

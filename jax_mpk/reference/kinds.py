@@ -381,7 +381,8 @@ def _attention_rope(ctx, w, T: int, D: int, extra: int):
 
     def norm(x, scale):
         n, eps, c = (np.int32(word).view(np.float32) for word in w[42:45])
-        gain = c + ctx.load(at + scale, numpy_dtype(w[41]), np.arange(D) * w[40 + scale]).astype(F32)
+        scales = ctx.load(at + scale, numpy_dtype(w[41]), np.arange(D) * w[40 + scale])
+        gain = c + scales.astype(F32)
         inv = (1 / np.sqrt((x * x).sum(axis=-1, keepdims=True, dtype=F32) / n + eps)).astype(F32)
         return ((x * inv) * gain).astype(numpy_dtype(w[40])).astype(F32)
 
