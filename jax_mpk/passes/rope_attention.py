@@ -53,6 +53,11 @@ class Rotation(NamedTuple):
     sin: Tensor
     norm: Norm | None  # x_lo's (x_hi's: its scale half * step further)
 
+    @property
+    def shift(self) -> int:
+        """An unrotated element's offset less its rotated one's."""
+        return self.x_lo.offset - self.out_lo.offset
+
 
 def fold_rope_into_attention(graph: Graph) -> None:
     for attention in [op for op in graph.ops if op.kind == "decode_attention"]:
@@ -114,23 +119,22 @@ def _folded(graph: Graph, links: Links, attention: Op):
     if q_rows is None:
         return None
     raw_q = Tensor(q.shape, q_rotation.x_lo.dtype, q_rotation.x_lo.buffer,
-                   q.offset - q_rotation.out_lo.offset + q_rotation.x_lo.offset, q.strides)
+                   q.offset + q_rotation.shift, q.strides)
     # k: the appended row of each (b, d), found in the update, rotated from the unrotated k.
     k_row = _update_offsets(k_append, k, a["k_strides"], B, B1, D, k_axis)
     k_rows = None if k_row is None else _rotated_along_d(k_rotation, k_row[:, None, :])
     if k_rows is None:
         return None
-    new_k = _affine(k_row - k_rotation.out_lo.offset + k_rotation.x_lo.offset, B, B1,
-                    k_rotation.x_lo)
+    k_x = k_row + k_rotation.shift  # [B, D] in the unrotated k
+    new_k = _affine(k_x, B, B1, k_rotation.x_lo)
     v_row = _update_offsets(v_append, v, a["v_strides"], B, B1, Dv, v_axis)
     new_v = None if v_row is None else _affine(v_row, B, B1, v_update)
     if new_k is None or new_v is None or v_update.dtype != v.dtype:
         return None
     cos, sin = (Tensor((D // 2,), t.dtype, t.buffer, t.offset, (t.strides[-1],))
                 for t in (q_rotation.cos, q_rotation.sin))
-    q_x = q_at - q_rotation.out_lo.offset + q_rotation.x_lo.offset
-    k_x = (k_row - k_rotation.out_lo.offset + k_rotation.x_lo.offset)[:, None, :]
-    norms = _norms(links, q_rotation, q_x, q_rows, k_rotation, k_x, k_rows, D)
+    norms = _norms(links, q_rotation, q_at + q_rotation.shift, q_rows, k_rotation,
+                   k_x[:, None, :], k_rows, D)
     if norms is None:
         return None
     inputs = [raw_q, k, v, extent, new_k, new_v, cos, sin, k_pos, *norms[0]]

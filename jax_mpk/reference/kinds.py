@@ -368,6 +368,10 @@ def _merged_splits(load, first, splits, G, Dv):
     return (acc * weight[:, :, None]).sum(axis=0) / total[:, None]
 
 
+ROPE_OPERANDS = 5  # DECODE_ATTENTION's new_k, new_v, cos, sin, pos; then the norms' scales:
+Q_SCALE, K_SCALE = 5, 6  # their indices among those operands
+
+
 def _attention_rope(ctx, w, T: int, D: int, extra: int):
     """(rotate, first rope operand, the appended row) of DECODE_ATTENTION's `extra` rope
     operands: rotate(x [..., D] float32, scale) is the half-split rotation by the tables in
@@ -387,7 +391,7 @@ def _attention_rope(ctx, w, T: int, D: int, extra: int):
         return ((x * inv) * gain).astype(numpy_dtype(w[40])).astype(F32)
 
     def rotate(x, scale):
-        if extra > 5:
+        if extra > ROPE_OPERANDS:
             x = norm(x, scale)
         lo, hi = x[..., :half], x[..., half:]
         return np.concatenate([lo * cos - hi * sin, hi * cos + lo * sin], axis=-1).astype(F32)
@@ -424,7 +428,7 @@ def decode_attention(ctx, dims):
         q = ctx.load(2, q_dt, outer * qs[0] + inner * qs[1] + g * qs[2] + d * qs[3]).astype(F32)
         if rope is not None:
             rotate, at, row = rope
-            q = rotate(q, 5).astype(numpy_dtype(w[29])).astype(F32)
+            q = rotate(q, Q_SCALE).astype(numpy_dtype(w[29])).astype(F32)
             start = first if mode == ATTENTION_PARTIAL else t0
             leads = split == 0 if mode == ATTENTION_PARTIAL else t0 == 0
             if start <= row < start + t.size or (leads and row >= extent):
@@ -434,7 +438,7 @@ def decode_attention(ctx, dims):
                 new_v = ctx.load(at + 1, numpy_dtype(w[31]),
                                  outer * vn[0] + inner * vn[1] + dv[0] * vn[2])
                 ctx.store(3, k_dt, outer * ks[0] + inner * ks[1] + row * ks[2] + d[0] * ks[3],
-                          rotate(new_k, 6).astype(k_dt))
+                          rotate(new_k, K_SCALE).astype(k_dt))
                 ctx.store(4, v_dt, outer * vs[0] + inner * vs[1] + row * vs[2] + dv[0] * vs[3],
                           new_v.astype(v_dt))
         k = ctx.load(3, k_dt, outer * ks[0] + inner * ks[1] + t * ks[2] + d * ks[3]).astype(F32)
