@@ -277,6 +277,17 @@ def const_value(bits: int, dtype) -> np.ndarray:
     return np.array(bits, np.int64).astype(dtype)
 
 
+def float32_input(instrs: list[Instr], r: int) -> int | None:
+    """The input that register r reads as float32: the index of a float32 LOAD's input, or of
+    the LOAD a CONVERT to float32 widens; else None."""
+    ins = instrs[r]
+    if ins.opcode == Opcode.CONVERT and ins.dtype == np.float32:
+        ins = instrs[ins.args[0]]
+    elif ins.dtype != np.float32:
+        return None
+    return ins.imm if ins.opcode == Opcode.LOAD else None
+
+
 class ElementwiseProgram:
     """Instructions over n inputs computing one output element; see ELEMENTWISE above."""
 

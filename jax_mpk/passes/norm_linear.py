@@ -22,7 +22,7 @@ import numpy as np
 
 from jax_mpk.ir import Graph, Op, Tensor, contiguous_strides
 from jax_mpk.passes.dataflow import Links, fold_into_matmuls, same_view, walks
-from jax_mpk.task_kinds import Opcode, Reducer, const_value, is_float
+from jax_mpk.task_kinds import Opcode, Reducer, const_value, float32_input, is_float
 
 # kernels/tasks/matmul.cuh: a task normalizes x where it stages all of x before its loops
 # (MatmulTask::stages_whole): at most kStagedRows rows, kStagedX floats, rows of whole
@@ -105,21 +105,11 @@ def _const(instrs, r: int) -> float | None:
     return float(const_value(ins.imm, ins.dtype)) if ins.opcode == Opcode.CONST else None
 
 
-def _f32_load(instrs, r: int) -> int | None:
-    """The input index register r loads as float32 (a LOAD, converted if narrower)."""
-    ins = instrs[r]
-    if ins.opcode == Opcode.CONVERT and ins.dtype == np.float32:
-        ins = instrs[ins.args[0]]
-    elif ins.dtype != np.float32:
-        return None
-    return ins.imm if ins.opcode == Opcode.LOAD else None
-
-
 def _x_leaf(instrs, r: int) -> int | None:
     ins = instrs[r]
     if ins.opcode == Opcode.SUB and _const(instrs, ins.args[1]) == 0.0:
         r = ins.args[0]
-    return _f32_load(instrs, r)
+    return float32_input(instrs, r)
 
 
 def _inverse_rms(instrs, r: int, K: int):
@@ -153,10 +143,10 @@ def _gain(instrs, r: int):
     ins = instrs[r]
     if ins.opcode == Opcode.ADD and ins.dtype == np.float32:
         for c, s in (ins.args, ins.args[::-1]):
-            if _const(instrs, c) is not None and _f32_load(instrs, s) is not None:
-                return _f32_load(instrs, s), _const(instrs, c)
+            if _const(instrs, c) is not None and float32_input(instrs, s) is not None:
+                return float32_input(instrs, s), _const(instrs, c)
         return None
-    at = _f32_load(instrs, r)
+    at = float32_input(instrs, r)
     return None if at is None else (at, None)
 
 
@@ -167,9 +157,9 @@ def _squared(op: Op) -> Tensor | None:
     if op.outputs[0].dtype != np.float32:
         return None
     if last.opcode == Opcode.MUL:
-        a, b = (_f32_load(instrs, r) for r in last.args)
+        a, b = (float32_input(instrs, r) for r in last.args)
     elif last.opcode == Opcode.SQUARE or (last.opcode == Opcode.INTEGER_POW and last.imm == 2):
-        a = b = _f32_load(instrs, last.args[0])
+        a = b = float32_input(instrs, last.args[0])
     else:
         return None
     if a is None or b is None or not same_view(op.inputs[a], op.inputs[b]):

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jax_mpk.ir import Op, Tensor
-from jax_mpk.task_kinds import Opcode
+from jax_mpk.task_kinds import Opcode, float32_input
 
 F32 = np.dtype(np.float32)
 
@@ -170,11 +170,6 @@ def squared(op: Op) -> Tensor | None:
 
 
 def read_f32(op: Op, i: int) -> Tensor | None:
-    """What instruction i of op's program reads as float32: a float32 LOAD's input, or a
-    CONVERT to float32 of a LOAD's; else None."""
-    instrs = op.attrs["instrs"]
-    ins = instrs[i]
-    if ins.opcode == Opcode.CONVERT and ins.dtype == F32:
-        ins = instrs[ins.args[0]]
-        return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD else None
-    return op.inputs[ins.imm] if ins.opcode == Opcode.LOAD and ins.dtype == F32 else None
+    """The tensor instruction i of op's program reads as float32 (task_kinds.float32_input)."""
+    j = float32_input(op.attrs["instrs"], i)
+    return None if j is None else op.inputs[j]
