@@ -23,6 +23,8 @@
 #   ncu        scripts/ncu_step.sh: the step's warp samples, for ncu_by_kind.py (about 140 s)
 #   benchmarks bench_runtime, bench_copy, bench_kinds, the timeline demo
 #   sweep      bench_decode.py's whole table (Qwen3-8B, batches 1/8/32, contexts 512/2048)
+#   timeline   the task timelines of the Llama-1B and Qwen3-8B steps (batch 1, context 512)
+#              under $OUT/timeline_MODEL, with their per-stage tables (about 60 + 200 s)
 #
 # Usage: [PREBUILT_RUNTIME=dir/libjax_mpk_runtime.so] bash scripts/gpu_check.sh PART...
 # SKIP_INSTALL=1 tests what is installed (e.g. after scripts/ab_decode.sh: its last runtime).
@@ -111,6 +113,12 @@ run_part() {
       timeout 560 $PY benchmarks/bench_decode.py --models llama-1b,qwen3-8b --batches 1,8,32 --contexts 512,2048 \
         --json "$OUT/bench_decode_sweep.json" --plot "$OUT/bench_decode.png" > "$OUT/bench_decode_sweep.log" 2>&1 || status=1
       tail -30 "$OUT/bench_decode_sweep.log" ;;
+    timeline)
+      for model in llama-1b qwen3-8b; do
+        timeout 260 $PY benchmarks/bench_decode.py --models $model --batches 1 --contexts 512 \
+          --timeline "$OUT/timeline_$model" --timeline-only > "$OUT/timeline_$model.log" 2>&1 || status=1
+        grep -E "timeline of|rror" "$OUT/timeline_$model.log"
+      done ;;
     endurance)
       timeout 300 $PY scripts/endurance.py --jit jax_mpk --steps 10000 > "$OUT/endurance.log" 2>&1 || status=1
       for jit in jax jax_mpk; do  # one jit a process: a process's peak cannot be reset
